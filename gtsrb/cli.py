@@ -1,0 +1,211 @@
+"""The `gtsrb` command: pack | train | evaluate | predict | fetch.
+
+Bad input ends with one line, `gtsrb: error: <file>: <problem>`, and exit
+status 2; never a traceback from deep inside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from gtsrb.data import DEFAULT_SIZE, DataError
+from gtsrb.splits import SPLIT_KINDS, SPLIT_NAMES
+
+
+def _fail(msg: str) -> int:
+    print(f"gtsrb: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def cmd_pack(a: argparse.Namespace) -> int:
+    from gtsrb.data import default_source, pack
+
+    sources = a.source or [default_source()]
+    out = a.out or Path("data") / f"gtsrb{a.size}.h5"
+    summary = pack(
+        sources, out, size=a.size, split=a.split, seed=a.seed, roi=a.roi, skip_bad=a.skip_bad,
+        workers=a.workers, keep_splits=a.keep_splits.split(",") if a.keep_splits else None,
+    )
+    print(summary)
+    return 0
+
+
+def _load_config_arg(text: str) -> dict:
+    """--config: inline JSON or a path to a JSON file."""
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
+    path = Path(text)
+    if not path.is_file():
+        raise DataError(f"{path}: no such config file")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from e
+
+
+def split_config(d: dict):
+    """A flat JSON dict -> (ModelConfig, TrainConfig overrides). Unknown keys are an error.
+
+    Keys may be ModelConfig fields, TrainConfig fields, or "preset" (the base).
+    A study's best_config.json has this shape.
+    """
+    from gtsrb.model import PRESETS, ModelConfig
+    from gtsrb.train import TrainConfig
+
+    d = dict(d)
+    base = PRESETS[d.pop("preset", "seed")]
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(d) - model_keys - train_keys
+    if unknown:
+        raise DataError(f"--config: unknown key(s) {', '.join(sorted(unknown))}")
+    model = dataclasses.replace(base, **{k: v for k, v in d.items() if k in model_keys})
+    return ModelConfig.from_dict(model.to_dict()), {k: v for k, v in d.items() if k in train_keys}
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from gtsrb.model import PRESETS
+    from gtsrb.train import TrainConfig, fit
+
+    if a.config:
+        model_config, train_over = split_config(_load_config_arg(a.config))
+    else:
+        model_config, train_over = PRESETS[a.preset], {}
+    flags = {k: getattr(a, k) for k in ("epochs", "batch_size", "lr", "seed", "device", "threads") if getattr(a, k) is not None}
+    if a.no_augment:
+        flags["augment"] = False
+    train_config = TrainConfig(**{**train_over, **flags})
+    out = Path(a.out)
+    if (out / "last.pt").exists() and not a.resume:
+        raise DataError(f"{out}: holds a run already; pass --resume to continue it or choose another --out")
+    history = fit(model_config, a.data, out, train_config, resume=a.resume)
+    best = max(history, key=lambda h: h["val_accuracy"]) if history else None
+    if best:
+        print(f"best val accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']}; checkpoints in {out}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from gtsrb.evaluate import evaluate
+
+    if not a.official_test and not a.data:
+        raise DataError("evaluate needs --data FILE (with --split) or --official-test PATH")
+    out = a.out or (Path(a.checkpoint).parent / f"eval-{'official-test' if a.official_test else a.split}")
+    result = evaluate(a.checkpoint, a.data, a.split, a.official_test, out, device=a.device)
+    table = result.pop("per_class")
+    if a.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"{result['data']}: n={result['n']} accuracy {result['accuracy']:.4f} "
+              f"macro F1 {result['macro_f1']:.4f} P {result['macro_precision']:.4f} R {result['macro_recall']:.4f}")
+        worst = sorted(table, key=lambda r: r["f1"])[:5]
+        print("lowest F1: " + "; ".join(f"{r['class_id']} {r['name']} {r['f1']:.3f}" for r in worst))
+        print(f"per-class table and confusion matrix in {result['out_dir']}")
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from gtsrb.inference import Classifier
+
+    clf = Classifier.load(a.checkpoint, device=a.device)
+    results = []
+    for path in a.images:
+        pred = clf.predict([path])
+        results.append({"image": path, "top": [{"class_id": c, "name": n, "prob": p} for c, n, p in pred.top(a.top)]})
+    if a.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    for r in results:
+        print(r["image"])
+        for t in r["top"]:
+            print(f"  {t['class_id']:2d}  {t['prob']:.4f}  {t['name']}")
+    return 0
+
+
+def cmd_fetch(a: argparse.Namespace) -> int:
+    from gtsrb.fetch import BASE_URL, fetch
+
+    paths = fetch(a.dir, test=a.test, base_url=a.base_url or BASE_URL)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gtsrb", description="SE-VGG11 on GTSRB: pack, train, evaluate, predict.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("pack", help="official layout (folder or zip) -> one HDF5 file")
+    s.add_argument("source", nargs="*", type=Path, help="folder or zip(s); default: data/, then ../shared/gtsrb/")
+    s.add_argument("--out", type=Path, help="output .h5 (default data/gtsrb<size>.h5)")
+    s.add_argument("--size", type=int, default=DEFAULT_SIZE)
+    s.add_argument("--split", choices=SPLIT_KINDS, default="track")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--roi", action="store_true", help="crop each image to its annotated region first")
+    s.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of failing")
+    s.add_argument("--workers", type=int, help="decode processes (default: all cores)")
+    s.add_argument("--keep-splits", help="comma list of splits to keep, e.g. train,val (a small pack)")
+    s.set_defaults(func=cmd_pack)
+
+    s = sub.add_parser("train", help="train SE-VGG11 on a pack")
+    s.add_argument("--data", required=True, type=Path)
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--preset", default="seed", choices=("seed", "vgg11"))
+    g.add_argument("--config", help="JSON (inline or file) of ModelConfig/TrainConfig fields")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--device", help="auto (default), cpu or cuda")
+    s.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    s.add_argument("--no-augment", action="store_true")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="metrics of a checkpoint on a split or the official test set")
+    s.add_argument("checkpoint", type=Path)
+    s.add_argument("--data", type=Path)
+    s.add_argument("--split", default="test", choices=SPLIT_NAMES)
+    s.add_argument("--official-test", nargs="+", type=Path, metavar="PATH",
+                   help="folder with Final_Test/Images and GT-final_test.csv, or the images zip and the GT zip")
+    s.add_argument("--out", type=Path, help="folder for per_class.csv and confusion_matrix.png")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("predict", help="classify images")
+    s.add_argument("checkpoint", type=Path)
+    s.add_argument("images", nargs="+")
+    s.add_argument("--top", type=int, default=5)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("fetch", help="download the official archives (needs internet)")
+    s.add_argument("--test", action="store_true", help="the official test images and labels instead")
+    s.add_argument("--dir", type=Path, default=Path("data"))
+    s.add_argument("--base-url", help="mirror to download from")
+    s.set_defaults(func=cmd_fetch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gtsrb.checkpoint import CheckpointError
+    from gtsrb.fetch import FetchError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, CheckpointError, FetchError, ValueError) as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,563 @@
+"""Official GTSRB layout (folder or zip) -> decoded, resized uint8 arrays -> one HDF5 file.
+
+Two layouts are understood, both as a folder or read in place from zips:
+
+- training: ``.../Final_Training/Images/NNNNN/GT-NNNNN.csv`` plus the PPMs it lists,
+  one folder per class (43 of them);
+- official test: ``.../Final_Test/Images/NNNNN.ppm`` plus ``GT-final_test.csv``
+  (shipped in a separate zip from the images).
+
+Every image goes through :func:`preprocess`, the one function that inference
+also uses, so a served image is treated exactly as a packed one.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import re
+import time
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import h5py
+import numpy as np
+from PIL import Image, ImageSequence
+
+from gtsrb import __version__
+from gtsrb.classes import CLASS_NAMES, NUM_CLASSES
+from gtsrb.splits import SPLIT_NAMES, make_split
+
+FORMAT_VERSION = 1
+DEFAULT_SIZE = 28
+# Where `gtsrb pack` looks when it is given no SOURCE, in order.
+DEFAULT_SOURCE_DIRS = (Path("data"), Path("../shared/gtsrb"))
+
+_TRAIN_CSV = re.compile(r"^(?P<dir>(?:.*/)?(?P<cls>\d{5}))/GT-(?P=cls)\.csv$")
+_TRAIN_PPM = re.compile(r"^(?P<dir>(?:.*/)?(?P<cls>\d{5}))/[^/]+\.ppm$")
+_TEST_CSV = re.compile(r"^(?:.*/)?GT-final_test\.csv$")
+_TEST_CSV_NOLABEL = re.compile(r"^(?:.*/)?GT-final_test\.test\.csv$")
+_TEST_PPM = re.compile(r"^(?P<dir>(?:.*/)?Final_Test/Images)/\d{5}\.ppm$")
+_TRACK = re.compile(r"^(\d{5})_\d{5}\.ppm$")
+_CSV_COLUMNS = ("Filename", "Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "ClassId")
+
+
+class DataError(Exception):
+    """Bad input data. The message names the file and the problem."""
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class Source:
+    """Files of one folder or one zip, addressed by posix paths relative to it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(f"{self.path}: no such file or folder")
+        self._zip: zipfile.ZipFile | None = None
+        if self.path.is_dir():
+            self.kind = "folder"
+            self.names = sorted(
+                p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()
+            )
+        elif zipfile.is_zipfile(self.path):
+            self.kind = "zip"
+            self._zip = zipfile.ZipFile(self.path)
+            self.names = sorted(n for n in self._zip.namelist() if not n.endswith("/"))
+        else:
+            raise DataError(f"{self.path}: not a folder or a zip archive")
+
+    def read(self, name: str) -> bytes:
+        if self._zip is not None:
+            return self._zip.read(name)
+        return (self.path / name).read_bytes()
+
+    def describe(self, name: str) -> str:
+        """A path a person can find: the zip and the member, or the file."""
+        return f"{self.path}:{name}" if self.kind == "zip" else str(self.path / name)
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        if self.kind == "zip":
+            with open(self.path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        else:  # a folder: hash names and contents in a fixed order
+            for name in self.names:
+                h.update(name.encode() + b"\0" + self.read(name))
+        return h.hexdigest()
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+
+
+@dataclass
+class Record:
+    """One CSV row: where the image is and what the CSV says about it."""
+
+    source: int  # index into the list of sources
+    name: str  # member path inside that source
+    label: int
+    track: int  # track number within its class; -1 where unknown (official test)
+    width: int
+    height: int
+    roi: tuple[int, int, int, int]
+    filename: str  # short name kept in the pack, e.g. "00012/00003_00029.ppm"
+
+
+@dataclass
+class Layout:
+    kind: str  # "train" or "test"
+    sources: list[Source]
+    records: list[Record]
+    bad: list[str] = field(default_factory=list)  # skipped rows (with --skip-bad)
+
+
+def _read_csv(source: Source, name: str) -> list[dict[str, str]]:
+    try:
+        text = source.read(name).decode("utf-8-sig")
+        reader = csv.DictReader(io.StringIO(text), delimiter=";")
+        rows = list(reader)
+        header = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error, zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{source.describe(name)}: unreadable CSV ({e})") from e
+    missing = [c for c in _CSV_COLUMNS if c not in header]
+    if missing and not (missing == ["ClassId"] and _TEST_CSV_NOLABEL.match(name)):
+        raise DataError(f"{source.describe(name)}: missing column(s) {', '.join(missing)}")
+    return rows
+
+
+def _parse_row(source: Source, csv_name: str, line: int, row: dict[str, str]) -> tuple:
+    try:
+        w, h = int(row["Width"]), int(row["Height"])
+        roi = (int(row["Roi.X1"]), int(row["Roi.Y1"]), int(row["Roi.X2"]), int(row["Roi.Y2"]))
+        label = int(row["ClassId"])
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{source.describe(csv_name)} line {line}: bad value ({e})") from e
+    return w, h, roi, label
+
+
+def _check_label(label: int, where: str) -> None:
+    if not 0 <= label < NUM_CLASSES:
+        raise DataError(f"{where}: ClassId {label} is outside 0-{NUM_CLASSES - 1}")
+
+
+def _open_sources(paths: Sequence[Path | str]) -> list[Source]:
+    sources: list[Source] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():  # a folder may hold the official zips themselves
+            zips = sorted(p.glob("GTSRB_Final_*.zip"))
+            sources += [Source(z) for z in zips] if zips else [Source(p)]
+        else:
+            sources.append(Source(p))
+    return sources
+
+
+def find_layout(paths: Sequence[Path | str], skip_bad: bool = False) -> Layout:
+    """Index the official training or test layout in folders or zips (read in place)."""
+    sources = _open_sources(paths)
+    all_names = {(i, n) for i, s in enumerate(sources) for n in s.names}
+    by_name = {n: i for i, n in sorted(all_names, reverse=True)}
+    train_csvs = [(i, n) for i, n in sorted(all_names) if _TRAIN_CSV.match(n)]
+    test_images = [(i, n) for i, n in sorted(all_names) if _TEST_PPM.match(n)]
+    where = ", ".join(str(s.path) for s in sources)
+    if train_csvs or any(_TRAIN_PPM.match(n) for _, n in all_names):
+        layout = _train_layout(sources, all_names, skip_bad)
+    elif test_images:
+        layout = _test_layout(sources, all_names, by_name, test_images, skip_bad)
+    else:
+        raise DataError(
+            f"{where}: not the official GTSRB layout (expected Final_Training/Images/NNNNN/GT-NNNNN.csv "
+            "or Final_Test/Images/NNNNN.ppm with GT-final_test.csv)"
+        )
+    return layout
+
+
+def _train_layout(sources: list[Source], all_names: set, skip_bad: bool) -> Layout:
+    class_dirs: dict[int, tuple[int, str]] = {}
+    for i, n in sorted(all_names):
+        m = _TRAIN_PPM.match(n) or _TRAIN_CSV.match(n)
+        if m:
+            class_dirs.setdefault(int(m["cls"]), (i, m["dir"]))
+    missing = [f"{c:05d}" for c in range(NUM_CLASSES) if c not in class_dirs]
+    if missing:
+        raise DataError(
+            f"{sources[0].path}: class folder(s) {', '.join(missing)} missing "
+            f"(expected 00000-{NUM_CLASSES - 1:05d})"
+        )
+    records: list[Record] = []
+    bad: list[str] = []
+    for cls, (i, d) in sorted(class_dirs.items()):
+        src = sources[i]
+        if cls >= NUM_CLASSES:
+            raise DataError(f"{src.describe(d)}: class folder {cls:05d} is outside 0-{NUM_CLASSES - 1}")
+        csv_name = f"{d}/GT-{cls:05d}.csv"
+        if (i, csv_name) not in all_names:
+            raise DataError(f"{src.describe(csv_name)}: missing CSV for class {cls:05d}")
+        rows = _read_csv(src, csv_name)
+        if not rows:
+            raise DataError(f"{src.describe(csv_name)}: class {cls:05d} is empty (no rows)")
+        for line, row in enumerate(rows, start=2):
+            w, h, roi, label = _parse_row(src, csv_name, line, row)
+            fname = row["Filename"]
+            member = f"{d}/{fname}"
+            problem = None
+            if not 0 <= label < NUM_CLASSES:
+                problem = f"{src.describe(csv_name)} line {line}: ClassId {label} is outside 0-{NUM_CLASSES - 1}"
+            elif (i, member) not in all_names:
+                problem = f"{src.describe(member)}: image listed in {csv_name} line {line} is missing"
+            if problem:
+                if not skip_bad:
+                    raise DataError(problem)
+                bad.append(problem)
+                continue
+            m = _TRACK.match(fname)
+            track = int(m[1]) if m else -1
+            records.append(Record(i, member, label, track, w, h, roi, f"{cls:05d}/{fname}"))
+    return Layout("train", sources, records, bad)
+
+
+def _test_layout(sources, all_names, by_name, test_images, skip_bad) -> Layout:
+    csvs = [(i, n) for i, n in sorted(all_names) if _TEST_CSV.match(n)]
+    if not csvs:
+        has_nolabel = any(_TEST_CSV_NOLABEL.match(n) for _, n in all_names)
+        hint = (
+            " (GT-final_test.test.csv has no ClassId column: add GTSRB_Final_Test_GT.zip)"
+            if has_nolabel
+            else ""
+        )
+        raise DataError(f"{sources[0].path}: missing GT-final_test.csv with the test labels{hint}")
+    ci, csv_name = csvs[0]
+    image_dir = {}
+    for i, n in test_images:
+        image_dir.setdefault(_TEST_PPM.match(n)["dir"], i)
+    (img_dir, img_src), = list(image_dir.items())[:1]
+    rows = _read_csv(sources[ci], csv_name)
+    if not rows:
+        raise DataError(f"{sources[ci].describe(csv_name)}: no rows")
+    records, bad = [], []
+    for line, row in enumerate(rows, start=2):
+        w, h, roi, label = _parse_row(sources[ci], csv_name, line, row)
+        member = f"{img_dir}/{row['Filename']}"
+        problem = None
+        if not 0 <= label < NUM_CLASSES:
+            problem = f"{sources[ci].describe(csv_name)} line {line}: ClassId {label} is outside 0-{NUM_CLASSES - 1}"
+        elif (img_src, member) not in all_names:
+            problem = f"{sources[img_src].describe(member)}: image listed in {csv_name} line {line} is missing"
+        if problem:
+            if not skip_bad:
+                raise DataError(problem)
+            bad.append(problem)
+            continue
+        records.append(Record(img_src, member, label, -1, w, h, roi, row["Filename"]))
+    return Layout("test", sources, records, bad)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode (RGBA, LA, L, P, I;16, I, F, CMYK, ...) -> 8-bit RGB; first frame of animations."""
+    if getattr(img, "is_animated", False):
+        img = next(ImageSequence.Iterator(img)).copy()
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16") or arr.max(initial=0) > 255:
+            arr = arr / 257.0  # 16-bit range -> 8-bit
+        elif img.mode == "F" and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels become neutral gray, near the data set's mean colour.
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (128, 128, 128, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def preprocess(
+    img: Image.Image,
+    size: int = DEFAULT_SIZE,
+    roi: tuple[int, int, int, int] | None = None,
+    stated_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """PIL image -> (size, size, 3) uint8, exactly as packing does it.
+
+    ``roi`` is (X1, Y1, X2, Y2) inclusive, in the coordinates of an image of
+    ``stated_size`` (the CSV's Width, Height); it is scaled when the actual image
+    differs (the shared 32x32 copy).
+    """
+    img = to_rgb(img)
+    box = None
+    if roi is not None:
+        x1, y1, x2, y2 = roi
+        sw, sh = stated_size or img.size
+        fx, fy = img.width / sw, img.height / sh
+        box = (x1 * fx, y1 * fy, min((x2 + 1) * fx, img.width), min((y2 + 1) * fy, img.height))
+    out = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def decode(data: bytes, where: str) -> Image.Image:
+    """Bytes -> fully decoded PIL image, or DataError naming ``where``."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+        raise DataError(f"{where}: corrupt or truncated image ({e})") from e
+    return img
+
+
+# Each worker process opens the sources once.
+_worker_sources: list[Source] = []
+
+
+def _init_worker(paths: list[Path]) -> None:
+    global _worker_sources
+    _worker_sources = [Source(p) for p in paths]
+
+
+def _decode_chunk(jobs: list[tuple], size: int, roi: bool, sources: list[Source] | None = None):
+    sources = sources if sources is not None else _worker_sources
+    out = np.zeros((len(jobs), size, size, 3), np.uint8)
+    errors: list[tuple[int, str]] = []
+    for k, (src, name, w, h, box) in enumerate(jobs):
+        where = sources[src].describe(name)
+        try:
+            img = decode(sources[src].read(name), where)
+            out[k] = preprocess(img, size, box if roi else None, (w, h))
+        except DataError as e:
+            errors.append((k, str(e)))
+    return out, errors
+
+
+def decode_records(
+    layout: Layout, size: int, roi: bool, workers: int | None = None, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode every record in parallel. Returns images and a bool mask of those that decoded."""
+    jobs = [(r.source, r.name, r.width, r.height, r.roi) for r in layout.records]
+    workers = workers or os.cpu_count() or 1
+    images = np.zeros((len(jobs), size, size, 3), np.uint8)
+    ok = np.ones(len(jobs), bool)
+    errors: list[tuple[int, str]] = []
+    if workers == 1 or len(jobs) < 2000:  # a pool costs more than it saves on small inputs
+        images[:], errs = _decode_chunk(jobs, size, roi, layout.sources)
+        errors = errs
+    else:
+        chunk = max(256, len(jobs) // (workers * 8))
+        starts = list(range(0, len(jobs), chunk))
+        ctx = get_context("spawn")  # never fork a process that may hold torch threads
+        with ProcessPoolExecutor(workers, ctx, _init_worker, ([s.path for s in layout.sources],)) as pool:
+            futures = [pool.submit(_decode_chunk, jobs[s : s + chunk], size, roi) for s in starts]
+            for s, fut in zip(starts, futures):
+                arr, errs = fut.result()
+                images[s : s + len(arr)] = arr
+                errors += [(s + k, e) for k, e in errs]
+    for k, _ in errors:
+        ok[k] = False
+    layout.bad += [e for _, e in errors]
+    return images, ok
+
+
+# --------------------------------------------------------------------------- packing
+
+
+@dataclass
+class PackSummary:
+    path: Path
+    layout: str
+    counts: dict[str, int]
+    num_classes: int
+    skipped: int
+    seconds: float
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{k} {v}" for k, v in self.counts.items())
+        return (
+            f"packed {sum(self.counts.values())} images ({parts}) of {self.num_classes} classes "
+            f"into {self.path} in {self.seconds:.1f} s" + (f"; skipped {self.skipped} bad" if self.skipped else "")
+        )
+
+
+def default_source() -> Path:
+    """The training archive in data/ or ../shared/gtsrb/, or a DataError saying to fetch it."""
+    for d in DEFAULT_SOURCE_DIRS:
+        for candidate in (d / "GTSRB_Final_Training_Images.zip", d / "GTSRB" / "Final_Training"):
+            if candidate.exists():
+                return candidate
+    raise DataError(
+        "no GTSRB training data in data/ or ../shared/gtsrb/: run `gtsrb fetch` "
+        "(downloads the official archives into data/) or pass SOURCE"
+    )
+
+
+def pack(
+    sources: Sequence[Path | str],
+    out: Path | str,
+    size: int = DEFAULT_SIZE,
+    split: str = "track",
+    seed: int = 0,
+    roi: bool = False,
+    skip_bad: bool = False,
+    workers: int | None = None,
+    keep_splits: Iterable[str] | None = None,
+) -> PackSummary:
+    """Pack the official layout into one HDF5 file, written atomically.
+
+    ``keep_splits`` keeps only the named splits (e.g. a small pack to carry to a
+    GPU machine); the split is computed on the whole archive first, so it is the
+    same split as the full pack's.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    if size < 8:
+        raise DataError(f"--size {size}: images must be at least 8 pixels wide")
+    layout = find_layout(sources, skip_bad=skip_bad)
+    try:
+        images, ok = decode_records(layout, size, roi, workers)
+        if not skip_bad and not ok.all():
+            raise DataError(layout.bad[0])
+        records = [r for r, good in zip(layout.records, ok) if good]
+        images = images[ok]
+        labels = np.array([r.label for r in records], np.int16)
+        tracks = np.array([r.track for r in records], np.int32)
+        if layout.kind == "train":
+            empty = sorted(set(range(NUM_CLASSES)) - set(labels.tolist()))
+            if empty:
+                raise DataError(f"{layout.sources[0].path}: class(es) {empty} have no usable images")
+            groups = labels.astype(np.int64) * 100_000 + tracks
+            try:
+                split_codes = make_split(labels, groups, kind=split, seed=seed)
+            except ValueError as e:  # e.g. a class with fewer tracks than folds
+                raise DataError(f"{layout.sources[0].path}: cannot make a {split} split ({e})") from e
+        else:
+            split_codes = np.full(len(records), SPLIT_NAMES.index("test"), np.uint8)
+        keep = np.ones(len(records), bool)
+        if keep_splits is not None:
+            wanted = [SPLIT_NAMES.index(s) for s in keep_splits]
+            keep = np.isin(split_codes, wanted)
+        attrs = {
+            "format_version": FORMAT_VERSION,
+            "layout": layout.kind,
+            "source": ", ".join(str(s.path) for s in layout.sources),
+            "source_sha256": ", ".join(s.sha256() for s in layout.sources),
+            "size": size,
+            "seed": seed,
+            "split_kind": split if layout.kind == "train" else "official-test",
+            "roi": roi,
+            "skipped_bad": len(layout.bad),
+            "gtsrb_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_pack(
+            out,
+            images[keep],
+            labels[keep],
+            tracks[keep],
+            [r.filename for r, k in zip(records, keep) if k],
+            split_codes[keep],
+            attrs,
+        )
+    finally:
+        for s in layout.sources:
+            s.close()
+    counts = {name: int((split_codes[keep] == i).sum()) for i, name in enumerate(SPLIT_NAMES)}
+    return PackSummary(out, layout.kind, counts, len(set(labels.tolist())), len(layout.bad), time.perf_counter() - t0)
+
+
+def write_pack(
+    out: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    tracks: np.ndarray,
+    filenames: Sequence[str],
+    split: np.ndarray,
+    attrs: dict,
+) -> None:
+    """Write the HDF5 schema (see README) to a temp file beside ``out``, then rename."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            n = len(labels)
+            chunk = (min(max(n, 1), 1024), *images.shape[1:])
+            f.create_dataset("images", data=images, chunks=chunk if n else None, compression="gzip", compression_opts=4, shuffle=True)
+            f.create_dataset("labels", data=labels)
+            f.create_dataset("tracks", data=tracks)
+            f.create_dataset("filenames", data=np.array(filenames, dtype=object), dtype=h5py.string_dtype())
+            f.create_dataset("split", data=split.astype(np.uint8))
+            f["split"].attrs["codes"] = ", ".join(f"{i}={s}" for i, s in enumerate(SPLIT_NAMES))
+            f.create_dataset("class_names", data=np.array(CLASS_NAMES, dtype=object), dtype=h5py.string_dtype())
+            for k, v in attrs.items():
+                f.attrs[k] = v
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Packed:
+    """A packed file in memory: images (N, S, S, 3) uint8 and what goes with them."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    tracks: np.ndarray
+    filenames: list[str]
+    split: np.ndarray
+    class_names: list[str]
+    attrs: dict
+
+    def subset(self, split: str) -> "Packed":
+        keep = self.split == SPLIT_NAMES.index(split)
+        return Packed(
+            self.images[keep],
+            self.labels[keep],
+            self.tracks[keep],
+            [f for f, k in zip(self.filenames, keep) if k],
+            self.split[keep],
+            self.class_names,
+            self.attrs,
+        )
+
+
+def load_pack(path: Path | str, split: str | None = None) -> Packed:
+    """Read a packed HDF5 file in one call; ``split`` keeps only train, val or test."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such packed file (make one with `gtsrb pack`)")
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("images", "labels", "split", "class_names") if k not in f]
+            if missing:
+                raise DataError(f"{path}: not a gtsrb pack (missing {', '.join(missing)})")
+            packed = Packed(
+                images=f["images"][:],
+                labels=f["labels"][:].astype(np.int64),
+                tracks=f["tracks"][:] if "tracks" in f else np.full(len(f["labels"]), -1, np.int32),
+                filenames=[s.decode() if isinstance(s, bytes) else s for s in f["filenames"][:]],
+                split=f["split"][:],
+                class_names=[s.decode() if isinstance(s, bytes) else s for s in f["class_names"][:]],
+                attrs=dict(f.attrs),
+            )
+    except OSError as e:
+        raise DataError(f"{path}: not a readable HDF5 file ({e})") from e
+    if split is not None:
+        if split not in SPLIT_NAMES:
+            raise DataError(f"--split {split}: expected one of {', '.join(SPLIT_NAMES)}")
+        packed = packed.subset(split)
+    return packed

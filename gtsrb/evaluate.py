@@ -1,0 +1,81 @@
+"""Evaluate a checkpoint on a pack's split or on the official test layout."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from gtsrb.classes import CLASS_NAMES
+from gtsrb.data import DataError, decode_records, find_layout, load_pack
+from gtsrb.inference import Classifier
+from gtsrb.metrics import classification_metrics, confusion, per_class_table
+from gtsrb.report import confusion_figure, save_figure
+
+
+def official_test_arrays(paths: Sequence[str | os.PathLike], size: int, roi: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The official test layout (folder, or the images zip plus the GT zip) -> images, labels."""
+    layout = find_layout(paths)
+    try:
+        if layout.kind != "test":
+            raise DataError(
+                f"{', '.join(str(p) for p in paths)}: this is the training layout; "
+                "--official-test needs Final_Test/Images and GT-final_test.csv"
+            )
+        images, ok = decode_records(layout, size, roi)
+        if not ok.all():
+            raise DataError(layout.bad[0])
+    finally:
+        for s in layout.sources:
+            s.close()
+    return images, np.array([r.label for r in layout.records], np.int64)
+
+
+def evaluate(
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    split: str = "test",
+    official_test: Sequence[str | os.PathLike] | None = None,
+    out_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Accuracy, macro P/R/F1, per-class table and confusion matrix; files go to ``out_dir``."""
+    clf = Classifier.load(checkpoint, device=device)
+    size = clf.config.image_size
+    roi = bool(clf.meta.get("data", {}).get("roi", False))
+    if official_test:
+        images, labels = official_test_arrays(official_test, size, roi)
+        where = "official test set"
+    elif data is not None:
+        packed = load_pack(data, split)
+        if int(packed.attrs.get("size", size)) != size:
+            raise DataError(f"{data}: packed at {packed.attrs.get('size')} px, the model takes {size} px")
+        images, labels, where = packed.images, packed.labels, f"{Path(data).name} {split} split"
+    else:
+        raise DataError("evaluate needs --data FILE (with --split) or --official-test PATH")
+    pred = clf.predict_arrays(images).probs.argmax(1)
+    result = {
+        "checkpoint": str(checkpoint),
+        "data": where,
+        "n": int(len(labels)),
+        **classification_metrics(labels, pred),
+    }
+    cm = confusion(labels, pred)
+    table = per_class_table(labels, pred, CLASS_NAMES)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_figure(confusion_figure(cm, CLASS_NAMES, where), out_dir / "confusion_matrix.png")
+        np.savetxt(out_dir / "confusion_matrix.csv", cm, fmt="%d", delimiter=",")
+        with open(out_dir / "per_class.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(table[0]))
+            w.writeheader()
+            w.writerows(table)
+        (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
+        result["out_dir"] = str(out_dir)
+    result["per_class"] = table
+    return result

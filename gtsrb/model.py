@@ -1,0 +1,212 @@
+"""SE block and SE-VGG11, built from one cfg list and a typed ModelConfig.
+
+The layout follows torchvision's ``models/vgg.py``: VGG-11 ("A") is the data
+``CFG_A``; :func:`make_features` turns it into layers. Squeeze-and-excitation
+(Hu et al., "Squeeze-and-Excitation Networks", arXiv:1709.01507) sits after the
+LAST conv of each of the 5 stages, where the seed put it.
+
+Two quirks of the seed are kept because the ``seed`` preset must reproduce its
+printed model exactly: the first conv has no padding (28 -> 26), and the last
+pool is ``MaxPool2d(kernel_size=1, stride=2)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+
+from gtsrb.classes import NUM_CLASSES
+
+# VGG-11 "A": numbers are conv widths, "M" ends a stage with a pool.
+CFG_A: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+NUM_STAGES = 5
+
+SEForm = Literal["gate", "scale_shift"]
+SEPosition = Literal["pre_bn", "post_act"]
+
+
+class SqueezeExcitation(nn.Module):
+    """Squeeze-and-excitation (Hu et al., arXiv:1709.01507), in two forms.
+
+    - ``gate``: the paper's block, ``x * gate(w)`` with C outputs.
+    - ``scale_shift``: the seed's "SE with bias" (as in some game-playing
+      networks): the MLP emits 2C values, a per-channel scale and shift,
+      ``x * gate(w) + b``.
+
+    The hidden width is ``channels // reduction``, floored at ``min_hidden``.
+    The gate is injectable and is a submodule, so a forward hook on ``gate``
+    reads the excitation.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        reduction: int = 16,
+        min_hidden: int = 4,
+        form: SEForm = "gate",
+        gate_layer: Callable[[], nn.Module] = nn.Sigmoid,
+    ):
+        super().__init__()
+        hidden = max(min_hidden, channels // reduction)
+        self.form = form
+        out = 2 * channels if form == "scale_shift" else channels
+        self.squeeze = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=False)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(hidden, out, 1, bias=False)
+        self.gate = gate_layer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.fc2(self.act(self.fc1(self.squeeze(x))))
+        if self.form == "scale_shift":
+            w, b = s.chunk(2, dim=1)
+            return x * self.gate(w) + b
+        return x * self.gate(s)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network. Saved inside every checkpoint."""
+
+    se_stages: tuple[bool, ...] = (True,) * NUM_STAGES  # SE after the last conv of stage i
+    se_form: SEForm = "scale_shift"
+    se_position: SEPosition = "pre_bn"  # between conv and BN (seed), or after the ReLU
+    se_reduction: int = 16
+    se_min_hidden: int = 4
+    pool: Literal["max", "avg"] = "max"
+    conv_dropout: float = 0.4  # after every conv that does not end a stage
+    classifier_dropout: float = 0.5
+    image_size: int = 28
+    num_classes: int = NUM_CLASSES
+    cfg: tuple[int | str, ...] = field(default=CFG_A)
+    # Per-channel input statistics of the real archive's track-split train part
+    # (28x28, full frame); the model normalises its [0, 1] input with them.
+    input_mean: tuple[float, float, float] = (0.331, 0.304, 0.315)
+    input_std: tuple[float, float, float] = (0.264, 0.253, 0.260)
+
+    def __post_init__(self):
+        # JSON and checkpoints hand back lists; keep the dataclass hashable and exact.
+        object.__setattr__(self, "se_stages", tuple(bool(s) for s in self.se_stages))
+        object.__setattr__(self, "cfg", tuple(self.cfg))
+        object.__setattr__(self, "input_mean", tuple(float(v) for v in self.input_mean))
+        object.__setattr__(self, "input_std", tuple(float(v) for v in self.input_std))
+        if len(self.se_stages) != self.cfg.count("M"):
+            raise ValueError(f"se_stages has {len(self.se_stages)} entries for {self.cfg.count('M')} stages")
+        if self.se_form not in ("gate", "scale_shift"):
+            raise ValueError(f"se_form {self.se_form!r}: expected 'gate' or 'scale_shift'")
+        if self.se_position not in ("pre_bn", "post_act"):
+            raise ValueError(f"se_position {self.se_position!r}: expected 'pre_bn' or 'post_act'")
+        if self.pool not in ("max", "avg"):
+            raise ValueError(f"pool {self.pool!r}: expected 'max' or 'avg'")
+        if self.se_reduction < 1:
+            raise ValueError(f"se_reduction {self.se_reduction}: must be >= 1")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "seed": ModelConfig(),
+    "vgg11": ModelConfig(se_stages=(False,) * NUM_STAGES),
+}
+
+
+def make_features(config: ModelConfig) -> nn.Sequential:
+    """CFG list -> conv/SE/BN/ReLU/dropout/pool layers (cf. torchvision's make_layers)."""
+    layers: list[nn.Module] = []
+    in_ch, stage, first = 3, 0, True
+    cfg = config.cfg
+    for i, v in enumerate(cfg):
+        if v == "M":
+            last = i == len(cfg) - 1
+            # The seed's last "pool" is kernel 1, stride 2: a subsample, not a pool.
+            k = 1 if last else 2
+            layers.append(nn.MaxPool2d(k, 2) if config.pool == "max" else nn.AvgPool2d(k, 2))
+            stage += 1
+            continue
+        ends_stage = cfg[i + 1] == "M"
+        se = config.se_stages[stage] and ends_stage
+        layers.append(nn.Conv2d(in_ch, v, 3, padding=0 if first else 1, bias=False))
+        se_block = SqueezeExcitation(v, config.se_reduction, config.se_min_hidden, config.se_form) if se else None
+        if se_block is not None and config.se_position == "pre_bn":
+            layers.append(se_block)
+        layers += [nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+        if se_block is not None and config.se_position == "post_act":
+            layers.append(se_block)
+        if not ends_stage:
+            layers.append(nn.Dropout(config.conv_dropout))
+        in_ch, first = v, False
+    return nn.Sequential(*layers)
+
+
+class SEVGG(nn.Module):
+    """VGG-11 with optional SE per stage. Input: float images (N, 3, S, S) in [0, 1]."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        # Constants, not state: kept out of the state_dict, rebuilt from the config.
+        self.register_buffer("mean", torch.tensor(config.input_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(config.input_std).view(1, 3, 1, 1), persistent=False)
+        self.features = make_features(config)
+        with torch.no_grad():
+            flat = self.features.eval()(torch.zeros(1, 3, config.image_size, config.image_size)).numel()
+        self.features.train()
+        p = config.classifier_dropout
+        self.classifier = nn.Sequential(
+            nn.Linear(flat, 512, bias=False),
+            nn.Dropout(p),
+            nn.BatchNorm1d(512),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p),
+            nn.Linear(512, config.num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+    def se_blocks(self) -> list[tuple[str, SqueezeExcitation]]:
+        """(name, block) for every SE block, named by stage: 'stage1' ... 'stage5'."""
+        out, stage = [], 1
+        for m in self.features:
+            if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+                stage += 1
+            elif isinstance(m, SqueezeExcitation):
+                out.append((f"stage{stage}", m))
+        return out
+
+
+def build_model(config: ModelConfig | str) -> SEVGG:
+    """A ModelConfig or a preset name ('seed', 'vgg11') -> freshly initialised SEVGG."""
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown preset {config!r}: expected one of {', '.join(PRESETS)}")
+        config = PRESETS[config]
+    return SEVGG(config)
+
+
+def to_float_images(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, H, W, 3) -> float (N, 3, H, W) in [0, 1], the model's input."""
+    return batch.permute(0, 3, 1, 2).float().div_(255)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,53 @@
+"""Seeded train/val/test splits, stored in the pack as one uint8 code per image.
+
+The seed's protocol: test = 20% of the archive, val = 20% of the rest, train =
+the rest (64/16/20).
+
+GTSRB comes in tracks of up to 30 frames of one physical sign. A random split
+puts near-duplicate frames of one track on both sides and flatters accuracy, so
+the default ``track`` split is stratified by class and grouped by track
+(scikit-learn's StratifiedGroupKFold). ``random`` reproduces the leaky protocol
+for comparison.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+SPLIT_NAMES = ("train", "val", "test")
+SPLIT_KINDS = ("track", "random")
+
+
+def _hold_out(labels: np.ndarray, groups: np.ndarray, frac: float, kind: str, seed: int) -> np.ndarray:
+    """Indices (into labels) of a held-out part of about ``frac``."""
+    idx = np.arange(len(labels))
+    if kind == "random":
+        _, held = train_test_split(idx, test_size=frac, stratify=labels, random_state=seed)
+        return np.sort(held)
+    n_splits = round(1 / frac)
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, held = next(folds.split(idx, labels, groups))
+    return held
+
+
+def make_split(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    kind: str = "track",
+    seed: int = 0,
+    test_frac: float = 0.2,
+    val_frac: float = 0.2,
+) -> np.ndarray:
+    """One code per image: 0 train, 1 val, 2 test. Same inputs and seed -> same codes."""
+    if kind not in SPLIT_KINDS:
+        raise ValueError(f"split kind {kind!r}: expected one of {', '.join(SPLIT_KINDS)}")
+    labels = np.asarray(labels)
+    groups = np.asarray(groups)
+    codes = np.zeros(len(labels), np.uint8)
+    test = _hold_out(labels, groups, test_frac, kind, seed)
+    codes[test] = 2
+    rest = np.flatnonzero(codes == 0)
+    val = rest[_hold_out(labels[rest], groups[rest], val_frac, kind, seed)]
+    codes[val] = 1
+    return codes

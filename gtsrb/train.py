@@ -1,0 +1,324 @@
+"""fit(model_config, data, out_dir, train_config) -> history.
+
+A plain top-to-bottom loop over in-memory uint8 tensors. Used by the CLI, by a
+Ray trial (through ``on_epoch``) and by ``study/train_best.py``.
+
+Recipe, and why:
+- AdamW with a one-cycle LR schedule, stepped per batch. The search varies SE
+  form, placement and dropout; Adam's per-parameter scaling trains all of them
+  without per-config LR tuning, and one-cycle converges within a fixed epoch
+  budget and ends at a low LR, so the last epoch is usually the best (which is
+  what ASHA compares).
+- Augmentation with kornia on whole uint8->float batches, per-sample random
+  parameters: small affine jitter (rotation, shift, scale, shear), brightness
+  and contrast. Never a horizontal flip: it turns "keep left" into "keep right".
+
+Outputs under ``out_dir``: TensorBoard event files, ``last.pt`` (every epoch,
+atomic), ``best.pt`` (best val accuracy), ``history.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from gtsrb.checkpoint import load_checkpoint, save_checkpoint
+from gtsrb.data import Packed, load_pack
+from gtsrb.metrics import classification_metrics, confusion
+from gtsrb.model import ModelConfig, SEVGG, build_model, to_float_images
+
+METRIC_NAMES = ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-3  # peak of the one-cycle schedule
+    weight_decay: float = 5e-2  # AdamW's decoupled decay
+    pct_start: float = 0.25  # share of steps spent warming up
+    augment: bool = True
+    seed: int = 0
+    log_every: int = 25  # steps between per-step TensorBoard points
+    histograms: bool = True
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_augment() -> nn.Module:
+    """Per-sample augmentation on float batches in [0, 1]. No flips (see module doc)."""
+    import kornia.augmentation as K
+
+    return nn.Sequential(
+        K.RandomAffine(degrees=10.0, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=5.0, p=1.0),
+        K.ColorJitter(brightness=0.3, contrast=0.3, p=0.8),
+    )
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """uint8 (N, H, W, 3) on the model's device -> logits (N, classes), eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = to_float_images(images[i : i + batch_size].to(device, non_blocking=True))
+        with _autocast(device):
+            out.append(model(x).float())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, model.config.num_classes, device=device)
+
+
+def _autocast(device: torch.device):
+    # bf16 on CUDA; a no-op context on CPU.
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def evaluate_arrays(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[dict, np.ndarray]:
+    """Loss and classification metrics of ``model`` on one split, plus its predictions."""
+    logits = predict_logits(model, images)
+    labels = labels.to(logits.device)
+    loss = F.cross_entropy(logits, labels).item() if len(labels) else 0.0
+    pred = logits.argmax(1).cpu().numpy()
+    metrics = {"loss": loss, **classification_metrics(labels.cpu().numpy(), pred), "n": len(pred)}
+    return metrics, pred
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def fit(
+    model_config: ModelConfig,
+    data: Packed | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[dict, Path], None] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train on the pack's train split, validate on its val split, one history row per epoch.
+
+    ``on_epoch(row, out_dir)`` runs after each epoch's checkpoint is written;
+    ``row`` holds the epoch, train_* and val_* metrics, the LR and the time.
+    With ``resume`` the run continues from ``out_dir/last.pt`` and, on CPU,
+    ends exactly where an uninterrupted run ends.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    config = config or TrainConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    pack_path = None
+    if not isinstance(data, Packed):
+        pack_path = Path(data).resolve()
+        data = load_pack(pack_path)
+    train, val = data.subset("train"), data.subset("val")
+    if len(train.labels) == 0:
+        raise ValueError("the pack has no train split")
+
+    # Data lives on the device as one uint8 tensor per split.
+    x_train = torch.from_numpy(train.images).to(device)
+    y_train = torch.from_numpy(train.labels).to(device)
+    x_val = torch.from_numpy(val.images).to(device)
+    y_val = torch.from_numpy(val.labels).to(device)
+
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    model = build_model(model_config).to(device)
+    augment = make_augment().to(device) if config.augment else nn.Identity()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, len(y_train) // config.batch_size)  # drop the ragged last batch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+        pct_start=config.pct_start,
+    )
+
+    start_epoch, history, best_acc = 1, [], -1.0
+    if resume and (out_dir / "last.pt").exists():
+        ckpt = load_checkpoint(out_dir / "last.pt", map_location=device)
+        if ModelConfig.from_dict(ckpt["model_config"]) != model_config:
+            raise ValueError(f"{out_dir / 'last.pt'}: its model config differs from this run's")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"], device)
+        start_epoch, history = ckpt["epoch"] + 1, list(ckpt["history"])
+        best_acc = max((h["val_accuracy"] for h in history), default=-1.0)
+    step = (start_epoch - 1) * steps_per_epoch
+    # purge_step drops events a killed run wrote after its last checkpoint.
+    writer = SummaryWriter(str(out_dir), purge_step=step if start_epoch > 1 else None)
+    meta = {
+        "model_config": model_config.to_dict(),
+        "train_config": dataclasses.asdict(config),
+        "data": {"path": str(pack_path) if pack_path else None, **{k: _plain(v) for k, v in data.attrs.items()}},
+        "class_names": list(data.class_names),
+    }
+
+    for epoch in range(start_epoch, config.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        # A fresh permutation per epoch from (seed, epoch): nothing to save for resume.
+        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        order = torch.randperm(len(y_train), generator=gen)[: steps_per_epoch * config.batch_size].to(device)
+        window_loss, window_pred, window_true = [], [], []
+        epoch_loss, epoch_pred = [], []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False)
+        for i in bar:
+            idx = order[i * config.batch_size : (i + 1) * config.batch_size]
+            x, y = to_float_images(x_train[idx]), y_train[idx]
+            with torch.no_grad():
+                x = augment(x)
+            # forward, backward, step
+            with _autocast(device):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            # Keep metrics on the device; sync only when a window is logged.
+            window_loss.append(loss.detach())
+            window_pred.append(logits.detach().argmax(1))
+            window_true.append(y)
+            if step % config.log_every == 0 or i == steps_per_epoch - 1:
+                losses = torch.stack(window_loss)
+                pred, true = torch.cat(window_pred).cpu().numpy(), torch.cat(window_true).cpu().numpy()
+                m = {"loss": losses.mean().item(), **classification_metrics(true, pred)}
+                _log(writer, "train/step", m, step)
+                writer.add_scalar("lr/step", scheduler.get_last_lr()[0], step)
+                bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.3f}")
+                epoch_loss.append(losses)
+                epoch_pred.append((pred, true))
+                window_loss, window_pred, window_true = [], [], []
+
+        # Epoch metrics: train from the accumulated predictions, val from a full pass.
+        train_m = {
+            "loss": torch.cat(epoch_loss).mean().item(),
+            **classification_metrics(np.concatenate([t for _, t in epoch_pred]), np.concatenate([p for p, _ in epoch_pred])),
+        }
+        val_m, _ = evaluate_arrays(model, x_val, y_val) if len(y_val) else ({k: 0.0 for k in METRIC_NAMES}, None)
+        seconds = time.perf_counter() - t0
+        _log(writer, "train/epoch", train_m, epoch)
+        _log(writer, "val/epoch", val_m, epoch)
+        _log(writer, "val/step", val_m, step)  # val against the step axis, beside train/step
+        writer.add_scalar("lr/epoch", scheduler.get_last_lr()[0], epoch)
+        if config.histograms:
+            for name, module in model.named_modules():
+                if isinstance(module, nn.Conv2d):
+                    writer.add_histogram(f"weights/{name}", module.weight, epoch)
+                    if module.weight.grad is not None:
+                        writer.add_histogram(f"grads/{name}", module.weight.grad, epoch)
+        row = {
+            "epoch": epoch,
+            **{f"train_{k}": train_m[k] for k in METRIC_NAMES},
+            **{f"val_{k}": float(val_m[k]) for k in METRIC_NAMES},
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": seconds,
+            "images_per_s": steps_per_epoch * config.batch_size / seconds,
+        }
+        history.append(row)
+
+        # Checkpoint: last every epoch, best kept apart; both atomic.
+        state = {
+            **meta,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(device),
+            "epoch": epoch,
+            "history": history,
+        }
+        save_checkpoint(state, out_dir / "last.pt")
+        if row["val_accuracy"] > best_acc:
+            best_acc = row["val_accuracy"]
+            save_checkpoint({**meta, "model": model.state_dict(), "epoch": epoch, "history": history}, out_dir / "best.pt")
+        (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+        writer.flush()
+        if progress:
+            tqdm.write(
+                f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
+                f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} f1 {row['val_macro_f1']:.4f} | "
+                f"{seconds:.0f} s, {row['images_per_s']:.0f} img/s"
+            )
+        if on_epoch is not None:
+            on_epoch(row, out_dir)
+
+    if history and start_epoch <= config.epochs:
+        _final_logs(writer, out_dir, model, x_val, y_val, data.class_names, meta, history)
+    writer.close()
+    return history
+
+
+def _final_logs(writer, out_dir, model, x_val, y_val, class_names, meta, history) -> None:
+    """hparams and a confusion-matrix figure of the best-by-val weights."""
+    from gtsrb.report import confusion_figure
+
+    best = load_checkpoint(out_dir / "best.pt", map_location=x_val.device)
+    model.load_state_dict(best["model"])
+    if len(y_val):
+        _, pred = evaluate_arrays(model, x_val, y_val)
+        cm = confusion(y_val.cpu().numpy(), pred, len(class_names))
+        writer.add_figure("val/confusion_matrix", confusion_figure(cm, class_names, "val split, best epoch"), best["epoch"])
+    hparams = {f"model/{k}": _hparam(v) for k, v in meta["model_config"].items() if k not in ("cfg",)}
+    hparams |= {f"train/{k}": _hparam(v) for k, v in meta["train_config"].items()}
+    best_row = max(history, key=lambda h: h["val_accuracy"])
+    writer.add_hparams(
+        hparams,
+        {"hparam/best_val_accuracy": best_row["val_accuracy"], "hparam/best_val_macro_f1": best_row["val_macro_f1"]},
+        run_name=".",
+    )
+
+
+def _log(writer, prefix: str, metrics: dict, step: int) -> None:
+    for k in METRIC_NAMES:
+        writer.add_scalar(f"{prefix}/{k}", float(metrics[k]), step)
+
+
+def _hparam(v):
+    return v if isinstance(v, (int, float, str, bool)) else str(v)
+
+
+def _plain(v):
+    """HDF5 attribute -> a plain Python value a safe checkpoint can hold."""
+    if isinstance(v, np.generic):
+        return v.item()
+    return v

@@ -1,0 +1,67 @@
+import json
+
+import pytest
+
+from fixtures import make_official_test_zips, make_test_tree
+from gtsrb.checkpoint import save_checkpoint
+from gtsrb.cli import main
+from gtsrb.data import DataError
+from gtsrb.evaluate import evaluate
+from gtsrb.inference import Classifier
+from gtsrb.model import PRESETS, build_model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    model = build_model("seed")
+    save_checkpoint({"model_config": PRESETS["seed"].to_dict(), "model": model.state_dict(), "epoch": 0}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def official(tmp_path_factory):
+    root = tmp_path_factory.mktemp("official")
+    zips = make_official_test_zips(root / "zips", n=86)
+    folder, _ = make_test_tree(root / "folder", n=86)
+    return zips, folder
+
+
+def test_evaluate_on_a_pack_split_matches_the_classifier(checkpoint, synthetic_pack, tmp_path):
+    from gtsrb.data import load_pack
+    from gtsrb.metrics import classification_metrics
+
+    r = evaluate(checkpoint, synthetic_pack, "test", out_dir=tmp_path)
+    test = load_pack(synthetic_pack, "test")
+    pred = Classifier.load(checkpoint).predict_arrays(test.images).probs.argmax(1)
+    assert r["n"] == len(test.labels)
+    assert r["accuracy"] == classification_metrics(test.labels, pred)["accuracy"]
+    for name in ("confusion_matrix.png", "per_class.csv", "metrics.json", "confusion_matrix.csv"):
+        assert (tmp_path / name).is_file()
+    assert len(r["per_class"]) == 43
+
+
+@pytest.mark.parametrize("layout", ["zips", "folder"])
+def test_official_test_layout_evaluates_from_zips_and_folder(checkpoint, official, layout, tmp_path, capsys):
+    zips, folder = official
+    paths = [str(p) for p in zips] if layout == "zips" else [str(folder)]
+    assert main(["evaluate", str(checkpoint), "--official-test", *paths, "--json", "--out", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 86 and {"accuracy", "macro_f1", "n"} <= set(out)
+    assert out["data"] == "official test set"
+
+
+def test_official_test_without_labels_names_the_missing_gt_file(checkpoint, official):
+    zips, _ = official
+    with pytest.raises(DataError, match="GT-final_test.csv"):
+        evaluate(checkpoint, official_test=[zips[0]])
+
+
+def test_official_test_rejects_the_training_layout(checkpoint, synthetic_zip):
+    with pytest.raises(DataError, match="training layout"):
+        evaluate(checkpoint, official_test=[synthetic_zip])
+
+
+def test_evaluate_cli_needs_data_or_official_test(checkpoint, capsys):
+    assert main(["evaluate", str(checkpoint)]) == 2
+    assert "--official-test" in capsys.readouterr().err

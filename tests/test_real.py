@@ -1,0 +1,43 @@
+"""On the real archive in ../shared/gtsrb/ (skipped where it is absent)."""
+
+import numpy as np
+import pytest
+
+from gtsrb.data import load_pack, pack
+
+REAL_SHA256 = "34f8f28c23a9dcc8d767706d679216b8d03fd6bab10030ee25a5bdb5c167a15b"
+
+
+@pytest.fixture(scope="module")
+def real_pack(real_zip, tmp_path_factory):
+    out = tmp_path_factory.mktemp("real") / "gtsrb28.h5"
+    summary = pack([real_zip], out)
+    return out, summary
+
+
+def test_real_zip_packs_all_39209_images_of_43_classes(real_pack):
+    out, summary = real_pack
+    p = load_pack(out)
+    assert p.images.shape == (39209, 28, 28, 3) and p.images.dtype == np.uint8
+    assert summary.num_classes == 43 and sorted(set(p.labels.tolist())) == list(range(43))
+    assert p.attrs["source_sha256"] == REAL_SHA256
+    # the 32x32 copy is not blank or saturated
+    assert 40 < p.images.mean() < 140
+
+
+def test_real_track_split_is_grouped_stratified_and_64_16_20(real_pack):
+    out, summary = real_pack
+    p = load_pack(out)
+    codes = p.split
+    assert summary.counts == {"train": 25079, "val": 6270, "test": 7860}
+    np.testing.assert_allclose(np.bincount(codes) / len(codes), [0.64, 0.16, 0.20], atol=0.005)
+    groups = p.labels * 100_000 + p.tracks
+    sides_per_track = {g: set() for g in np.unique(groups)}
+    for g, c in zip(groups, codes):
+        sides_per_track[g].add(int(c))
+    assert len(sides_per_track) == 1307
+    assert all(len(s) == 1 for s in sides_per_track.values()), "a track lies on two sides"
+    overall = np.bincount(p.labels, minlength=43) / len(p.labels)
+    for s in range(3):
+        part = np.bincount(p.labels[codes == s], minlength=43) / (codes == s).sum()
+        assert np.abs(part - overall).max() < 0.02

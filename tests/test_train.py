@@ -1,0 +1,110 @@
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gtsrb.checkpoint import load_checkpoint
+from gtsrb.model import ModelConfig
+from gtsrb.train import METRIC_NAMES, TrainConfig, fit
+
+SMALL = TrainConfig(epochs=2, batch_size=64, log_every=5)
+# The seed's layout at a quarter of its width: the same code paths, 16x less compute.
+TINY = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))
+TINY_JSON = json.dumps({"cfg": list(TINY.cfg)})
+
+
+@pytest.fixture(scope="module")
+def trained_run(synthetic_pack, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    rows = []
+    history = fit(TINY, synthetic_pack, out, SMALL, on_epoch=lambda row, d: rows.append((row, d)), progress=False)
+    return out, history, rows
+
+
+def test_fit_returns_one_history_row_per_epoch_and_calls_back(trained_run):
+    out, history, rows = trained_run
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert [r["epoch"] for r, _ in rows] == [1, 2] and all(d == out for _, d in rows)
+    for key in ("val_accuracy", "val_loss", "val_macro_f1", "train_loss", "lr", "seconds"):
+        assert key in history[-1]
+    assert json.loads((out / "history.json").read_text()) == history
+
+
+def test_tensorboard_has_step_and_epoch_metrics_lr_histograms_hparams_and_confusion(trained_run):
+    out, _, _ = trained_run
+    acc = EventAccumulator(str(out), size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for prefix in ("train/step", "train/epoch", "val/epoch", "val/step"):
+        for name in METRIC_NAMES:
+            assert f"{prefix}/{name}" in tags["scalars"], f"{prefix}/{name}"
+    assert {"lr/step", "lr/epoch"} <= set(tags["scalars"])
+    # every conv layer: the 8 3x3 convs and both 1x1 convs of each of the 5 SE blocks
+    assert len([t for t in tags["histograms"] if t.startswith("weights/")]) == 8 + 10
+    assert len([t for t in tags["histograms"] if t.startswith("grads/")]) == 8 + 10
+    assert len(acc.Histograms("weights/features.0")) == 2  # one per epoch
+    assert "val/confusion_matrix" in tags["images"]
+    assert any("hparams" in t for t in tags["tensors"]) or (out / ".").exists()
+    step_points = acc.Scalars("train/step/loss")
+    assert len(step_points) >= 4 and step_points[0].step < step_points[-1].step
+
+
+def test_checkpoints_are_safe_and_rebuild_their_model(trained_run):
+    out, history, _ = trained_run
+    last = load_checkpoint(out / "last.pt")
+    assert last["epoch"] == 2 and ModelConfig.from_dict(last["model_config"]) == TINY
+    for key in ("optimizer", "scheduler", "rng", "history", "train_config", "class_names"):
+        assert key in last
+    best = load_checkpoint(out / "best.pt")
+    best_epoch = max(history, key=lambda h: h["val_accuracy"])["epoch"]
+    assert best["epoch"] == best_epoch and "optimizer" not in best
+    # torch.load with weights_only=True reads both without any extra allowlist
+    torch.load(out / "last.pt", weights_only=True)
+
+
+def test_training_learns_the_synthetic_classes(synthetic_pack, tmp_path):
+    # No dropout and a few epochs: far above the 1/43 chance level, or the loop is broken.
+    cfg = dataclasses.replace(TINY, conv_dropout=0.0, classifier_dropout=0.0)
+    history = fit(cfg, synthetic_pack, tmp_path, TrainConfig(epochs=4, batch_size=32, lr=3e-3, histograms=False), progress=False)
+    assert history[-1]["val_accuracy"] > 0.5
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def _train_cmd(pack, out, *extra):
+    return [sys.executable, "-m", "gtsrb.cli", "train", "--data", str(pack), "--epochs", "4",
+            "--batch-size", "64", "--threads", "1", "--config", TINY_JSON, "--out", str(out), *extra]
+
+
+def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(synthetic_pack, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(_train_cmd(synthetic_pack, straight), check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(synthetic_pack, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    killed_at = load_checkpoint(killed / "last.pt")["epoch"]
+    assert killed_at < 4, "the run finished before it could be killed"
+
+    # Without --resume an existing run is protected.
+    r = subprocess.run(_train_cmd(synthetic_pack, killed), env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    subprocess.run(_train_cmd(synthetic_pack, killed, "--resume"), check=True, env=env, capture_output=True)
+
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(killed / "last.pt")
+    assert a["epoch"] == b["epoch"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [h["val_accuracy"] for h in a["history"]] == [h["val_accuracy"] for h in b["history"]]
