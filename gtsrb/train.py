@@ -55,6 +55,8 @@ class TrainConfig:
     histograms: bool = True
     device: str = "auto"  # "auto", "cpu", "cuda"
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    channels_last: bool = False  # NHWC activations (pays off with bf16; see `gtsrb bench`)
+    compile: bool = False  # torch.compile the model (falls back to eager where it cannot)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -121,6 +123,65 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+class TrainStep:
+    """augment -> forward -> backward -> optimizer and LR step, on one uint8 batch.
+
+    The one training step: fit() runs it, and so does `gtsrb bench`.
+    Returns the detached loss and logits (no host sync).
+    """
+
+    def __init__(self, model, optimizer, scheduler, augment, device: torch.device, config: TrainConfig):
+        self.model, self.optimizer, self.scheduler, self.augment = model, optimizer, scheduler, augment
+        self.device = device
+        self.channels_last = config.channels_last
+        self.forward = model
+        if config.compile:
+            self.forward = _compiled(model)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = to_float_images(images)
+        with torch.no_grad():
+            x = self.augment(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(self.device):
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach(), logits.detach()
+
+
+def _compiled(model: nn.Module):
+    """torch.compile where it works; the eager model where it cannot (no compiler, ...)."""
+    try:
+        return torch.compile(model)
+    except Exception:  # noqa: BLE001 - any failure to set up compile falls back to eager
+        return model
+
+
+def make_train_step(
+    model_config: ModelConfig, config: TrainConfig, steps_per_epoch: int, device: torch.device | None = None
+) -> TrainStep:
+    """Seed the RNGs, build model, AdamW, one-cycle schedule and augmentation."""
+    device = device or resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    model = build_model(model_config).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    augment = make_augment().to(device) if config.augment else nn.Identity()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+        pct_start=config.pct_start,
+    )
+    return TrainStep(model, optimizer, scheduler, augment, device, config)
+
+
 def fit(
     model_config: ModelConfig,
     data: Packed | str | os.PathLike,
@@ -159,17 +220,9 @@ def fit(
     x_val = torch.from_numpy(val.images).to(device)
     y_val = torch.from_numpy(val.labels).to(device)
 
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    model = build_model(model_config).to(device)
-    augment = make_augment().to(device) if config.augment else nn.Identity()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(y_train) // config.batch_size)  # drop the ragged last batch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-        pct_start=config.pct_start,
-    )
+    train_step = make_train_step(model_config, config, steps_per_epoch, device)
+    model, optimizer, scheduler = train_step.model, train_step.optimizer, train_step.scheduler
 
     start_epoch, history, best_acc = 1, [], -1.0
     if resume and (out_dir / "last.pt").exists():
@@ -203,22 +256,12 @@ def fit(
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False)
         for i in bar:
             idx = order[i * config.batch_size : (i + 1) * config.batch_size]
-            x, y = to_float_images(x_train[idx]), y_train[idx]
-            with torch.no_grad():
-                x = augment(x)
-            # forward, backward, step
-            with _autocast(device):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            loss, logits = train_step(x_train[idx], y_train[idx])
             step += 1
             # Keep metrics on the device; sync only when a window is logged.
-            window_loss.append(loss.detach())
-            window_pred.append(logits.detach().argmax(1))
-            window_true.append(y)
+            window_loss.append(loss)
+            window_pred.append(logits.argmax(1))
+            window_true.append(y_train[idx])
             if step % config.log_every == 0 or i == steps_per_epoch - 1:
                 losses = torch.stack(window_loss)
                 pred, true = torch.cat(window_pred).cpu().numpy(), torch.cat(window_true).cpu().numpy()

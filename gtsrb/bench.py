@@ -1,0 +1,224 @@
+"""`gtsrb bench`: how close training and inference run to this machine's limit.
+
+Everything is measured in ONE process, on the machine it runs on, after a
+warm-up, so the ratios compare like with like:
+
+- ceiling_img_s: fp32 matrix-product FLOP/s measured now, divided by the
+  seed model's counted training FLOP per image (torch.utils.flop_counter);
+- train_img_s: the project's own training step (``gtsrb.train.TrainStep``,
+  the one fit() runs): in-memory uint8 batch -> augmentation -> forward,
+  backward, optimizer step; seed preset, batch 128;
+- naive_img_s: what most users run: torchvision.datasets.GTSRB over the
+  extracted images, per-image PIL transforms in a DataLoader, the eager model;
+- infer_ms_p50/p99: single-image Classifier.predict with SE excitations;
+- pack_s / pack_naive_s: packing the whole archive, against a plain
+  sequential decode loop.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gtsrb.model import PRESETS, ModelConfig, build_model
+
+
+def matmul_gflops(n: int = 2048, seconds: float = 2.0) -> float:
+    """fp32 matrix-product GFLOP/s, the best of several timed rounds."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def flop_per_image(config: ModelConfig = PRESETS["seed"], batch: int = 128) -> tuple[float, float]:
+    """(training, forward) FLOP per image, counted by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(config)
+    x = torch.rand(batch, 3, config.image_size, config.image_size)
+    y = torch.randint(0, config.num_classes, (batch,))
+    with FlopCounterMode(display=False) as fwd:
+        with torch.no_grad():
+            model(x)
+    with FlopCounterMode(display=False) as train:
+        F.cross_entropy(model(x), y).backward()
+    return train.get_total_flops() / batch, fwd.get_total_flops() / batch
+
+
+def _time_steps(step, warmup: int, steps: int) -> float:
+    for _ in range(warmup):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - t
+
+
+def bench_train(steps: int, batch: int = 128, **train_options) -> float:
+    """Images/s of the real training step on an in-memory uint8 tensor (random pixels:
+    the cost of a step does not depend on their values)."""
+    from gtsrb.train import TrainConfig, make_train_step
+
+    config = TrainConfig(batch_size=batch, epochs=1, **train_options)
+    n = batch * 8
+    images = torch.randint(0, 256, (n, 28, 28, 3), dtype=torch.uint8)
+    labels = torch.randint(0, 43, (n,))
+    step_fn = make_train_step(PRESETS["seed"], config, steps_per_epoch=steps + 20)
+    i = 0
+
+    def step():
+        nonlocal i
+        idx = torch.arange(i, i + batch) % n
+        i += batch
+        loss, _ = step_fn(images[idx], labels[idx])
+        loss.item()  # one sync per step so the clock measures finished work
+
+    return steps * batch / _time_steps(step, 3, steps)
+
+
+def _extract_for_torchvision(source: Path, root: Path, limit: int | None) -> None:
+    """The training images laid out as torchvision.datasets.GTSRB expects them."""
+    target = root / "gtsrb" / "GTSRB" / "Training"
+    with zipfile.ZipFile(source) as z:
+        names = [n for n in z.namelist() if n.endswith(".ppm") and "/Final_Training/Images/" in n]
+        if limit:
+            names = names[:: max(1, len(names) // limit)][:limit]
+        for n in names:
+            cls, fname = n.split("/")[-2:]
+            (target / cls).mkdir(parents=True, exist_ok=True)
+            (target / cls / fname).write_bytes(z.read(n))
+
+
+def bench_naive(source: Path, steps: int, batch: int = 128, workers: int = 2) -> float:
+    """Images/s of the usual recipe: torchvision GTSRB + per-image PIL transforms + eager model."""
+    import torchvision.transforms as T
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import GTSRB
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _extract_for_torchvision(source, Path(tmp), limit=batch * (steps + 4))
+        transform = T.Compose([
+            T.Resize((28, 28)),
+            T.RandomAffine(10, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=5),
+            T.ColorJitter(brightness=0.3, contrast=0.3),
+            T.ToTensor(),
+        ])
+        ds = GTSRB(tmp, split="train", transform=transform)
+        loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                            persistent_workers=workers > 0)
+        model = build_model("seed")
+        opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+        it = iter(loader)
+
+        def step():
+            x, y = next(it)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss.item()
+
+        return steps * batch / _time_steps(step, 2, steps)
+
+
+def bench_infer(requests: int) -> tuple[float, float]:
+    """p50 and p99 ms of a single-image Classifier.predict with excitations captured."""
+    from gtsrb.checkpoint import save_checkpoint
+    from gtsrb.inference import Classifier
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.pt"
+        save_checkpoint({"model_config": PRESETS["seed"].to_dict(), "model": build_model("seed").state_dict()}, path)
+        clf = Classifier.load(path)
+    image = np.random.default_rng(0).integers(0, 256, (48, 52, 3), dtype=np.uint8)
+    for _ in range(10):
+        clf.predict(image)
+    times = []
+    for _ in range(requests):
+        t = time.perf_counter()
+        pred = clf.predict(image)
+        times.append((time.perf_counter() - t) * 1000)
+        assert len(pred.excitations) == 5
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def bench_pack(source: Path) -> tuple[float, float]:
+    """Seconds to pack the whole archive, and a plain sequential decode loop over it."""
+    from PIL import Image
+
+    from gtsrb.data import pack
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        pack([source], Path(tmp) / "bench.h5")
+        pack_s = time.perf_counter() - t
+    t = time.perf_counter()
+    with zipfile.ZipFile(source) as z:
+        out = [
+            np.asarray(Image.open(z.open(n)).convert("RGB").resize((28, 28), Image.Resampling.BILINEAR))
+            for n in z.namelist()
+            if n.endswith(".ppm")
+        ]
+    naive_s = time.perf_counter() - t
+    assert len(out) > 0
+    return pack_s, naive_s
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def run(source: Path | None, quick: bool = False) -> dict:
+    train_flop, fwd_flop = flop_per_image()
+    gflops = matmul_gflops(seconds=1.0 if quick else 3.0)
+    result: dict = {"machine": machine(), "quick": quick}
+    result["matmul_gflops"] = gflops
+    result["train_gflop_per_image"] = train_flop / 1e9
+    result["forward_gflop_per_image"] = fwd_flop / 1e9
+    result["ceiling_img_s"] = gflops * 1e9 / train_flop
+    result["train_img_s"] = bench_train(steps=8 if quick else 40)
+    result["infer_ms_p50"], result["infer_ms_p99"] = bench_infer(50 if quick else 300)
+    result["infer_ceiling_ms"] = fwd_flop / (gflops * 1e9) * 1000
+    if source is not None:
+        result["naive_img_s"] = bench_naive(source, steps=4 if quick else 20)
+        if not quick:
+            result["pack_s"], result["pack_naive_s"] = bench_pack(source)
+    result["ratio_to_ceiling"] = result["train_img_s"] / result["ceiling_img_s"]
+    if "naive_img_s" in result:
+        result["speedup_vs_naive"] = result["train_img_s"] / result["naive_img_s"]
+    if "pack_s" in result:
+        result["pack_ratio"] = result["pack_s"] / result["pack_naive_s"]
+    return result
