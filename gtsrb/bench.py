@@ -45,6 +45,20 @@ def matmul_gflops(n: int = 2048, seconds: float = 2.0) -> float:
     return best
 
 
+def cuda_bf16_tflops(n: int = 8192, reps: int = 10) -> float:
+    """bf16 matrix-product TFLOP/s on the current GPU: the practical bf16 peak."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    return reps * 2 * n**3 / (time.perf_counter() - t) / 1e12
+
+
 def flop_per_image(config: ModelConfig = PRESETS["seed"], batch: int = 128) -> tuple[float, float]:
     """(training, forward) FLOP per image, counted by torch.utils.flop_counter."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -69,26 +83,30 @@ def _time_steps(step, warmup: int, steps: int) -> float:
     return time.perf_counter() - t
 
 
-def bench_train(steps: int, batch: int = 128, **train_options) -> float:
+def bench_train(steps: int, batch: int = 128, **train_options) -> float | None:
     """Images/s of the real training step on an in-memory uint8 tensor (random pixels:
     the cost of a step does not depend on their values)."""
     from gtsrb.train import TrainConfig, make_train_step
 
     config = TrainConfig(batch_size=batch, epochs=1, **train_options)
-    n = batch * 8
-    images = torch.randint(0, 256, (n, 28, 28, 3), dtype=torch.uint8)
-    labels = torch.randint(0, 43, (n,))
     step_fn = make_train_step(PRESETS["seed"], config, steps_per_epoch=steps + 20)
+    n = batch * 8
+    # Resident on the training device, as in fit().
+    images = torch.randint(0, 256, (n, 28, 28, 3), dtype=torch.uint8, device=step_fn.device)
+    labels = torch.randint(0, 43, (n,), device=step_fn.device)
     i = 0
 
     def step():
         nonlocal i
-        idx = torch.arange(i, i + batch) % n
+        idx = torch.arange(i, i + batch, device=step_fn.device) % n
         i += batch
         loss, _ = step_fn(images[idx], labels[idx])
         loss.item()  # one sync per step so the clock measures finished work
 
-    return steps * batch / _time_steps(step, 3, steps)
+    img_s = steps * batch / _time_steps(step, 3, steps)
+    if config.compile and step_fn.forward is step_fn.model:
+        return None  # compile fell back to eager: no compiled figure to report
+    return img_s
 
 
 def _extract_for_torchvision(source: Path, root: Path, limit: int | None) -> None:
@@ -201,15 +219,46 @@ def machine() -> dict:
     return info
 
 
-def run(source: Path | None, quick: bool = False) -> dict:
+TRAIN_VARIANTS = {
+    "fp32": {"precision": "fp32"},
+    "bf16_channels_last": {"precision": "bf16"},
+    "fp32_compile": {"precision": "fp32", "compile": True},
+}
+
+
+def run(source: Path | None, quick: bool = False, variants: bool = True) -> dict:
+    """All figures in one dict; ``source`` (the training zip) enables the naive and pack rows."""
     train_flop, fwd_flop = flop_per_image()
     gflops = matmul_gflops(seconds=1.0 if quick else 3.0)
-    result: dict = {"machine": machine(), "quick": quick}
+    steps = 8 if quick else 40
+    result: dict = {"machine": machine(), "quick": quick, "batch_size": 128, "preset": "seed"}
     result["matmul_gflops"] = gflops
     result["train_gflop_per_image"] = train_flop / 1e9
     result["forward_gflop_per_image"] = fwd_flop / 1e9
     result["ceiling_img_s"] = gflops * 1e9 / train_flop
-    result["train_img_s"] = bench_train(steps=8 if quick else 40)
+    # The default TrainConfig: exactly what `gtsrb train`, the study and train-best run.
+    result["train_img_s"] = bench_train(steps)
+    if variants and not quick and not torch.cuda.is_available():
+        result["train_variants_img_s"] = {
+            name: bench_train(steps, **opts) for name, opts in TRAIN_VARIANTS.items()
+        }
+    if torch.cuda.is_available():
+        # The GPU row: data on the GPU, bf16 autocast, channels_last; batch 128 and a
+        # batch large enough to fill the GPU; the share of the measured bf16 matmul peak.
+        peak = cuda_bf16_tflops()
+        gpu = {"bf16_matmul_tflops": peak}
+        for batch in (128, 1024):
+            variants_gpu = {
+                "eager": {},
+                "compile": {"compile": True},
+                "compile_nchw": {"compile": True, "channels_last": False},
+            }
+            for name, opts in variants_gpu.items():
+                img_s = bench_train(steps, batch=batch, **opts)
+                gpu[f"train_img_s_b{batch}_{name}"] = img_s
+                if img_s is not None:
+                    gpu[f"bf16_peak_fraction_b{batch}_{name}"] = img_s * train_flop / (peak * 1e12)
+        result["gpu"] = gpu
     result["infer_ms_p50"], result["infer_ms_p99"] = bench_infer(50 if quick else 300)
     result["infer_ceiling_ms"] = fwd_flop / (gflops * 1e9) * 1000
     if source is not None:
@@ -221,4 +270,5 @@ def run(source: Path | None, quick: bool = False) -> dict:
         result["speedup_vs_naive"] = result["train_img_s"] / result["naive_img_s"]
     if "pack_s" in result:
         result["pack_ratio"] = result["pack_s"] / result["pack_naive_s"]
+    result["infer_ratio_to_ceiling"] = result["infer_ms_p50"] / result["infer_ceiling_ms"]
     return result

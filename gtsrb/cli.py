@@ -1,4 +1,4 @@
-"""The `gtsrb` command: pack | train | evaluate | predict | fetch.
+"""The `gtsrb` command: pack | train | evaluate | predict | fetch | bench.
 
 Bad input ends with one line, `gtsrb: error: <file>: <problem>`, and exit
 status 2; never a traceback from deep inside.
@@ -75,7 +75,13 @@ def cmd_train(a: argparse.Namespace) -> int:
         model_config, train_over = split_config(_load_config_arg(a.config))
     else:
         model_config, train_over = PRESETS[a.preset], {}
-    flags = {k: getattr(a, k) for k in ("epochs", "batch_size", "lr", "seed", "device", "threads") if getattr(a, k) is not None}
+    flags = {
+        k: getattr(a, k)
+        for k in ("epochs", "batch_size", "lr", "seed", "device", "threads", "precision")
+        if getattr(a, k) is not None
+    }
+    if a.compile:
+        flags["compile"] = True
     if a.no_augment:
         flags["augment"] = False
     train_config = TrainConfig(**{**train_over, **flags})
@@ -135,6 +141,37 @@ def cmd_fetch(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from gtsrb.bench import run
+    from gtsrb.data import default_source
+
+    source = a.source
+    if source is None:
+        try:
+            source = default_source()
+        except DataError:
+            print("no training archive found: skipping the naive-loader and pack rows", file=sys.stderr)
+    if source is not None and not zipfile_path(source):
+        raise DataError(f"{source}: the bench needs the training archive as a zip")
+    result = run(source, quick=a.quick)
+    text = json.dumps(result, indent=1)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(text + "\n")
+    if a.json:
+        print(text)
+    else:
+        for k, v in result.items():
+            print(f"{k:>24}: {v:.3f}" if isinstance(v, float) else f"{k:>24}: {v}")
+    return 0
+
+
+def zipfile_path(path: Path) -> bool:
+    import zipfile
+
+    return Path(path).is_file() and zipfile.is_zipfile(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gtsrb", description="SE-VGG11 on GTSRB: pack, train, evaluate, predict.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -163,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", help="auto (default), cpu or cuda")
     s.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     s.add_argument("--no-augment", action="store_true")
+    s.add_argument("--precision", choices=("auto", "bf16", "fp32"),
+                   help="auto (default): bf16 autocast on CUDA, fp32 on CPU")
+    s.add_argument("--compile", action="store_true", help="torch.compile the model")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     s.set_defaults(func=cmd_train)
@@ -185,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("bench", help="training and inference speed against this machine's ceiling")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--quick", action="store_true", help="fewer steps, no pack row: under a minute")
+    s.add_argument("--source", type=Path, help="training zip (default: data/, then ../shared/gtsrb/)")
+    s.add_argument("--out", type=Path, help="also write the JSON here (e.g. results/bench/NAME.json)")
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("fetch", help="download the official archives (needs internet)")
     s.add_argument("--test", action="store_true", help="the official test images and labels instead")

@@ -439,7 +439,7 @@ def pack(
             empty = sorted(set(range(NUM_CLASSES)) - set(labels.tolist()))
             if empty:
                 raise DataError(f"{layout.sources[0].path}: class(es) {empty} have no usable images")
-            groups = labels.astype(np.int64) * 100_000 + tracks
+            groups = labels.astype(np.int64) * 100_000 + tracks  # as Packed.groups
             try:
                 split_codes = make_split(labels, groups, kind=split, seed=seed)
             except ValueError as e:  # e.g. a class with fewer tracks than folds
@@ -522,17 +522,26 @@ class Packed:
     class_names: list[str]
     attrs: dict
 
-    def subset(self, split: str) -> "Packed":
-        keep = self.split == SPLIT_NAMES.index(split)
+    @property
+    def groups(self) -> np.ndarray:
+        """One id per physical sign: (class, track)."""
+        return self.labels.astype(np.int64) * 100_000 + self.tracks
+
+    def take(self, index: np.ndarray) -> "Packed":
+        """The rows at ``index`` (an index array or a boolean mask)."""
+        index = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index)
         return Packed(
-            self.images[keep],
-            self.labels[keep],
-            self.tracks[keep],
-            [f for f, k in zip(self.filenames, keep) if k],
-            self.split[keep],
+            self.images[index],
+            self.labels[index],
+            self.tracks[index],
+            [self.filenames[i] for i in index],
+            self.split[index],
             self.class_names,
             self.attrs,
         )
+
+    def subset(self, split: str) -> "Packed":
+        return self.take(self.split == SPLIT_NAMES.index(split))
 
 
 def load_pack(path: Path | str, split: str | None = None) -> Packed:

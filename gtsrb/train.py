@@ -24,6 +24,7 @@ import json
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,7 +38,8 @@ from tqdm import tqdm
 from gtsrb.checkpoint import load_checkpoint, save_checkpoint
 from gtsrb.data import Packed, load_pack
 from gtsrb.metrics import classification_metrics, confusion
-from gtsrb.model import ModelConfig, SEVGG, build_model, to_float_images
+from gtsrb.model import ModelConfig, build_model, to_float_images
+from gtsrb.splits import track_subset
 
 METRIC_NAMES = ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall")
 
@@ -50,12 +52,17 @@ class TrainConfig:
     weight_decay: float = 5e-2  # AdamW's decoupled decay
     pct_start: float = 0.25  # share of steps spent warming up
     augment: bool = True
+    # Train and validate on a track-grouped, stratified share of each split (1.0: all of it).
+    train_fraction: float = 1.0
+    val_fraction: float = 1.0
     seed: int = 0
     log_every: int = 25  # steps between per-step TensorBoard points
     histograms: bool = True
     device: str = "auto"  # "auto", "cpu", "cuda"
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
-    channels_last: bool = False  # NHWC activations (pays off with bf16; see `gtsrb bench`)
+    # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16" also on CPU (AMX/AVX-512 bf16); "fp32".
+    precision: str = "auto"
+    channels_last: bool | None = None  # NHWC activations; None: on with bf16, where it pays off
     compile: bool = False  # torch.compile the model (falls back to eager where it cannot)
 
     @classmethod
@@ -95,9 +102,16 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 512
     return torch.cat(out) if out else torch.empty(0, model.config.num_classes, device=device)
 
 
-def _autocast(device: torch.device):
-    # bf16 on CUDA; a no-op context on CPU.
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+def use_bf16(config: "TrainConfig", device: torch.device) -> bool:
+    if config.precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision {config.precision!r}: expected auto, bf16 or fp32")
+    return config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+
+
+def _autocast(device: torch.device, bf16: bool | None = None):
+    """bf16 autocast (by default on CUDA only); a no-op context otherwise."""
+    bf16 = device.type == "cuda" if bf16 is None else bf16
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def evaluate_arrays(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[dict, np.ndarray]:
@@ -133,18 +147,31 @@ class TrainStep:
     def __init__(self, model, optimizer, scheduler, augment, device: torch.device, config: TrainConfig):
         self.model, self.optimizer, self.scheduler, self.augment = model, optimizer, scheduler, augment
         self.device = device
-        self.channels_last = config.channels_last
+        self.bf16 = use_bf16(config, device)
+        self.channels_last = self.bf16 if config.channels_last is None else config.channels_last
         self.forward = model
         if config.compile:
             self.forward = _compiled(model)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.forward is self.model:
+            return self._step(images, labels)
+        try:
+            return self._step(images, labels)
+        except Exception as e:  # noqa: BLE001 - a compiler bug must not stop training
+            # Seen: inductor's conv backward stride check fails with channels_last
+            # on CUDA (torch 2.11). The step failed before the optimizer moved.
+            warnings.warn(f"torch.compile failed ({type(e).__name__}); training eagerly")
+            self.forward = self.model
+            return self._step(images, labels)
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = to_float_images(images)
         with torch.no_grad():
             x = self.augment(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(self.device):
+        with _autocast(self.device, self.bf16):
             logits = self.forward(x)
             loss = F.cross_entropy(logits.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
@@ -171,7 +198,7 @@ def make_train_step(
     random.seed(config.seed)
     np.random.seed(config.seed)
     model = build_model(model_config).to(device)
-    if config.channels_last:
+    if config.channels_last or (config.channels_last is None and use_bf16(config, device)):
         model = model.to(memory_format=torch.channels_last)
     augment = make_augment().to(device) if config.augment else nn.Identity()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -211,6 +238,8 @@ def fit(
         pack_path = Path(data).resolve()
         data = load_pack(pack_path)
     train, val = data.subset("train"), data.subset("val")
+    train = train.take(track_subset(train.labels, train.groups, config.train_fraction, config.seed))
+    val = val.take(track_subset(val.labels, val.groups, config.val_fraction, config.seed))
     if len(train.labels) == 0:
         raise ValueError("the pack has no train split")
 

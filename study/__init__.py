@@ -1,0 +1,1 @@
+"""Ray Tune + Optuna study over SE placement, form, reduction, dropout and pooling."""

@@ -1,0 +1,135 @@
+"""Summaries of a stored study, rewritable at any time from its trial folders.
+
+Writes into the study folder: summary.csv (one row per trial), best_config.json,
+top.md (the top trials and the two fixed ones), params.png (each searched
+parameter against the trial's best val accuracy).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from study.space import FIXED_POINTS, SE_STAGE_KEYS, best_config_json
+
+PARAM_ORDER = (*SE_STAGE_KEYS, "se_form", "se_position", "se_reduction", "conv_dropout",
+               "classifier_dropout", "pool", "lr", "weight_decay")
+
+
+def _role(config: dict) -> str:
+    for name, point in FIXED_POINTS.items():
+        if all(config.get(k) == v for k, v in point.items()) and set(config) <= set(point):
+            return name
+    return "searched"
+
+
+def load_trials(study_dir: Path) -> pd.DataFrame:
+    """One row per trial folder: role, parameters, best val accuracy, epochs run, status.
+
+    Reads the files Ray writes into each trial folder (params.json, result.json,
+    error.txt), so it needs no running Ray.
+    """
+    rows = []
+    for params_file in sorted(Path(study_dir).glob("*/params.json")):
+        trial_dir = params_file.parent
+        config = {k: v for k, v in json.loads(params_file.read_text()).items() if k in PARAM_ORDER}
+        results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()
+                   if line.strip()] if (trial_dir / "result.json").exists() else []
+        results = [r for r in results if "val_accuracy" in r]
+        best = max(results, key=lambda r: r["val_accuracy"]) if results else None
+        rows.append({
+            "trial_id": results[0]["trial_id"] if results else trial_dir.name.split("_")[2],
+            "role": _role(config),
+            **{k: config.get(k) for k in PARAM_ORDER},
+            "best_val_accuracy": best["val_accuracy"] if best else float("nan"),
+            "best_epoch": best["epoch"] if best else 0,
+            "epochs_run": max((r["epoch"] for r in results), default=0),
+            "status": "ERROR" if (trial_dir / "error.txt").exists() else ("TERMINATED" if results else "PENDING"),
+            "retried_from_epoch": max((r.get("resumed_from_epoch", 0) for r in results), default=0),
+            "nodes": ",".join(sorted({str(r.get("node_id", ""))[:8] for r in results})),
+            "trial_dir": trial_dir.name,
+        })
+    return pd.DataFrame(rows)
+
+
+def write_summaries(study_dir: Path, max_epochs: int | None = None, top: int = 5) -> str:
+    """Write the four files; return the markdown table."""
+    study_dir = Path(study_dir)
+    trials = load_trials(study_dir).sort_values("best_val_accuracy", ascending=False)
+    max_epochs = max_epochs or int(trials["epochs_run"].max() or 0)
+    trials["outcome"] = [
+        "error" if s == "ERROR" else ("stopped early (ASHA)" if e < max_epochs else "full budget") if s == "TERMINATED" else s.lower()
+        for s, e in zip(trials["status"], trials["epochs_run"])
+    ]
+    trials.to_csv(study_dir / "summary.csv", index=False)
+    finished = trials.dropna(subset=["best_val_accuracy"])
+    if len(finished):
+        # The exact parameters, from the trial's own params.json (the table has NaNs).
+        params = json.loads((study_dir / finished.iloc[0]["trial_dir"] / "params.json").read_text())
+        (study_dir / "best_config.json").write_text(json.dumps(best_config_json(params), indent=1) + "\n")
+    shown = pd.concat([finished.head(top), finished[finished["role"] != "searched"]]).drop_duplicates("trial_id")
+    table = _markdown(shown, len(trials))
+    (study_dir / "top.md").write_text(table + "\n")
+    if len(finished) >= 2:
+        _plot(finished, study_dir / "params.png")
+    return table
+
+
+def _markdown(df: pd.DataFrame, n_trials: int) -> str:
+    def text(v):
+        return "–" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
+
+    def stages(r):
+        return "".join("1" if r[k] else "0" for k in SE_STAGE_KEYS)
+
+    lines = [
+        f"Top trials and the two fixed ones ({n_trials} trials in all). SE stages: 1 = SE in stage 1..5.",
+        "",
+        "| trial | role | best val acc | epochs | SE stages | form | position | r | conv drop | cls drop | pool | lr | wd |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in df.iterrows():
+        fmt = lambda v, f: (f.format(v) if pd.notna(v) else "–")  # noqa: E731
+        lines.append(
+            f"| {r['trial_id']} | {r['role']} | {fmt(r['best_val_accuracy'], '{:.4f}')} | {r['epochs_run']} | "
+            f"{stages(r)} | {text(r['se_form'])} | {text(r['se_position'])} | {fmt(r['se_reduction'], '{:.0f}')} | "
+            f"{fmt(r['conv_dropout'], '{:.2f}')} | {fmt(r['classifier_dropout'], '{:.2f}')} | {r['pool']} | "
+            f"{fmt(r['lr'], '{:.1e}')} | {fmt(r['weight_decay'], '{:.1e}')} |"
+        )
+    return "\n".join(lines)
+
+
+def _plot(df: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    params = [k for k in PARAM_ORDER if df[k].notna().any()]
+    cols = 4
+    rows = -(-len(params) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), dpi=90, squeeze=False)
+    for ax, k in zip(axes.flat, params):
+        x = df[k]
+        if x.dtype == bool or not pd.api.types.is_numeric_dtype(x):
+            labels = x.map(lambda v: "–" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
+            cats = sorted(labels.unique())
+            xs = labels.map({c: i for i, c in enumerate(cats)}).astype(float).to_numpy()
+            ax.set_xticks(range(len(cats)), cats)
+            ax.set_xlim(-0.5, len(cats) - 0.5)
+        else:
+            xs = x.astype(float).to_numpy()
+            if k in ("lr", "weight_decay"):
+                ax.set_xscale("log")
+        colors = ["tab:red" if r != "searched" else "tab:blue" for r in df["role"]]
+        ax.scatter(xs, df["best_val_accuracy"].to_numpy(float), c=colors, s=22)
+        ax.set_xlabel(k)
+        ax.set_ylabel("best val accuracy")
+    for ax in list(axes.flat)[len(params):]:
+        ax.axis("off")
+    fig.suptitle(f"Each searched parameter against the trial's best val accuracy ({len(df)} trials; red: seed and no-SE)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,275 @@
+"""`make tune`: the Ray Tune study. Optuna (seeded TPE) searches, ASHA stops early.
+
+The trial is a thin function over ``gtsrb.train.fit``. On a laptop it runs on a
+local Ray; with ``RAY_ADDRESS`` set it joins that cluster and spreads trials
+over every node (fractional GPUs per trial where there are GPUs).
+
+    python -m study.tune --data data/gtsrb28.h5 [--profile cpu|gpu] [--smoke-test] [--name NAME]
+    python -m study.tune --summarize results/study/NAME     # rewrite the summaries only
+
+Running the same command again after a crash or Ctrl-C continues the same
+study (finished trials are kept, errored ones resumed); a new study needs a
+new --name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY_ROOT = REPO / "results" / "study"
+METRIC, MODE = "val_accuracy", "max"
+# Tests set this to a folder: the first trial to finish epoch 1 kills its own
+# process once (the folder remembers), to show the retry from its checkpoint.
+CRASH_ONCE_ENV = "STUDY_CRASH_ONCE_DIR"
+
+
+@dataclass(frozen=True)
+class Profile:
+    trials: int
+    epochs: int  # the most a trial runs (ASHA's max_t)
+    grace: int  # ASHA: epochs every trial gets
+    train_fraction: float  # track-grouped share of the train split
+    val_fraction: float
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int | None = None
+
+
+PROFILES = {
+    # 2-core laptop, real data, about 40 minutes: a quarter of the train split
+    # (6,270 images, whole tracks), a third of val (2,100), at most 8 epochs,
+    # ASHA rungs at 2, 4 and 8 epochs, 2 trials at a time with 1 CPU each.
+    "cpu": Profile(trials=12, epochs=8, grace=2, train_fraction=0.25, val_fraction=0.34,
+                   cpus_per_trial=1, gpus_per_trial=0),
+    # GPUs: the full splits, longer schedules, 4 trials share each GPU.
+    "gpu": Profile(trials=48, epochs=15, grace=3, train_fraction=1.0, val_fraction=1.0,
+                   cpus_per_trial=2, gpus_per_trial=0.25),
+    # The tests and `make tune SMOKE=1`: 3 trials, 2 epochs, a small share of the data.
+    "smoke": Profile(trials=3, epochs=2, grace=1, train_fraction=0.05, val_fraction=0.2,
+                     cpus_per_trial=1, gpus_per_trial=0, max_concurrent=2),
+}
+
+
+def train_trial(config: dict, data: str, profile: dict) -> None:
+    """One trial: ModelConfig from the trial's parameters, then gtsrb's trainer."""
+    import ray
+    import torch
+    from ray import tune
+
+    from gtsrb.checkpoint import load_checkpoint
+    from gtsrb.train import TrainConfig, fit
+    from study.space import to_configs
+
+    ctx = tune.get_context()
+    cpus = ctx.get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    model_config, train_over = to_configs(config)
+    out_dir = Path(ctx.get_trial_dir()) / "train"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # Resume from Ray's checkpoint (after a failure, or a restored study).
+    resumed_from = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            shutil.copy(Path(d) / "last.pt", out_dir / "last.pt")
+        resumed_from = int(load_checkpoint(out_dir / "last.pt")["epoch"])
+    node_id = ray.get_runtime_context().get_node_id()
+
+    def report(row: dict, run_dir: Path) -> None:
+        metrics = {
+            "epoch": row["epoch"],
+            "val_accuracy": row["val_accuracy"],
+            "val_loss": row["val_loss"],
+            "val_macro_f1": row["val_macro_f1"],
+            "train_loss": row["train_loss"],
+            "train_accuracy": row["train_accuracy"],
+            "epoch_seconds": row["seconds"],
+            "node_id": node_id,
+            "resumed_from_epoch": resumed_from,
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copy(run_dir / "last.pt", Path(tmp) / "last.pt")
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        _maybe_crash_once(row["epoch"])
+
+    train_config = TrainConfig(
+        epochs=profile["epochs"],
+        train_fraction=profile["train_fraction"],
+        val_fraction=profile["val_fraction"],
+        threads=max(1, int(cpus)),
+        histograms=profile["epochs"] > 2,
+        **train_over,
+    )
+    fit(model_config, data, out_dir, train_config, resume=resumed_from > 0, on_epoch=report, progress=False)
+
+
+def _maybe_crash_once(epoch: int) -> None:
+    marker_dir = os.environ.get(CRASH_ONCE_ENV)
+    if not marker_dir or epoch != 1:
+        return
+    try:  # exactly one trial wins the marker, exactly once
+        fd = os.open(Path(marker_dir) / "crashed", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join RAY_ADDRESS's cluster, or start a small local Ray (no dashboard, no usage stats)."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env_vars = {k: os.environ[k] for k in (CRASH_ONCE_ENV, "PYTHONPATH") if k in os.environ}
+    env_vars["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env_vars.get("PYTHONPATH")]))
+    runtime_env = {"env_vars": env_vars}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=num_cpus,
+            object_store_memory=200 * 1024**2,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            runtime_env=runtime_env,
+            log_to_driver=False,
+        )
+
+
+def choose_profile(name: str | None, smoke: bool) -> Profile:
+    """The named profile; else smoke, or gpu where Ray sees GPUs, or cpu."""
+    import ray
+
+    if smoke:
+        return PROFILES["smoke"]
+    if name:
+        return PROFILES[name]
+    return PROFILES["gpu" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"]
+
+
+def study_root() -> Path:
+    """Where studies live: results/study, or $STUDY_ROOT (the tests use a temp folder)."""
+    return Path(os.environ.get("STUDY_ROOT", STUDY_ROOT)).resolve()
+
+
+def build_tuner(data: Path, profile: Profile, name: str, seed: int = 0):
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from study.space import FIXED_POINTS, define_space
+
+    resources = {"cpu": profile.cpus_per_trial, "gpu": profile.gpus_per_trial}
+    if profile.gpus_per_trial == 0:
+        resources.pop("gpu")
+    cpus = ray.cluster_resources().get("CPU", 1)
+    slots = int(cpus // profile.cpus_per_trial) if profile.gpus_per_trial == 0 else int(
+        ray.cluster_resources().get("GPU", 0) / profile.gpus_per_trial)
+    concurrent = max(1, min(profile.max_concurrent or slots, slots))
+    searcher = OptunaSearch(
+        space=define_space,
+        metric=METRIC,
+        mode=MODE,
+        points_to_evaluate=list(FIXED_POINTS.values()),
+        sampler=optuna.samplers.TPESampler(seed=seed),
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, data=str(data), profile=asdict(profile)), resources
+    )
+    return tune.Tuner(
+        trainable,
+        # metric and mode go to the searcher and the scheduler: a define-by-run
+        # OptunaSearch takes them only when it is built.
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent),
+            scheduler=ASHAScheduler(metric=METRIC, mode=MODE, time_attr="epoch", max_t=profile.epochs, grace_period=profile.grace,
+                                    reduction_factor=2),
+            num_samples=profile.trials,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(study_root()),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=2),
+            verbose=1,
+        ),
+    ), trainable
+
+
+def run_study(data: Path, profile: Profile, name: str, seed: int = 0):
+    """Start the study, or continue it where a crash or Ctrl-C left it."""
+    from ray import tune
+
+    path = study_root() / name
+    # Ask before building: a new Tuner writes its state into the folder at once.
+    restorable = tune.Tuner.can_restore(str(path))
+    tuner, trainable = build_tuner(data, profile, name, seed)
+    if restorable:
+        print(f"continuing the study in {path}", file=sys.stderr)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    return tuner.fit()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m study.tune", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=REPO / "data" / "gtsrb28.h5", help="packed HDF5 (absolute path is used)")
+    p.add_argument("--profile", choices=sorted(PROFILES), help="default: gpu where Ray sees GPUs, else cpu")
+    p.add_argument("--smoke-test", action="store_true", help="3 short trials: about 3 minutes")
+    p.add_argument("--name", help="study name (default: the profile's name); same name = continue")
+    p.add_argument("--trials", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--gpus-per-trial", type=float)
+    p.add_argument("--train-fraction", type=float, help="track-grouped share of the train split")
+    p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
+    p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    p.add_argument("--summarize", type=Path, metavar="STUDY_DIR", help="only rewrite the summaries of a stored study")
+    a = p.parse_args(argv)
+
+    from study.summary import write_summaries
+
+    if a.summarize:
+        print(write_summaries(a.summarize))
+        return 0
+    data = a.data.resolve()
+    if not data.is_file():
+        print(f"study: error: {data}: no packed data (run `make pack` or `gtsrb pack`)", file=sys.stderr)
+        return 2
+    init_ray(a.num_cpus)
+    profile = choose_profile(a.profile, a.smoke_test)
+    overrides = {
+        k: v for k, v in {
+            "trials": a.trials, "epochs": a.epochs, "cpus_per_trial": a.cpus_per_trial,
+            "gpus_per_trial": a.gpus_per_trial, "train_fraction": a.train_fraction,
+        }.items() if v is not None
+    }
+    profile = replace(profile, **overrides)
+    if profile.grace > profile.epochs:
+        profile = replace(profile, grace=profile.epochs)
+    name = a.name or ("smoke" if a.smoke_test else (a.profile or ("gpu" if profile.gpus_per_trial else "cpu")))
+    print(f"study {name}: {json.dumps(asdict(profile))}", file=sys.stderr)
+    results = run_study(data, profile, name, a.seed)
+    print(write_summaries(study_root() / name, max_epochs=profile.epochs))
+    if results.errors:
+        for e in results.errors:
+            print(f"study: trial error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""The bench's pieces, on tiny budgets (the figures themselves live in results/bench/)."""
+
+import json
+
+import pytest
+
+from gtsrb import bench
+from gtsrb.cli import main
+
+
+def test_flop_count_of_the_seed_model_is_about_0_49_gflop_per_training_image():
+    train, forward = bench.flop_per_image()
+    assert train == pytest.approx(0.492e9, rel=0.01)
+    assert forward == pytest.approx(0.165e9, rel=0.01)
+
+
+def test_train_bench_runs_the_real_training_step():
+    assert bench.bench_train(steps=1, batch=16) > 0
+
+
+def test_compile_that_falls_back_reports_no_figure(monkeypatch):
+    import gtsrb.train as train
+
+    monkeypatch.setattr(train, "_compiled", lambda model: (lambda x: (_ for _ in ()).throw(RuntimeError("no compiler"))))
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        assert bench.bench_train(steps=1, batch=8, compile=True) is None
+
+
+def test_naive_loader_bench_reads_torchvision_gtsrb_from_the_archive(synthetic_zip):
+    assert bench.bench_naive(synthetic_zip, steps=1, batch=8, workers=0) > 0
+
+
+def test_bench_cli_quick_json_has_the_reported_keys(synthetic_zip, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "bench_train", lambda steps, batch=128, **kw: 100.0)
+    monkeypatch.setattr(bench, "bench_infer", lambda requests: (2.0, 3.0))
+    monkeypatch.setattr(bench, "bench_naive", lambda source, steps, batch=128, workers=2: 50.0)
+    out = tmp_path / "b.json"
+    assert main(["bench", "--quick", "--json", "--source", str(synthetic_zip), "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result == json.loads(out.read_text())
+    for key in ("ceiling_img_s", "train_img_s", "naive_img_s", "infer_ms_p50", "infer_ms_p99",
+                "infer_ceiling_ms", "ratio_to_ceiling", "speedup_vs_naive", "machine"):
+        assert key in result, key
+    assert result["speedup_vs_naive"] == 2.0
+    assert {"cpu", "cores", "torch", "torch_threads"} <= set(result["machine"])
