@@ -15,7 +15,18 @@ RUN     ?= runs/$(PRESET)
 export GRADIO_ANALYTICS_ENABLED := False
 export RAY_USAGE_STATS_ENABLED  := 0
 
-.PHONY: venv pack train resume test tensorboard clean-venv
+# The study (see README): SMOKE=1, NAME=..., TRIALS=, TUNE_EPOCHS=, CPUS_PER_TRIAL=,
+# GPUS_PER_TRIAL=, TRAIN_FRACTION= override the profile chosen from what Ray sees.
+NAME           ?=
+SMOKE          ?=
+TRIALS         ?=
+TUNE_EPOCHS    ?=
+CPUS_PER_TRIAL ?=
+GPUS_PER_TRIAL ?=
+TRAIN_FRACTION ?=
+STUDY          ?= $(if $(NAME),$(NAME),$(if $(SMOKE),smoke,cpu))
+
+.PHONY: venv pack train test tune tune-summary train-best bench tensorboard clean-venv
 
 venv: $(STAMP)
 
@@ -40,8 +51,30 @@ train: $(DATA)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+tune: $(DATA)
+	$(BIN)/python -m study.tune --data $(abspath $(DATA)) $(if $(SMOKE),--smoke-test) \
+		$(if $(NAME),--name $(NAME)) $(if $(TRIALS),--trials $(TRIALS)) \
+		$(if $(TUNE_EPOCHS),--epochs $(TUNE_EPOCHS)) $(if $(CPUS_PER_TRIAL),--cpus-per-trial $(CPUS_PER_TRIAL)) \
+		$(if $(GPUS_PER_TRIAL),--gpus-per-trial $(GPUS_PER_TRIAL)) $(if $(TRAIN_FRACTION),--train-fraction $(TRAIN_FRACTION))
+
+# Rewrite summary.csv, best_config.json, top.md and params.png from the stored trials.
+tune-summary: $(STAMP)
+	$(BIN)/python -m study.tune --summarize results/study/$(STUDY)
+
+# The study's best config at full budget -> results/best/ (CONFIG=..., OFFICIAL_TEST=...).
+CONFIG       ?= results/study/$(STUDY)/best_config.json
+BEST_EPOCHS  ?= 15
+OFFICIAL_TEST ?=
+train-best: $(DATA)
+	$(BIN)/python -m study.train_best --config $(CONFIG) --data $(DATA) --epochs $(BEST_EPOCHS) \
+		--out results/best $(if $(OFFICIAL_TEST),--official-test $(OFFICIAL_TEST))
+
+bench: $(STAMP)
+	$(BIN)/gtsrb bench --out results/bench/$(shell date +%Y-%m-%d)-$(shell hostname -s).json
+
+# Ray's trial logs (with the trainer's own event files inside each trial) and the training runs.
 tensorboard: $(STAMP)
-	$(BIN)/tensorboard --logdir runs --host 127.0.0.1 --port 6006
+	$(BIN)/tensorboard --logdir_spec study:results/study,runs:runs --host 127.0.0.1 --port 6006
 
 clean-venv:
 	rm -rf $(VENV)

@@ -13,7 +13,6 @@ for comparison.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 SPLIT_NAMES = ("train", "val", "test")
 SPLIT_KINDS = ("track", "random")
@@ -21,6 +20,10 @@ SPLIT_KINDS = ("track", "random")
 
 def _hold_out(labels: np.ndarray, groups: np.ndarray, frac: float, kind: str, seed: int) -> np.ndarray:
     """Indices (into labels) of a held-out part of about ``frac``."""
+    # scikit-learn is imported here, not at the top: pack's decode workers import
+    # this module and would pay a second for it.
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
     idx = np.arange(len(labels))
     if kind == "random":
         _, held = train_test_split(idx, test_size=frac, stratify=labels, random_state=seed)

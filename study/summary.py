@@ -122,7 +122,10 @@ def _plot(df: pd.DataFrame, path: Path) -> None:
         else:
             xs = x.astype(float).to_numpy()
             if k in ("lr", "weight_decay"):
+                from matplotlib.ticker import NullFormatter
+
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())
         colors = ["tab:red" if r != "searched" else "tab:blue" for r in df["role"]]
         ax.scatter(xs, df["best_val_accuracy"].to_numpy(float), c=colors, s=22)
         ax.set_xlabel(k)

@@ -1,0 +1,158 @@
+"""The Ray Tune study: space, a real smoke study on local Ray, a trial killed
+on purpose, a driver interrupted and resumed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from gtsrb.cli import split_config
+from gtsrb.model import PRESETS
+from study.space import FIXED_POINTS, NO_SE_POINT, SEED_POINT, best_config_json, define_space, to_configs
+from study.tune import CRASH_ONCE_ENV, REPO
+
+
+def test_fixed_points_are_the_seed_and_the_seed_without_se():
+    seed_model, seed_train = to_configs(SEED_POINT)
+    assert seed_model == PRESETS["seed"]
+    no_se_model, _ = to_configs(NO_SE_POINT)
+    assert no_se_model == PRESETS["vgg11"]
+    assert seed_train == {"lr": 2e-3, "weight_decay": 0.05}
+
+
+def test_space_asks_se_settings_only_when_some_stage_has_se():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for point in FIXED_POINTS.values():
+        study.enqueue_trial(point)
+    study.optimize(lambda t: define_space(t) or 0.0, n_trials=30)
+    first, second = study.trials[0].params, study.trials[1].params
+    assert first == SEED_POINT and second == NO_SE_POINT
+    for t in study.trials:
+        has_se = any(t.params[f"se_stage{i}"] for i in range(1, 6))
+        assert ("se_form" in t.params) == has_se
+        if has_se:
+            assert t.params["se_reduction"] in (4, 8, 16, 32)
+            assert t.params["se_form"] in ("gate", "scale_shift")
+        assert t.params["pool"] in ("max", "avg")
+        to_configs(t.params)  # every sampled point builds a valid ModelConfig
+
+
+def test_best_config_json_is_what_gtsrb_train_reads():
+    params = {**SEED_POINT, "se_stage1": False, "se_form": "gate", "pool": "avg", "lr": 3e-3}
+    model, train = split_config(json.loads(json.dumps(best_config_json(params))))
+    assert model == to_configs(params)[0]
+    assert train == {"lr": 3e-3, "weight_decay": 0.05}
+
+
+def _study_cmd(data: Path, name: str) -> list[str]:
+    return [sys.executable, "-m", "study.tune", "--data", str(data), "--smoke-test", "--name", name,
+            "--train-fraction", "1", "--num-cpus", "2"]
+
+
+@pytest.fixture(scope="module")
+def smoke_study(synthetic_pack, tmp_path_factory):
+    """One real smoke study on local Ray; the first trial to finish epoch 1 kills itself once."""
+    root = tmp_path_factory.mktemp("study")
+    crash_dir = tmp_path_factory.mktemp("crash")
+    env = {**os.environ, "STUDY_ROOT": str(root), CRASH_ONCE_ENV: str(crash_dir), "RAY_USAGE_STATS_ENABLED": "0"}
+    r = subprocess.run(_study_cmd(synthetic_pack, "smoke"), env=env, capture_output=True, text=True, cwd=REPO,
+                       timeout=600)
+    return root / "smoke", r, crash_dir
+
+
+def test_smoke_study_runs_without_errors_and_writes_its_summaries(smoke_study):
+    study_dir, r, _ = smoke_study
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "trial error" not in r.stderr
+    for name in ("summary.csv", "best_config.json", "top.md", "params.png"):
+        assert (study_dir / name).is_file(), name
+    summary = pd.read_csv(study_dir / "summary.csv")
+    assert len(summary) == 3 and (summary["status"] == "TERMINATED").all()
+    best = json.loads((study_dir / "best_config.json").read_text())
+    split_config(best)  # gtsrb train --config accepts it
+
+
+def test_the_two_enqueued_trials_ran_with_the_seed_and_no_se_configs(smoke_study):
+    study_dir, _, _ = smoke_study
+    summary = pd.read_csv(study_dir / "summary.csv")
+    assert set(summary["role"]) >= {"seed", "no_se"}
+    seed = summary[summary["role"] == "seed"].iloc[0]
+    assert seed["se_form"] == "scale_shift" and seed["se_reduction"] == 16 and seed["conv_dropout"] == 0.4
+    no_se = summary[summary["role"] == "no_se"].iloc[0]
+    assert not any(no_se[f"se_stage{i}"] for i in range(1, 6))
+
+
+def test_a_trial_killed_on_purpose_is_retried_from_its_checkpoint(smoke_study):
+    study_dir, _, crash_dir = smoke_study
+    assert (crash_dir / "crashed").exists(), "no trial was killed"
+    summary = pd.read_csv(study_dir / "summary.csv")
+    retried = summary[summary["retried_from_epoch"] == 1]
+    assert len(retried) == 1
+    # it went on from epoch 1 to the end instead of starting over
+    trial_dir = study_dir / retried.iloc[0]["trial_dir"]
+    epochs = [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
+    assert epochs == [1, 2]
+
+
+def test_trainer_event_files_live_inside_each_trial_folder(smoke_study):
+    study_dir, _, _ = smoke_study
+    for params in study_dir.glob("*/params.json"):
+        assert list((params.parent / "train").glob("events.out.tfevents.*")), params.parent
+        assert list(params.parent.glob("events.out.tfevents.*")), "Ray's own TensorBoard file"
+
+
+def _finished_trials(study_dir: Path) -> dict[str, int]:
+    done = {}
+    for f in study_dir.glob("*/result.json"):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        if rows and rows[-1].get("done"):
+            done[f.parent.name] = len(rows)
+    return done
+
+
+def test_an_interrupted_driver_resumes_without_rerunning_finished_trials(synthetic_pack, tmp_path):
+    env = {**os.environ, "STUDY_ROOT": str(tmp_path), "RAY_USAGE_STATS_ENABLED": "0"}
+    study_dir = tmp_path / "resume"
+    proc = subprocess.Popen(_study_cmd(synthetic_pack, "resume"), env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    while not _finished_trials(study_dir) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    proc.wait(timeout=120)
+    finished = _finished_trials(study_dir)
+    assert finished, "no trial finished before the interrupt"
+    total_before = len(list(study_dir.glob("*/params.json")))
+    assert total_before < 3 or len(finished) < 3, "the study ended before the interrupt"
+
+    r = subprocess.run(_study_cmd(synthetic_pack, "resume"), env=env, cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "continuing the study" in r.stderr
+    after = _finished_trials(study_dir)
+    for trial, n_results in finished.items():
+        assert after[trial] == n_results, f"{trial} was run again"
+    summary = pd.read_csv(study_dir / "summary.csv")
+    assert len(summary) == 3 and (summary["status"] == "TERMINATED").all()
+
+
+def test_cluster_path_spreads_trials_over_two_ray_nodes(synthetic_pack, tmp_path):
+    """study/cluster_smoke.sh: `ray start` head + worker on 127.0.0.1, the smoke study via RAY_ADDRESS."""
+    env = {**os.environ, "STUDY_ROOT": str(tmp_path), "TRAIN_FRACTION": "1", "BIN": str(Path(sys.executable).parent)}
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run(["bash", str(REPO / "study" / "cluster_smoke.sh"), str(synthetic_pack), "cluster"],
+                       env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    summary = pd.read_csv(tmp_path / "cluster" / "summary.csv")
+    nodes = {n for cell in summary["nodes"].dropna() for n in str(cell).split(",")}
+    assert len(nodes) >= 2, f"all trials on one node: {nodes}"
+    # the script stopped the cluster
+    assert subprocess.run([str(Path(sys.executable).parent / "ray"), "status", "--address", "127.0.0.1:6390"],
+                          capture_output=True, env=env).returncode != 0
