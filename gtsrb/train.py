@@ -217,11 +217,14 @@ def fit(
     resume: bool = False,
     on_epoch: Callable[[dict, Path], None] | None = None,
     progress: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> list[dict]:
     """Train on the pack's train split, validate on its val split, one history row per epoch.
 
-    ``on_epoch(row, out_dir)`` runs after each epoch's checkpoint is written;
-    ``row`` holds the epoch, train_* and val_* metrics, the LR and the time.
+    ``on_epoch(row, checkpoint_dir)`` runs after each epoch's checkpoint is
+    written; ``row`` holds the epoch, train_* and val_* metrics, the LR and the
+    time. Checkpoints go to ``checkpoint_dir`` (default: ``out_dir``; a Ray trial
+    keeps them out of its synced folder).
     With ``resume`` the run continues from ``out_dir/last.pt`` and, on CPU,
     ends exactly where an uninterrupted run ends.
     """
@@ -230,6 +233,8 @@ def fit(
     config = config or TrainConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -254,10 +259,10 @@ def fit(
     model, optimizer, scheduler = train_step.model, train_step.optimizer, train_step.scheduler
 
     start_epoch, history, best_acc = 1, [], -1.0
-    if resume and (out_dir / "last.pt").exists():
-        ckpt = load_checkpoint(out_dir / "last.pt", map_location=device)
+    if resume and (ckpt_dir / "last.pt").exists():
+        ckpt = load_checkpoint(ckpt_dir / "last.pt", map_location=device)
         if ModelConfig.from_dict(ckpt["model_config"]) != model_config:
-            raise ValueError(f"{out_dir / 'last.pt'}: its model config differs from this run's")
+            raise ValueError(f"{ckpt_dir / 'last.pt'}: its model config differs from this run's")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -339,10 +344,10 @@ def fit(
             "epoch": epoch,
             "history": history,
         }
-        save_checkpoint(state, out_dir / "last.pt")
+        save_checkpoint(state, ckpt_dir / "last.pt")
         if row["val_accuracy"] > best_acc:
             best_acc = row["val_accuracy"]
-            save_checkpoint({**meta, "model": model.state_dict(), "epoch": epoch, "history": history}, out_dir / "best.pt")
+            save_checkpoint({**meta, "model": model.state_dict(), "epoch": epoch, "history": history}, ckpt_dir / "best.pt")
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
         writer.flush()
         if progress:
@@ -352,19 +357,19 @@ def fit(
                 f"{seconds:.0f} s, {row['images_per_s']:.0f} img/s"
             )
         if on_epoch is not None:
-            on_epoch(row, out_dir)
+            on_epoch(row, ckpt_dir)
 
     if history and start_epoch <= config.epochs:
-        _final_logs(writer, out_dir, model, x_val, y_val, data.class_names, meta, history)
+        _final_logs(writer, ckpt_dir, model, x_val, y_val, data.class_names, meta, history)
     writer.close()
     return history
 
 
-def _final_logs(writer, out_dir, model, x_val, y_val, class_names, meta, history) -> None:
+def _final_logs(writer, ckpt_dir, model, x_val, y_val, class_names, meta, history) -> None:
     """hparams and a confusion-matrix figure of the best-by-val weights."""
     from gtsrb.report import confusion_figure
 
-    best = load_checkpoint(out_dir / "best.pt", map_location=x_val.device)
+    best = load_checkpoint(ckpt_dir / "best.pt", map_location=x_val.device)
     model.load_state_dict(best["model"])
     if len(y_val):
         _, pred = evaluate_arrays(model, x_val, y_val)

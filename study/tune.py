@@ -73,19 +73,21 @@ def train_trial(config: dict, data: str, profile: dict) -> None:
     cpus = ctx.get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
     model_config, train_over = to_configs(config)
+    # The trainer's event files and history live in the trial folder; its
+    # checkpoints stay in a scratch folder (Ray keeps its own copy of each one).
     out_dir = Path(ctx.get_trial_dir()) / "train"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="gtsrb-trial-"))
 
     # Resume from Ray's checkpoint (after a failure, or a restored study).
     resumed_from = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            shutil.copy(Path(d) / "last.pt", out_dir / "last.pt")
-        resumed_from = int(load_checkpoint(out_dir / "last.pt")["epoch"])
+            shutil.copy(Path(d) / "last.pt", scratch / "last.pt")
+        resumed_from = int(load_checkpoint(scratch / "last.pt")["epoch"])
     node_id = ray.get_runtime_context().get_node_id()
 
-    def report(row: dict, run_dir: Path) -> None:
+    def report(row: dict, ckpt_dir: Path) -> None:
         metrics = {
             "epoch": row["epoch"],
             "val_accuracy": row["val_accuracy"],
@@ -98,7 +100,7 @@ def train_trial(config: dict, data: str, profile: dict) -> None:
             "resumed_from_epoch": resumed_from,
         }
         with tempfile.TemporaryDirectory() as tmp:
-            shutil.copy(run_dir / "last.pt", Path(tmp) / "last.pt")
+            shutil.copy(ckpt_dir / "last.pt", Path(tmp) / "last.pt")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
         _maybe_crash_once(row["epoch"])
 
@@ -110,7 +112,11 @@ def train_trial(config: dict, data: str, profile: dict) -> None:
         histograms=profile["epochs"] > 2,
         **train_over,
     )
-    fit(model_config, data, out_dir, train_config, resume=resumed_from > 0, on_epoch=report, progress=False)
+    try:
+        fit(model_config, data, out_dir, train_config, resume=resumed_from > 0, on_epoch=report,
+            progress=False, checkpoint_dir=scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _maybe_crash_once(epoch: int) -> None:
