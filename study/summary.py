@@ -25,6 +25,15 @@ def _role(config: dict) -> str:
     return "searched"
 
 
+def _status(trial_dir: Path, results: list[dict]) -> str:
+    """TERMINATED once the last result says done (also after a retried failure), else ERROR or RUNNING."""
+    if results and results[-1].get("done"):
+        return "TERMINATED"
+    if (trial_dir / "error.txt").exists():
+        return "ERROR"
+    return "RUNNING" if results else "PENDING"
+
+
 def load_trials(study_dir: Path) -> pd.DataFrame:
     """One row per trial folder: role, parameters, best val accuracy, epochs run, status.
 
@@ -46,7 +55,7 @@ def load_trials(study_dir: Path) -> pd.DataFrame:
             "best_val_accuracy": best["val_accuracy"] if best else float("nan"),
             "best_epoch": best["epoch"] if best else 0,
             "epochs_run": max((r["epoch"] for r in results), default=0),
-            "status": "ERROR" if (trial_dir / "error.txt").exists() else ("TERMINATED" if results else "PENDING"),
+            "status": _status(trial_dir, results),
             "retried_from_epoch": max((r.get("resumed_from_epoch", 0) for r in results), default=0),
             "nodes": ",".join(sorted({str(r.get("node_id", ""))[:8] for r in results})),
             "trial_dir": trial_dir.name,
