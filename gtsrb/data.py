@@ -148,9 +148,13 @@ def _parse_row(source: Source, csv_name: str, line: int, row: dict[str, str]) ->
     return w, h, roi, label
 
 
-def _check_label(label: int, where: str) -> None:
+def _row_problem(sources, csv_at: tuple[int, str], line: int, label: int, image_at: tuple[int, str], all_names) -> str | None:
+    """What is wrong with one CSV row (a label out of range, a missing image), or None."""
     if not 0 <= label < NUM_CLASSES:
-        raise DataError(f"{where}: ClassId {label} is outside 0-{NUM_CLASSES - 1}")
+        return f"{sources[csv_at[0]].describe(csv_at[1])} line {line}: ClassId {label} is outside 0-{NUM_CLASSES - 1}"
+    if image_at not in all_names:
+        return f"{sources[image_at[0]].describe(image_at[1])}: image listed in {csv_at[1]} line {line} is missing"
+    return None
 
 
 def _open_sources(paths: Sequence[Path | str]) -> list[Source]:
@@ -169,14 +173,13 @@ def find_layout(paths: Sequence[Path | str], skip_bad: bool = False) -> Layout:
     """Index the official training or test layout in folders or zips (read in place)."""
     sources = _open_sources(paths)
     all_names = {(i, n) for i, s in enumerate(sources) for n in s.names}
-    by_name = {n: i for i, n in sorted(all_names, reverse=True)}
     train_csvs = [(i, n) for i, n in sorted(all_names) if _TRAIN_CSV.match(n)]
     test_images = [(i, n) for i, n in sorted(all_names) if _TEST_PPM.match(n)]
     where = ", ".join(str(s.path) for s in sources)
     if train_csvs or any(_TRAIN_PPM.match(n) for _, n in all_names):
         layout = _train_layout(sources, all_names, skip_bad)
     elif test_images:
-        layout = _test_layout(sources, all_names, by_name, test_images, skip_bad)
+        layout = _test_layout(sources, all_names, test_images, skip_bad)
     else:
         raise DataError(
             f"{where}: not the official GTSRB layout (expected Final_Training/Images/NNNNN/GT-NNNNN.csv "
@@ -213,11 +216,7 @@ def _train_layout(sources: list[Source], all_names: set, skip_bad: bool) -> Layo
             w, h, roi, label = _parse_row(src, csv_name, line, row)
             fname = row["Filename"]
             member = f"{d}/{fname}"
-            problem = None
-            if not 0 <= label < NUM_CLASSES:
-                problem = f"{src.describe(csv_name)} line {line}: ClassId {label} is outside 0-{NUM_CLASSES - 1}"
-            elif (i, member) not in all_names:
-                problem = f"{src.describe(member)}: image listed in {csv_name} line {line} is missing"
+            problem = _row_problem(sources, (i, csv_name), line, label, (i, member), all_names)
             if problem:
                 if not skip_bad:
                     raise DataError(problem)
@@ -229,7 +228,7 @@ def _train_layout(sources: list[Source], all_names: set, skip_bad: bool) -> Layo
     return Layout("train", sources, records, bad)
 
 
-def _test_layout(sources, all_names, by_name, test_images, skip_bad) -> Layout:
+def _test_layout(sources, all_names, test_images, skip_bad) -> Layout:
     csvs = [(i, n) for i, n in sorted(all_names) if _TEST_CSV.match(n)]
     if not csvs:
         has_nolabel = any(_TEST_CSV_NOLABEL.match(n) for _, n in all_names)
@@ -251,11 +250,7 @@ def _test_layout(sources, all_names, by_name, test_images, skip_bad) -> Layout:
     for line, row in enumerate(rows, start=2):
         w, h, roi, label = _parse_row(sources[ci], csv_name, line, row)
         member = f"{img_dir}/{row['Filename']}"
-        problem = None
-        if not 0 <= label < NUM_CLASSES:
-            problem = f"{sources[ci].describe(csv_name)} line {line}: ClassId {label} is outside 0-{NUM_CLASSES - 1}"
-        elif (img_src, member) not in all_names:
-            problem = f"{sources[img_src].describe(member)}: image listed in {csv_name} line {line} is missing"
+        problem = _row_problem(sources, (ci, csv_name), line, label, (img_src, member), all_names)
         if problem:
             if not skip_bad:
                 raise DataError(problem)
