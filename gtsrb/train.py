@@ -161,7 +161,7 @@ class TrainStep:
         except Exception as e:  # noqa: BLE001 - a compiler bug must not stop training
             # Seen: inductor's conv backward stride check fails with channels_last
             # on CUDA (torch 2.11). The step failed before the optimizer moved.
-            warnings.warn(f"torch.compile failed ({type(e).__name__}); training eagerly")
+            warnings.warn(f"torch.compile failed ({type(e).__name__}); training eagerly", stacklevel=2)
             self.forward = self.model
             return self._step(images, labels)
 

@@ -6,7 +6,6 @@ Every archive here is synthetic (tests/fixtures.py), built once per module.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import sys
