@@ -226,7 +226,7 @@ TRAIN_VARIANTS = {
 }
 
 
-def run(source: Path | None, quick: bool = False, variants: bool = True) -> dict:
+def run(source: Path | None, quick: bool = False) -> dict:
     """All figures in one dict; ``source`` (the training zip) enables the naive and pack rows."""
     train_flop, fwd_flop = flop_per_image()
     gflops = matmul_gflops(seconds=1.0 if quick else 3.0)
@@ -238,7 +238,7 @@ def run(source: Path | None, quick: bool = False, variants: bool = True) -> dict
     result["ceiling_img_s"] = gflops * 1e9 / train_flop
     # The default TrainConfig: exactly what `gtsrb train`, the study and train-best run.
     result["train_img_s"] = bench_train(steps)
-    if variants and not quick and not torch.cuda.is_available():
+    if not quick and not torch.cuda.is_available():
         result["train_variants_img_s"] = {
             name: bench_train(steps, **opts) for name, opts in TRAIN_VARIANTS.items()
         }

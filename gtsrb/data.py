@@ -33,7 +33,7 @@ from PIL import Image, ImageSequence
 
 from gtsrb import __version__
 from gtsrb.classes import CLASS_NAMES, NUM_CLASSES
-from gtsrb.splits import SPLIT_NAMES, make_split
+from gtsrb.splits import SPLIT_NAMES, make_split, track_groups
 
 FORMAT_VERSION = 1
 DEFAULT_SIZE = 28
@@ -434,7 +434,7 @@ def pack(
             empty = sorted(set(range(NUM_CLASSES)) - set(labels.tolist()))
             if empty:
                 raise DataError(f"{layout.sources[0].path}: class(es) {empty} have no usable images")
-            groups = labels.astype(np.int64) * 100_000 + tracks  # as Packed.groups
+            groups = track_groups(labels, tracks)
             try:
                 split_codes = make_split(labels, groups, kind=split, seed=seed)
             except ValueError as e:  # e.g. a class with fewer tracks than folds
@@ -520,7 +520,7 @@ class Packed:
     @property
     def groups(self) -> np.ndarray:
         """One id per physical sign: (class, track)."""
-        return self.labels.astype(np.int64) * 100_000 + self.tracks
+        return track_groups(self.labels, self.tracks)
 
     def take(self, index: np.ndarray) -> "Packed":
         """The rows at ``index`` (an index array or a boolean mask)."""

@@ -18,6 +18,11 @@ SPLIT_NAMES = ("train", "val", "test")
 SPLIT_KINDS = ("track", "random")
 
 
+def track_groups(labels: np.ndarray, tracks: np.ndarray) -> np.ndarray:
+    """One id per physical sign: (class, track number within the class)."""
+    return np.asarray(labels).astype(np.int64) * 100_000 + np.asarray(tracks)
+
+
 def _hold_out(labels: np.ndarray, groups: np.ndarray, frac: float, kind: str, seed: int) -> np.ndarray:
     """Indices (into labels) of a held-out part of about ``frac``."""
     # scikit-learn is imported here, not at the top: pack's decode workers import

@@ -65,10 +65,6 @@ class TrainConfig:
     channels_last: bool | None = None  # NHWC activations; None: on with bf16, where it pays off
     compile: bool = False  # torch.compile the model (falls back to eager where it cannot)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,6 +102,11 @@ def use_bf16(config: "TrainConfig", device: torch.device) -> bool:
     if config.precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision {config.precision!r}: expected auto, bf16 or fp32")
     return config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+
+
+def use_channels_last(config: "TrainConfig", device: torch.device) -> bool:
+    """NHWC activations: as asked, or by default wherever bf16 is on (where it pays off)."""
+    return use_bf16(config, device) if config.channels_last is None else config.channels_last
 
 
 def _autocast(device: torch.device, bf16: bool | None = None):
@@ -148,7 +149,7 @@ class TrainStep:
         self.model, self.optimizer, self.scheduler, self.augment = model, optimizer, scheduler, augment
         self.device = device
         self.bf16 = use_bf16(config, device)
-        self.channels_last = self.bf16 if config.channels_last is None else config.channels_last
+        self.channels_last = use_channels_last(config, device)
         self.forward = model
         if config.compile:
             self.forward = _compiled(model)
@@ -198,7 +199,7 @@ def make_train_step(
     random.seed(config.seed)
     np.random.seed(config.seed)
     model = build_model(model_config).to(device)
-    if config.channels_last or (config.channels_last is None and use_bf16(config, device)):
+    if use_channels_last(config, device):
         model = model.to(memory_format=torch.channels_last)
     augment = make_augment().to(device) if config.augment else nn.Identity()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -290,12 +291,13 @@ def fit(
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False)
         for i in bar:
             idx = order[i * config.batch_size : (i + 1) * config.batch_size]
-            loss, logits = train_step(x_train[idx], y_train[idx])
+            y = y_train[idx]
+            loss, logits = train_step(x_train[idx], y)
             step += 1
             # Keep metrics on the device; sync only when a window is logged.
             window_loss.append(loss)
             window_pred.append(logits.argmax(1))
-            window_true.append(y_train[idx])
+            window_true.append(y)
             if step % config.log_every == 0 or i == steps_per_epoch - 1:
                 losses = torch.stack(window_loss)
                 pred, true = torch.cat(window_pred).cpu().numpy(), torch.cat(window_true).cpu().numpy()

@@ -62,7 +62,6 @@ PROFILES = {
 def train_trial(config: dict, data: str, profile: dict) -> None:
     """One trial: ModelConfig from the trial's parameters, then gtsrb's trainer."""
     import ray
-    import torch
     from ray import tune
 
     from gtsrb.checkpoint import load_checkpoint
@@ -70,8 +69,8 @@ def train_trial(config: dict, data: str, profile: dict) -> None:
     from study.space import to_configs
 
     ctx = tune.get_context()
+    # fit() sets torch's threads to this trial's CPUs.
     cpus = ctx.get_trial_resources().required_resources.get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
     model_config, train_over = to_configs(config)
     # The trainer's event files and history live in the trial folder; its
     # checkpoints stay in a scratch folder (Ray keeps its own copy of each one).
@@ -99,8 +98,9 @@ def train_trial(config: dict, data: str, profile: dict) -> None:
             "node_id": node_id,
             "resumed_from_epoch": resumed_from,
         }
-        with tempfile.TemporaryDirectory() as tmp:
-            shutil.copy(ckpt_dir / "last.pt", Path(tmp) / "last.pt")
+        with tempfile.TemporaryDirectory(dir=ckpt_dir) as tmp:
+            # A hard link, not a copy: Ray copies the file into storage itself.
+            os.link(ckpt_dir / "last.pt", Path(tmp) / "last.pt")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
         _maybe_crash_once(row["epoch"])
 
@@ -169,7 +169,17 @@ def study_root() -> Path:
     return Path(os.environ.get("STUDY_ROOT", STUDY_ROOT)).resolve()
 
 
-def build_tuner(data: Path, profile: Profile, name: str, seed: int = 0):
+def make_trainable(data: Path, profile: Profile):
+    """train_trial with its data, profile and per-trial resources bound."""
+    from ray import tune
+
+    resources = {"cpu": profile.cpus_per_trial}
+    if profile.gpus_per_trial:
+        resources["gpu"] = profile.gpus_per_trial
+    return tune.with_resources(tune.with_parameters(train_trial, data=str(data), profile=asdict(profile)), resources)
+
+
+def build_tuner(trainable, profile: Profile, name: str, seed: int = 0):
     import optuna
     import ray
     from ray import tune
@@ -179,12 +189,11 @@ def build_tuner(data: Path, profile: Profile, name: str, seed: int = 0):
 
     from study.space import FIXED_POINTS, define_space
 
-    resources = {"cpu": profile.cpus_per_trial, "gpu": profile.gpus_per_trial}
-    if profile.gpus_per_trial == 0:
-        resources.pop("gpu")
-    cpus = ray.cluster_resources().get("CPU", 1)
-    slots = int(cpus // profile.cpus_per_trial) if profile.gpus_per_trial == 0 else int(
-        ray.cluster_resources().get("GPU", 0) / profile.gpus_per_trial)
+    seen = ray.cluster_resources()
+    if profile.gpus_per_trial:
+        slots = int(seen.get("GPU", 0) / profile.gpus_per_trial)
+    else:
+        slots = int(seen.get("CPU", 1) // profile.cpus_per_trial)
     concurrent = max(1, min(profile.max_concurrent or slots, slots))
     searcher = OptunaSearch(
         space=define_space,
@@ -192,9 +201,6 @@ def build_tuner(data: Path, profile: Profile, name: str, seed: int = 0):
         mode=MODE,
         points_to_evaluate=list(FIXED_POINTS.values()),
         sampler=optuna.samplers.TPESampler(seed=seed),
-    )
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, data=str(data), profile=asdict(profile)), resources
     )
     return tune.Tuner(
         trainable,
@@ -213,7 +219,7 @@ def build_tuner(data: Path, profile: Profile, name: str, seed: int = 0):
             failure_config=tune.FailureConfig(max_failures=2),
             verbose=1,
         ),
-    ), trainable
+    )
 
 
 def run_study(data: Path, profile: Profile, name: str, seed: int = 0):
@@ -221,12 +227,12 @@ def run_study(data: Path, profile: Profile, name: str, seed: int = 0):
     from ray import tune
 
     path = study_root() / name
-    # Ask before building: a new Tuner writes its state into the folder at once.
-    restorable = tune.Tuner.can_restore(str(path))
-    tuner, trainable = build_tuner(data, profile, name, seed)
-    if restorable:
+    trainable = make_trainable(data, profile)
+    if tune.Tuner.can_restore(str(path)):
         print(f"continuing the study in {path}", file=sys.stderr)
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    else:
+        tuner = build_tuner(trainable, profile, name, seed)
     return tuner.fit()
 
 
