@@ -1,4 +1,4 @@
-"""The `gtsrb` command: pack | train | evaluate | predict | fetch | bench.
+"""The `gtsrb` command: pack | train | evaluate | predict | excitations | fetch | bench.
 
 Bad input ends with one line, `gtsrb: error: <file>: <problem>`, and exit
 status 2; never a traceback from deep inside.
@@ -132,6 +132,17 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_excitations(a: argparse.Namespace) -> int:
+    from gtsrb.explain import compute_excitations_file, load_excitations
+
+    out = compute_excitations_file(a.checkpoint, a.data, a.split, a.out)
+    stats, meta = load_excitations(out)
+    print(f"{out}: class-average excitations from {meta['source']}")
+    for name, st in stats.items():
+        print(f"  {name}: {st['class_mean'].shape[1]} channels, class specificity (eta^2) {st['specificity']:.3f}")
+    return 0
+
+
 def cmd_fetch(a: argparse.Namespace) -> int:
     from gtsrb.fetch import BASE_URL, fetch
 
@@ -225,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("excitations", help="class-average SE excitations on a split, saved beside the checkpoint")
+    s.add_argument("checkpoint", type=Path)
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--split", default="val", choices=SPLIT_NAMES)
+    s.add_argument("--out", type=Path, help="default: excitations.npz beside the checkpoint")
+    s.set_defaults(func=cmd_excitations)
 
     s = sub.add_parser("bench", help="training and inference speed against this machine's ceiling")
     s.add_argument("--json", action="store_true")

@@ -307,12 +307,29 @@ def preprocess(
     return np.asarray(out, dtype=np.uint8)
 
 
-def decode(data: bytes, where: str) -> Image.Image:
-    """Bytes -> fully decoded PIL image, or DataError naming ``where``."""
+def decode(data: bytes, where: str, max_pixels: int | None = None) -> Image.Image:
+    """Bytes -> fully decoded PIL image, or DataError naming ``where``.
+
+    ``max_pixels`` refuses larger images before their pixels are decoded (the
+    header alone gives the size), so a huge upload costs no memory.
+    """
+    if not data:
+        raise DataError(f"{where}: empty file (0 bytes)")
     try:
         img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{where}: image too large to decode safely ({e})") from e
+    except Image.UnidentifiedImageError:
+        raise DataError(f"{where}: not an image, or a corrupt one (no image format recognised)") from None
+    except Exception as e:  # PIL raises UnidentifiedImageError (an OSError), SyntaxError, ValueError, ...
+        raise DataError(f"{where}: not an image, or a corrupt one ({e})") from e
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise DataError(f"{where}: image is {w}x{h} ({w * h / 1e6:.0f} megapixels); "
+                        f"the limit is {max_pixels / 1e6:.0f} megapixels, so downscale it first")
+    try:
         img.load()
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+    except Exception as e:
         raise DataError(f"{where}: corrupt or truncated image ({e})") from e
     return img
 

@@ -36,17 +36,20 @@ class Prediction:
         return [(int(c), CLASS_NAMES[c], float(self.probs[i, c])) for c in order]
 
 
-def load_image(image: ImageLike) -> Image.Image:
-    """A path, bytes, PIL image or array -> PIL image (DataError names a bad file)."""
+def load_image(image: ImageLike, max_pixels: int | None = None) -> Image.Image:
+    """A path, bytes, PIL image or array -> PIL image (DataError names a bad file).
+
+    ``max_pixels`` refuses a larger encoded image before decoding its pixels.
+    """
     if isinstance(image, Image.Image):
         return image
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
             raise DataError(f"{path}: no such image file")
-        return decode(path.read_bytes(), str(path))
+        return decode(path.read_bytes(), str(path), max_pixels)
     if isinstance(image, bytes):
-        return decode(image, "uploaded bytes")
+        return decode(image, "uploaded bytes", max_pixels)
     if isinstance(image, np.ndarray):
         return _array_to_image(image)
     raise DataError(f"cannot read an image from a {type(image).__name__}")

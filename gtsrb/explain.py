@@ -1,0 +1,161 @@
+"""What the SE blocks did, and where the network looked.
+
+- ``class_excitations``: each SE block's mean excitation per class and over all
+  classes on a labelled set (the validation split), and how class-specific the
+  block is. ``save_excitations``/``load_excitations`` keep them beside the
+  checkpoint as ``excitations.npz`` (plain arrays, read with allow_pickle=False).
+- ``gradcam``: Grad-CAM (Selvaraju et al., arXiv:1610.02391) on the deepest
+  conv stage whose feature map is at least ``min_cells`` wide. At 28 px the
+  seed's stage 5 is 1x1 and stage 4 is 3x3, so the default lands on stage 3
+  (6x6): the last stage with a map worth drawing.
+
+Class specificity is eta squared: the share of the block's excitation variance
+(summed over channels) that the class explains, between-class over total, from
+0 (every class gets the same excitation) to 1 (the excitation is a function of
+the class). Hu et al. report low specificity early and high specificity late.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from gtsrb.data import DataError
+from gtsrb.model import to_float_images
+
+EXCITATIONS_FILE = "excitations.npz"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def class_excitations(excitations: dict[str, np.ndarray], labels: np.ndarray, num_classes: int) -> dict[str, dict]:
+    """Per SE block: class_mean (classes, C), overall_mean (C,), count (classes,), specificity (eta^2)."""
+    labels = np.asarray(labels)
+    count = np.bincount(labels, minlength=num_classes)
+    out = {}
+    for name, e in excitations.items():
+        e = np.asarray(e, np.float64)
+        sums = np.zeros((num_classes, e.shape[1]))
+        np.add.at(sums, labels, e)
+        class_mean = sums / np.maximum(count, 1)[:, None]
+        overall = e.mean(0)
+        total = ((e - overall) ** 2).sum()
+        between = (count[:, None] * (class_mean - overall) ** 2).sum()
+        out[name] = {
+            "class_mean": class_mean.astype(np.float32),
+            "overall_mean": overall.astype(np.float32),
+            "count": count,
+            "specificity": float(between / total) if total > 0 else 0.0,
+        }
+    return out
+
+
+def save_excitations(stats: dict[str, dict], path: str | os.PathLike, checkpoint_sha256: str, source: str) -> None:
+    """Atomic write of ``class_excitations`` output (plus provenance) as one .npz."""
+    path = Path(path)
+    arrays = {"stages": np.array(list(stats)), "checkpoint_sha256": np.array(checkpoint_sha256),
+              "source": np.array(source)}
+    for name, s in stats.items():
+        for key in ("class_mean", "overall_mean", "count"):
+            arrays[f"{name}/{key}"] = s[key]
+        arrays[f"{name}/specificity"] = np.array(s["specificity"])
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_excitations(path: str | os.PathLike) -> tuple[dict[str, dict], dict]:
+    """-> (stats as in ``class_excitations``, {"checkpoint_sha256", "source"})."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            stats = {}
+            for name in (str(s) for s in z["stages"]):
+                stats[name] = {k: z[f"{name}/{k}"] for k in ("class_mean", "overall_mean", "count")}
+                stats[name]["specificity"] = float(z[f"{name}/specificity"])
+            meta = {"checkpoint_sha256": str(z["checkpoint_sha256"]), "source": str(z["source"])}
+    except (OSError, KeyError, ValueError) as e:
+        raise DataError(f"{path}: not a readable excitations file ({e})") from e
+    return stats, meta
+
+
+def compute_excitations_file(checkpoint: str | os.PathLike, data: str | os.PathLike, split: str = "val",
+                             out: str | os.PathLike | None = None) -> Path:
+    """Class-average excitations of ``checkpoint`` on a pack split -> excitations.npz beside it."""
+    from gtsrb.data import load_pack
+    from gtsrb.inference import Classifier
+
+    checkpoint = Path(checkpoint)
+    clf = Classifier.load(checkpoint)
+    if not clf.se_names:
+        raise DataError(f"{checkpoint}: the model has no SE block, so there are no excitations to average")
+    packed = load_pack(data, split)
+    pred = clf.predict_arrays(packed.images)
+    stats = class_excitations(pred.excitations, packed.labels, clf.config.num_classes)
+    out = Path(out) if out is not None else checkpoint.parent / EXCITATIONS_FILE
+    save_excitations(stats, out, sha256_file(checkpoint), f"{Path(data).name} {split} split, n={len(packed.labels)}")
+    return out
+
+
+def _stage_outputs(model: nn.Module) -> list[tuple[str, int]]:
+    """(stage name, index of the last module before that stage's pool) for each stage."""
+    out, stage = [], 1
+    for i, m in enumerate(model.features):
+        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            out.append((f"stage{stage}", i - 1))
+            stage += 1
+    return out
+
+
+def gradcam_layer(model: nn.Module, min_cells: int = 4) -> tuple[str, int]:
+    """The deepest stage whose pre-pool map is at least ``min_cells`` wide: (name, module index)."""
+    size = model.config.image_size
+    shapes: dict[int, int] = {}
+    handles = [model.features[i].register_forward_hook(
+        lambda _m, _i, o, i=i: shapes.__setitem__(i, o.shape[-1])) for _, i in _stage_outputs(model)]
+    try:
+        with torch.no_grad():
+            was_training = model.training
+            model.eval()(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+            model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    wide = [(n, i) for n, i in _stage_outputs(model) if shapes[i] >= min_cells]
+    return wide[-1] if wide else _stage_outputs(model)[0]
+
+
+def gradcam(model: nn.Module, array: np.ndarray, class_id: int, layer: int) -> np.ndarray:
+    """Grad-CAM of ``class_id`` for one uint8 (S, S, 3) image -> (S, S) in [0, 1]."""
+    acts: list[torch.Tensor] = []
+    handle = model.features[layer].register_forward_hook(lambda _m, _i, o: acts.append(o))
+    device = next(model.parameters()).device
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            x = to_float_images(torch.from_numpy(np.ascontiguousarray(array[None])).to(device))
+            logits = model(x)
+            (grad,) = torch.autograd.grad(logits[0, class_id], acts[0])
+    finally:
+        handle.remove()
+    a = acts[0].detach()
+    weights = grad.mean(dim=(2, 3), keepdim=True)  # global-average-pooled gradients, per channel
+    cam = torch.relu((weights * a).sum(1, keepdim=True))
+    cam = nn.functional.interpolate(cam, size=array.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+    cam = cam - cam.min()
+    peak = cam.max()
+    return (cam / peak if peak > 0 else cam).cpu().numpy().astype(np.float32)
