@@ -26,7 +26,7 @@ GPUS_PER_TRIAL ?=
 TRAIN_FRACTION ?=
 STUDY          ?= $(if $(NAME),$(NAME),$(if $(SMOKE),smoke,cpu))
 
-.PHONY: venv pack train test tune tune-summary train-best bench tensorboard clean-venv
+.PHONY: venv pack train test tune tune-summary train-best bench tensorboard demo loadtest ablation report clean-venv
 
 venv: $(STAMP)
 
@@ -48,8 +48,24 @@ train: $(DATA)
 	$(BIN)/gtsrb train --data $(DATA) --preset $(PRESET) --epochs $(EPOCHS) --out $(RUN) \
 		$(if $(wildcard $(RUN)/last.pt),--resume,)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+# The browser tests drive Debian's Chromium (never a Playwright download).
+CHROMIUM ?= /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+test: $(STAMP) $(CHROMIUM)
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The demo: results/best/ by default, or CKPT=path/to/best.pt (a file or a run folder).
+CKPT ?= results/best
+demo: $(STAMP)
+	$(BIN)/python -m ui.app --checkpoint $(CKPT)
+
+# 16 concurrent clients x 10 requests against a running demo (URL=...), or one it starts itself.
+URL ?=
+loadtest: $(STAMP)
+	$(BIN)/python -m ui.loadtest --checkpoint $(CKPT) $(if $(URL),--url $(URL))
 
 tune: $(DATA)
 	$(BIN)/python -m study.tune --data $(abspath $(DATA)) $(if $(SMOKE),--smoke-test) \
@@ -68,6 +84,17 @@ OFFICIAL_TEST ?=
 train-best: $(DATA)
 	$(BIN)/python -m study.train_best --config $(CONFIG) --data $(DATA) --epochs $(BEST_EPOCHS) \
 		--out results/best $(if $(OFFICIAL_TEST),--official-test $(OFFICIAL_TEST))
+
+# SE ablation (seed preset, no SE, study best; 3 seeds each) plus the random-split leakage run.
+RANDOM_DATA ?= data/gtsrb28-random.h5
+$(RANDOM_DATA): | $(STAMP)
+	$(BIN)/gtsrb pack $(SOURCE) --split random --out $(RANDOM_DATA)
+ablation: $(DATA) $(RANDOM_DATA)
+	$(BIN)/python -m study.ablation --data $(DATA) --random-data $(RANDOM_DATA) --config $(CONFIG)
+
+# Every table and plot of results/REPORT.md from stored run outputs (no training).
+report: $(DATA)
+	$(BIN)/python -m study.report --data $(DATA) --study results/study/$(STUDY)
 
 bench: $(STAMP)
 	$(BIN)/gtsrb bench --out results/bench/$(shell date +%Y-%m-%d)-$(shell hostname -s).json

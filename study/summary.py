@@ -1,6 +1,7 @@
 """Summaries of a stored study, rewritable at any time from its trial folders.
 
-Writes into the study folder: summary.csv (one row per trial), best_config.json,
+Writes into the study folder: summary.csv (one row per trial), curves.csv (val
+accuracy per trial and epoch), best_config.json,
 top.md (the top trials and the two fixed ones), params.png (each searched
 parameter against the trial's best val accuracy).
 """
@@ -50,6 +51,7 @@ def load_trials(study_dir: Path) -> pd.DataFrame:
         best = max(results, key=lambda r: r["val_accuracy"]) if results else None
         rows.append({
             "trial_id": results[0]["trial_id"] if results else trial_dir.name.split("_")[2],
+            "val_curve": [round(r["val_accuracy"], 6) for r in sorted(results, key=lambda r: r["epoch"])],
             "role": _role(config),
             **{k: config.get(k) for k in PARAM_ORDER},
             "best_val_accuracy": best["val_accuracy"] if best else float("nan"),
@@ -72,6 +74,9 @@ def write_summaries(study_dir: Path, max_epochs: int | None = None, top: int = 5
         "error" if s == "ERROR" else ("stopped early (ASHA)" if e < max_epochs else "full budget") if s == "TERMINATED" else s.lower()
         for s, e in zip(trials["status"], trials["epochs_run"])
     ]
+    # Per-epoch validation accuracy, long format: the effects in the report compare trials at equal epochs.
+    curves = [(t, e + 1, v) for t, c in zip(trials["trial_id"], trials.pop("val_curve")) for e, v in enumerate(c)]
+    pd.DataFrame(curves, columns=["trial_id", "epoch", "val_accuracy"]).to_csv(study_dir / "curves.csv", index=False)
     trials.to_csv(study_dir / "summary.csv", index=False)
     finished = trials.dropna(subset=["best_val_accuracy"])
     if len(finished):

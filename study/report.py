@@ -1,0 +1,338 @@
+"""`make report`: every table and plot of results/REPORT.md, from stored run outputs.
+
+    python -m study.report [--data data/gtsrb28.h5] [--study results/study/cpu]
+
+Reads, without training anything:
+- results/ablation/*.json (``make ablation``): curves and the convergence table;
+- results/study/<name>/summary.csv and curves.csv (``make tune``): factor effects;
+- results/best/best.pt on the pack's test split: calibration and errors.
+
+Writes figures and CSVs into results/report/ and rewrites the blocks between
+``<!-- report:NAME -->`` and ``<!-- /report:NAME -->`` in results/REPORT.md and
+README.md, so no number there is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gtsrb.classes import CLASS_NAMES
+from gtsrb.report import plt, save_figure
+
+ARM_LABELS = {"seed": "seed preset (SE on all 5 stages)", "no_se": "no SE (plain VGG-11)",
+              "best": "study best config", "seed_random": "seed preset, random split"}
+ARM_COLORS = {"seed": "tab:orange", "no_se": "tab:gray", "best": "tab:blue"}
+THRESHOLDS = (0.95, 0.98)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def pm(values, scale: float = 100.0, digits: int = 2) -> str:
+    """mean ± sample std (n-1), scaled; a single run shows no std."""
+    v = np.asarray(values, float) * scale
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def fill(path: Path, name: str, text: str) -> bool:
+    """Replace the block ``<!-- report:name -->...<!-- /report:name -->`` in ``path``."""
+    if not path.is_file():
+        return False
+    src = path.read_text()
+    pattern = re.compile(rf"(<!-- report:{re.escape(name)} -->\n).*?(<!-- /report:{re.escape(name)} -->)", re.S)
+    if not pattern.search(src):
+        return False
+    new = pattern.sub(lambda m: m.group(1) + text.rstrip("\n") + "\n" + m.group(2), src)
+    if new != src:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(new)
+        tmp.replace(path)
+    return True
+
+
+def first_epoch(curve: list[float], threshold: float) -> int | None:
+    return next((i + 1 for i, v in enumerate(curve) if v >= threshold), None)
+
+
+# --------------------------------------------------------------------------- ablation and leakage
+
+def load_ablation(folder: Path) -> pd.DataFrame:
+    rows = []
+    for f in sorted(folder.glob("*-seed*.json")):
+        r = json.loads(f.read_text())
+        rows.append({
+            "arm": r["arm"], "seed": r["seed"], "split_kind": r["split_kind"],
+            "curve": [h["val_accuracy"] for h in r["history"]],
+            "final_val": r["history"][-1]["val_accuracy"],
+            "best_val": max(h["val_accuracy"] for h in r["history"]),
+            "test": r["test"]["accuracy"], "test_f1": r["test"]["macro_f1"], "test_n": r["test"]["n"],
+            "wall_seconds": r["wall_seconds"], "epochs": r["train_config"]["epochs"],
+            "train_fraction": r["train_config"]["train_fraction"], "val_fraction": r["train_config"]["val_fraction"],
+            "machine": r.get("machine", "?"), "command": r.get("command", ""),
+        })
+    return pd.DataFrame(rows)
+
+
+def ablation_table(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    rows, csv = [], []
+    for arm in ("seed", "no_se", "best"):
+        d = df[df["arm"] == arm]
+        if d.empty:
+            continue
+        reach = {}
+        for t in THRESHOLDS:
+            eps = [first_epoch(c, t) for c in d["curve"]]
+            hit = [e for e in eps if e is not None]
+            reach[t] = (f"{pm(hit, 1, 1)} ({len(hit)}/{len(eps)} runs)" if hit else f"not reached (0/{len(eps)})")
+        rows.append([ARM_LABELS[arm], len(d), pm(d["final_val"]), pm(d["best_val"]), pm(d["test"]),
+                     reach[0.95], reach[0.98], f"{d['wall_seconds'].mean() / 60:.1f}"])
+        csv.append({"arm": arm, "runs": len(d), "final_val_mean": d["final_val"].mean(),
+                    "final_val_std": d["final_val"].std(ddof=1), "test_mean": d["test"].mean(),
+                    "test_std": d["test"].std(ddof=1), "epochs_to_95": reach[0.95], "epochs_to_98": reach[0.98]})
+    header = ["arm", "seeds", "final val acc %", "best val acc %", "test acc % (best-val epoch)",
+              "epochs to 95% val", "epochs to 98% val", "min per run"]
+    return md_table(header, rows), pd.DataFrame(csv)
+
+
+def ablation_figure(df: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for arm in ("seed", "no_se", "best"):
+        d = df[df["arm"] == arm]
+        if d.empty:
+            continue
+        curves = np.array([c for c in d["curve"]]) * 100
+        x = np.arange(1, curves.shape[1] + 1)
+        mean = curves.mean(0)
+        std = curves.std(0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
+        ax.plot(x, mean, color=ARM_COLORS[arm], lw=2, marker="o", ms=3,
+                label=f"{ARM_LABELS[arm]} (n={len(curves)})")
+        ax.fill_between(x, mean - std, mean + std, color=ARM_COLORS[arm], alpha=0.2)
+    for t in THRESHOLDS:
+        ax.axhline(t * 100, color="0.6", lw=0.8, ls="--")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    r = df.iloc[0]
+    ax.set_title(f"SE ablation: val accuracy, mean ± std over seeds\n"
+                 f"{r['train_fraction']:.0%} of the train split (track-grouped), {r['epochs']} epochs one-cycle")
+    ax.set_ylim(0, 100)
+    ax.set_xticks(np.arange(1, int(r["epochs"]) + 1))
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def leakage_table(df: pd.DataFrame) -> tuple[str, dict | None]:
+    rnd = df[df["arm"] == "seed_random"]
+    if rnd.empty:
+        return "(no random-split run yet: `make ablation`)", None
+    seeds = set(rnd["seed"])
+    trk = df[(df["arm"] == "seed") & df["seed"].isin(seeds)]
+    if trk.empty:
+        return "(no matching track-split run yet)", None
+    gap = (rnd["test"].mean() - trk["test"].mean()) * 100
+    rows = [["random (images shuffled; a sign's track can be in train and test)", len(rnd), pm(rnd["best_val"]),
+             pm(rnd["test"]), int(rnd["test_n"].iloc[0])],
+            ["track (default: each physical sign on one side only)", len(trk), pm(trk["best_val"]),
+             pm(trk["test"]), int(trk["test_n"].iloc[0])]]
+    text = md_table(["split", "runs", "best val acc %", "test acc % (own test split)", "test n"], rows)
+    text += f"\n\n**Gap: the random split reads {gap:+.2f} points higher on its own test split.**"
+    return text, {"random_test": float(rnd["test"].mean()), "track_test": float(trk["test"].mean()),
+                  "gap_points": float(gap)}
+
+
+# --------------------------------------------------------------------------- study effects
+
+FACTORS = [("se_stage1", "SE in stage 1"), ("se_stage2", "SE in stage 2"), ("se_stage3", "SE in stage 3"),
+           ("se_stage4", "SE in stage 4"), ("se_stage5", "SE in stage 5"), ("se_position", "SE position"),
+           ("se_form", "SE form"), ("se_reduction", "reduction ratio r"), ("pool", "pooling"),
+           ("conv_dropout", "conv dropout"), ("classifier_dropout", "classifier dropout")]
+
+
+def effects_table(study: Path, at_epoch: int = 2) -> tuple[str, int]:
+    """Grouped comparison: per factor level, val accuracy at a fixed epoch that every trial reached."""
+    summary = pd.read_csv(study / "summary.csv")
+    curves = pd.read_csv(study / "curves.csv")
+    at = curves[curves["epoch"] == at_epoch].set_index("trial_id")["val_accuracy"]
+    final_epoch = int(curves["epoch"].max())
+    fin = curves[curves["epoch"] == final_epoch].set_index("trial_id")["val_accuracy"]
+    s = summary.set_index("trial_id")
+    s["at"] = at
+    s["final"] = fin
+    s = s.dropna(subset=["at"])
+    has_se = s[[f"se_stage{i}" for i in range(1, 6)]].astype(str).eq("True").any(axis=1)
+    rows = []
+    for col, label in FACTORS:
+        d = s if col.startswith("se_stage") or col in ("pool",) or "dropout" in col else s[has_se]
+        vals = d[col]
+        if "dropout" in col:
+            vals = pd.cut(vals.astype(float), [0, 0.2, 0.35, 1.0], labels=["< 0.20", "0.20–0.35", "≥ 0.35"],
+                          include_lowest=True)
+        elif col == "se_reduction":
+            vals = vals.map(lambda v: f"{int(float(v))}")
+        for level in sorted(vals.dropna().unique(), key=str):
+            g = d[vals == level]
+            if g.empty:
+                continue
+            f = g["final"].dropna()
+            rows.append([label, level, len(g), f"{g['at'].mean() * 100:.1f}", f"{g['at'].max() * 100:.1f}",
+                         f"{len(f)}", f"{f.mean() * 100:.1f}" if len(f) else "–"])
+    header = ["factor", "level", "trials", f"mean val % at epoch {at_epoch}", f"best val % at epoch {at_epoch}",
+              f"trials reaching epoch {final_epoch}", f"mean val % at epoch {final_epoch}"]
+    return md_table(header, rows), len(s)
+
+
+# --------------------------------------------------------------------------- best model: calibration, errors
+
+def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, str]:
+    from gtsrb.data import load_pack
+    from gtsrb.inference import Classifier
+    from gtsrb.metrics import calibration, classification_metrics, confused_pairs, confusion
+
+    clf = Classifier.load(checkpoint)
+    test = load_pack(data, "test")
+    probs = clf.predict_arrays(test.images).probs
+    pred = probs.argmax(1)
+    m = classification_metrics(test.labels, pred)
+    cal = calibration(probs, test.labels, bins=15)
+    reliability_figure(cal, out / "reliability.png", len(test.labels))
+    cm = confusion(test.labels, pred)
+    pairs = confused_pairs(cm, 10)
+    support = cm.sum(1)
+    rows = [[f"{t} {CLASS_NAMES[t]}", f"{p} {CLASS_NAMES[p]}", n, f"{n / support[t]:.1%}"] for t, p, n in pairs]
+    pairs_md = md_table(["true class", "predicted as", "test images", "share of the true class"], rows)
+    pd.DataFrame([{"true": t, "true_name": CLASS_NAMES[t], "pred": p, "pred_name": CLASS_NAMES[p], "count": n}
+                  for t, p, n in pairs]).to_csv(out / "confused_pairs.csv", index=False)
+    pd.DataFrame(cal["bins"]).to_csv(out / "reliability.csv", index=False)
+    misclassified_figure(test.images, test.labels, test.groups, probs, out / "misclassified.png")
+    summary = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": int(len(test.labels)),
+               "errors": int((pred != test.labels).sum()), "ece": cal["ece"],
+               "mean_confidence": float(probs.max(1).mean())}
+    (out / "best_test.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary, pairs_md
+
+
+def reliability_figure(cal: dict, path: Path, n: int) -> None:
+    b = pd.DataFrame(cal["bins"])
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(6, 7), dpi=110, height_ratios=[3, 1], sharex=True)
+    width = b["upper"] - b["lower"]
+    ok = b["count"] > 0
+    ax.bar(b["lower"][ok], b["accuracy"][ok], width=width[ok], align="edge", color="tab:blue",
+           edgecolor="white", label="accuracy in bin")
+    ax.bar(b["lower"][ok], (b["confidence"] - b["accuracy"])[ok], bottom=b["accuracy"][ok], width=width[ok],
+           align="edge", color="tab:red", alpha=0.35, label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability diagram, best model, test split (n={n})\nECE = {cal['ece'] * 100:.2f}% (15 bins)")
+    ax.legend(loc="upper left", fontsize=8)
+    ax2.bar(b["lower"], b["count"], width=width, align="edge", color="0.5", edgecolor="white")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("images (log)")
+    ax2.set_xlabel("confidence (top-1 probability)")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def misclassified_figure(images, labels, groups, probs, path: Path, count: int = 24) -> None:
+    """The most confident mistakes, one per physical sign (track), so no sign fills the grid."""
+    pred = probs.argmax(1)
+    wrong = np.flatnonzero(pred != labels)
+    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")]
+    _, first = np.unique(groups[wrong], return_index=True)
+    wrong = wrong[np.sort(first)][:count]
+    cols = 6
+    rows = max(1, int(np.ceil(len(wrong) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 3.0), dpi=110, squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong):
+        ax.imshow(images[i], interpolation="nearest")
+        t = textwrap.shorten(CLASS_NAMES[labels[i]], 40, placeholder="…")
+        p = textwrap.shorten(CLASS_NAMES[pred[i]], 40, placeholder="…")
+        ax.set_title(f"true: {textwrap.fill(t, 24)}\npred: {textwrap.fill(p, 24)} ({probs[i, pred[i]]:.2f})",
+                     fontsize=6.5)
+    fig.suptitle(f"Most confident mistakes of the best model on the test split, one per physical sign "
+                 f"({len(wrong)} of {int((pred != labels).sum())} errors)", fontsize=10)
+    save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=Path("data/gtsrb28.h5"))
+    p.add_argument("--study", type=Path, default=Path("results/study/cpu"))
+    p.add_argument("--ablation", type=Path, default=Path("results/ablation"))
+    p.add_argument("--checkpoint", type=Path, default=Path("results/best/best.pt"))
+    p.add_argument("--out", type=Path, default=Path("results/report"))
+    p.add_argument("--report", type=Path, default=Path("results/REPORT.md"))
+    p.add_argument("--readme", type=Path, default=Path("README.md"))
+    a = p.parse_args(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    blocks: dict[str, str] = {}
+    headline: dict = {}
+
+    df = load_ablation(a.ablation)
+    if not df.empty:
+        table, csv = ablation_table(df)
+        csv.to_csv(a.out / "ablation.csv", index=False)
+        ablation_figure(df, a.out / "ablation_curves.png")
+        r = df.iloc[0]
+        blocks["ablation"] = (table + f"\n\nEach run: {r['train_fraction']:.0%} of the train split and "
+                              f"{r['val_fraction']:.0%} of the val split (track-grouped subsets), {r['epochs']} "
+                              f"epochs, batch 128, one-cycle; test = the full test split (n={r['test_n']}). "
+                              f"Hardware: {r['machine']}. Command: `{r['command']}`.")
+        blocks["leakage"], headline["leakage"] = leakage_table(df)
+        for arm in ("seed", "no_se", "best"):
+            d = df[df["arm"] == arm]
+            if len(d):
+                headline[arm] = {"final_val": pm(d["final_val"]), "test": pm(d["test"]), "runs": len(d)}
+    if (a.study / "curves.csv").is_file():
+        blocks["effects"], n_trials = effects_table(a.study)
+        blocks["effects"] += f"\n\n{n_trials} trials in `{a.study}` back this table."
+    if a.checkpoint.is_file() and a.data.is_file():
+        best, pairs_md = best_model_section(a.checkpoint, a.data, a.out)
+        headline["best_model"] = best
+        blocks["calibration"] = (f"Best model (`{a.checkpoint}`) on the test split: accuracy "
+                                 f"{best['accuracy'] * 100:.2f}% ({best['errors']} errors in {best['n']}), macro F1 "
+                                 f"{best['macro_f1']:.4f}, mean confidence {best['mean_confidence'] * 100:.2f}%, "
+                                 f"**ECE {best['ece'] * 100:.2f}%** (15 equal-width bins).")
+        blocks["confused"] = pairs_md
+    if headline.get("best_model") and all(k in headline for k in ("seed", "no_se", "best")):
+        lk = headline.get("leakage") or {}
+        rows = [[ARM_LABELS[k], headline[k]["runs"], headline[k]["final_val"], headline[k]["test"]]
+                for k in ("best", "seed", "no_se")]
+        h = md_table(["model (ablation budget)", "seeds", "final val acc %", "test acc %"], rows)
+        bm = headline["best_model"]
+        h += (f"\n\nFull-budget best model (`results/best/best.pt`): test accuracy {bm['accuracy'] * 100:.2f}%, "
+              f"ECE {bm['ece'] * 100:.2f}%.")
+        if lk:
+            h += (f" Split leakage: the random split reads {lk['gap_points']:+.2f} points higher on its own test "
+                  f"split than the track split ({lk['random_test'] * 100:.2f}% vs {lk['track_test'] * 100:.2f}%).")
+        blocks["headline"] = h
+    (a.out / "headline.json").write_text(json.dumps(headline, indent=1, default=str) + "\n")
+    for name, text in blocks.items():
+        placed = [str(f) for f in (a.report, a.readme) if fill(f, name, text)]
+        print(f"{name}: {'written to ' + ', '.join(placed) if placed else 'no marker found'}")
+    print(f"figures and CSVs in {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
