@@ -19,6 +19,7 @@ import io
 import os
 import re
 import time
+import warnings
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Iterable, Sequence
 
 import h5py
 import numpy as np
-from PIL import Image, ImageSequence
+from PIL import Image, ImageOps, ImageSequence
 
 from gtsrb import __version__
 from gtsrb.classes import CLASS_NAMES, NUM_CLASSES
@@ -267,6 +268,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode (RGBA, LA, L, P, I;16, I, F, CMYK, ...) -> 8-bit RGB; first frame of animations."""
     if getattr(img, "is_animated", False):
         img = next(ImageSequence.Iterator(img)).copy()
+    if img.getexif().get(0x0112, 1) != 1:  # phones store photos sideways plus an orientation tag
+        img = ImageOps.exif_transpose(img)
+    if "transparency" in img.info and img.mode in ("L", "RGB"):  # a PNG tRNS colour: make it alpha
+        img = img.convert("RGBA")
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         if img.mode.startswith("I;16") or arr.max(initial=0) > 255:
@@ -316,9 +321,12 @@ def decode(data: bytes, where: str, max_pixels: int | None = None) -> Image.Imag
     if not data:
         raise DataError(f"{where}: empty file (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
+            img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise DataError(f"{where}: image too large to decode safely ({e})") from e
+        limit = f"; the limit is {max_pixels / 1e6:.0f} megapixels, so downscale it first" if max_pixels else ""
+        raise DataError(f"{where}: image too large to decode safely ({e}){limit}") from e
     except Image.UnidentifiedImageError:
         raise DataError(f"{where}: not an image, or a corrupt one (no image format recognised)") from None
     except Exception as e:  # PIL raises UnidentifiedImageError (an OSError), SyntaxError, ValueError, ...

@@ -185,7 +185,9 @@ def effects_table(study: Path, at_epoch: int = 2) -> tuple[str, int]:
                           include_lowest=True)
         elif col == "se_reduction":
             vals = vals.map(lambda v: f"{int(float(v))}")
-        for level in sorted(vals.dropna().unique(), key=str):
+        levels = (list(vals.cat.categories) if isinstance(vals.dtype, pd.CategoricalDtype)
+                  else sorted(vals.dropna().unique(), key=lambda v: (float(v) if str(v).isdigit() else 0, str(v))))
+        for level in levels:
             g = d[vals == level]
             if g.empty:
                 continue

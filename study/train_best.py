@@ -5,7 +5,8 @@
 
 Writes into --out: best.pt (the checkpoint), last.pt, TensorBoard files,
 metrics.json (val and test split, and the official test set when given),
-per_class.csv, confusion_matrix.png/.csv.
+per_class.csv, confusion_matrix.png/.csv, excitations.npz (class-average SE
+excitations on the val split, for the demo).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from gtsrb.bench import machine
 from gtsrb.cli import split_config
 from gtsrb.evaluate import evaluate
+from gtsrb.explain import compute_excitations_file
 from gtsrb.train import TrainConfig, fit
 
 
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         if split in metrics:
             metrics[split].pop("per_class", None)
     (a.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    if any(model_config.se_stages):  # the demo draws each image's excitations against these val-split averages
+        compute_excitations_file(a.out / "best.pt", a.data, "val")
     print(json.dumps({k: metrics[k] for k in ("best_epoch", "train_seconds")}))
     for split in ("val", "test", "official_test"):
         if split in metrics:

@@ -72,6 +72,8 @@ def describe_input(img: Image.Image) -> str:
     elif img.mode in mode_notes:
         extra = "; transparent pixels became gray" if "A" in img.mode or "transparency" in img.info else ""
         notes.append(f"{mode_notes[img.mode]} image: converted to RGB{extra}")
+    if img.getexif().get(0x0112, 1) != 1:
+        notes.append("EXIF orientation tag: the photo was turned upright first")
     if max(img.size) > 28 * 8:
         notes.append(f"{img.width}x{img.height} px: resized to 28x28 as in training, so fine detail is lost")
     return "; ".join(notes)
@@ -150,14 +152,14 @@ class Demo:
     def model_card(self) -> str:
         cfg, meta = self.clf.config, self.clf.meta
         data = meta.get("data", {})
-        stages = "".join("✓" if s else "·" for s in cfg.se_stages)
+        stages = ", ".join(str(i + 1) for i, s in enumerate(cfg.se_stages) if s) or "none"
         lines = [
             "### Model card",
-            f"- **Checkpoint:** `{self.path}` (epoch {meta.get('epoch', '?')})",
+            f"- **Checkpoint:** `{_shown_path(self.path)}` (epoch {meta.get('epoch', '?')})",
             f"- **sha256:** `{self.sha256}`",
             f"- **Architecture:** VGG-11 (config A) with batch norm, {cfg.image_size}×{cfg.image_size} input, "
             f"{cfg.num_classes} classes, trained from scratch",
-            f"- **SE blocks:** stages 1–5 `{stages}`, form `{cfg.se_form}`, position `{cfg.se_position}`, "
+            f"- **SE blocks:** in stage(s) {stages} of 5, form `{cfg.se_form}`, position `{cfg.se_position}`, "
             f"reduction {cfg.se_reduction}",
             f"- **Pooling:** {cfg.pool}; **dropout:** conv {cfg.conv_dropout:.2f}, "
             f"classifier {cfg.classifier_dropout:.2f}",
@@ -171,8 +173,11 @@ class Demo:
             lines.append(f"- **Test split:** accuracy {t.get('accuracy', float('nan')):.2%}, macro F1 "
                          f"{t.get('macro_f1', float('nan')):.3f} (n={t.get('n', '?')}); val accuracy "
                          f"{v.get('accuracy', float('nan')):.2%}")
+            m = self.metrics.get("machine", "?")
+            if isinstance(m, dict):
+                m = f"{m.get('cpu', '?')} ({m.get('cores', '?')} cores), torch {m.get('torch', '?')}"
             lines.append(f"- **Trained:** {self.metrics.get('epochs', '?')} epochs in "
-                         f"{self.metrics.get('train_seconds', 0) / 60:.0f} min on {self.metrics.get('machine', '?')}")
+                         f"{self.metrics.get('train_seconds', 0) / 60:.0f} min on {m}")
         lines.append(f"- **SE class averages:** {self.stats_note}")
         lines.append(f"- **Grad-CAM layer:** end of {self.cam_stage} (the deepest stage whose map is at least "
                      "4×4 at this input size)")
@@ -186,9 +191,17 @@ class Demo:
         return label, summary_markdown(result), excitation_figure(result), gradcam_figure(result)
 
 
+def _shown_path(path: Path) -> str:
+    """Relative to the working folder where possible: the page should not show a home folder."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _error(message: str) -> gr.Error:
-    """An error the page shows until dismissed (and gradio_client raises with this message)."""
-    return gr.Error(message, duration=None, print_exception=False)
+    """An error the page shows for 20 s (and gradio_client raises with this message)."""
+    return gr.Error(message, duration=20, print_exception=False)
 
 
 def _strip_dir(message: str, file: str, name: str) -> str:
@@ -210,10 +223,10 @@ def summary_markdown(r: dict) -> str:
         + ". The network was trained with SE on, so this shows how much it relies on the blocks' rescaling.")
     ex = r["excitations"]
     if ex and "class_specificity" in next(iter(ex.values())):
-        lines.append("\n| SE block | channels | class specificity η² (val) | distance to class avg | "
-                     "distance to all-class avg |\n|---|---|---|---|---|")
+        lines.append("\n| SE block | class specificity η² (val) | distance to class avg | "
+                     "distance to all-class avg |\n|---|---|---|---|")
         for stage, e in ex.items():
-            lines.append(f"| {stage} | {len(e['values'])} | {e['class_specificity']:.2f} | "
+            lines.append(f"| {stage} | {e['class_specificity']:.2f} | "
                          f"{e['distance_to_predicted_class_mean']:.2f} | {e['distance_to_all_classes_mean']:.2f} |")
         lines.append("\nη² is the share of the block's excitation variance explained by the class on the "
                      "validation split: near 0 the block does the same for every sign, near 1 it is class-specific. "
@@ -234,10 +247,12 @@ def excitation_figure(r: dict) -> Figure | None:
         order = np.argsort(e["all_classes_mean"]) if has_avg else np.arange(len(values))
         x = np.arange(len(values))
         if has_avg:
-            ax.plot(x, np.asarray(e["all_classes_mean"])[order], color="0.55", lw=1.2, label="all classes (val avg)")
-            ax.plot(x, np.asarray(e["predicted_class_mean"])[order], color="tab:blue", lw=1.2,
+            ax.plot(x, np.asarray(e["all_classes_mean"])[order], color="0.35", lw=1.4, zorder=3,
+                    label="all classes (val avg)")
+            ax.plot(x, np.asarray(e["predicted_class_mean"])[order], color="tab:blue", lw=1.2, zorder=2,
                     label=f"'{name}' (val avg)")
-        ax.plot(x, values[order], color="tab:orange", lw=1.0, marker=".", ms=2.5, label="this image")
+        # this image as dots under the two average lines, so neither hides the other
+        ax.plot(x, values[order], color="tab:orange", ls="none", marker=".", ms=3, zorder=1, label="this image")
         title = f"{stage}: {len(values)} channels"
         if has_avg:
             title += f", class specificity η² = {e['class_specificity']:.2f}"
@@ -287,9 +302,10 @@ def build_app(demo: Demo) -> gr.Blocks:
                 label = gr.Label(num_top_classes=TOP_K, label="Top-5 classes", elem_id="top5")
                 summary = gr.Markdown(elem_id="summary")
         with gr.Row():
-            excite_plot = gr.Plot(label="SE excitations: this image against class averages", elem_id="se-plot")
+            # The figures carry their own titles: a floating label would cover them.
+            excite_plot = gr.Plot(label="SE excitations", show_label=False, elem_id="se-plot")
         with gr.Row():
-            cam_plot = gr.Plot(label="Grad-CAM: where the network looked", elem_id="gradcam-plot")
+            cam_plot = gr.Plot(label="Grad-CAM", show_label=False, elem_id="gradcam-plot")
             gr.Markdown(demo.model_card(), elem_id="model-card")
         with gr.Accordion("Raw /predict output (JSON)", open=False):
             raw = gr.JSON(elem_id="raw-json")

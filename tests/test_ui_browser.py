@@ -1,0 +1,163 @@
+"""The demo page in a real browser: Playwright drives Debian's Chromium against ``python -m ui.app``.
+
+Never a Playwright browser download: the Makefile's ``test`` target installs /usr/bin/chromium with apt.
+Screenshots and the server's log go to artifacts/ui/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+from ui_server import CHECKPOINT, serve  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "artifacts" / "ui"
+EXAMPLES = REPO / "ui" / "examples"
+STOP = EXAMPLES / "14-stop.png"
+FIRST_EXAMPLE = sorted(EXAMPLES.glob("*.png"))[0]  # the gallery's first thumbnail
+CHROMIUM = Path("/usr/bin/chromium")
+VIEWPORT = {"width": 1400, "height": 1000}
+WAIT_MS = 60_000  # one analysis takes about a second; the machine may be busy training
+
+FILE_INPUT = "#image-input input[type=file]"
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def app_url():
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with serve(checkpoint=CHECKPOINT, log=ARTIFACTS / "ui-server.log") as url:
+        yield url
+
+
+def require_chromium() -> None:
+    """Fail (never skip) without Debian's Chromium, saying how to get it."""
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        pytest.fail(f"{CHROMIUM} not found: the browser tests drive Debian's Chromium. Install it with "
+                    "`sudo apt-get install chromium` (`make test` does this); never `playwright install`.",
+                    pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    require_chromium()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    """A fresh page on the demo; fails the test if the page throws an uncaught JavaScript error."""
+    context = browser.new_context(viewport=VIEWPORT)
+    pg = context.new_page()
+    pg.set_default_timeout(WAIT_MS)
+    js_errors: list[str] = []
+    pg.on("pageerror", lambda e: js_errors.append(str(e)))
+    pg.goto(app_url)
+    expect(pg.locator(FILE_INPUT)).to_be_attached()
+    try:
+        yield pg
+    finally:
+        context.close()
+    assert not js_errors, f"uncaught JavaScript errors on the page: {js_errors}"
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def upload(page: Page, path: Path) -> None:
+    """Put a file into the image input, clearing the one already there (its <input> is gone while it shows)."""
+    clear = page.locator("#image-input button[aria-label='Clear']")
+    if clear.count():
+        clear.first.click()
+    page.locator(FILE_INPUT).set_input_files(str(path))
+
+
+def expect_top_class(page: Page, name: str, class_id: int) -> None:
+    top = page.locator("#top5")
+    expect(top.get_by_test_id("label-output-value")).to_have_text(f"{name} (class {class_id})", timeout=WAIT_MS)
+    expect(top).to_contain_text(name)
+
+
+def expect_rendered_plot(page: Page, elem_id: str) -> None:
+    """gr.Plot draws a matplotlib figure as an <img>: it must be visible and decoded (non-zero natural width)."""
+    img = page.locator(f"#{elem_id} img").first
+    expect(img).to_be_visible(timeout=WAIT_MS)
+    page.wait_for_function(
+        "sel => { const i = document.querySelector(sel); return !!i && i.complete && i.naturalWidth > 0; }",
+        arg=f"#{elem_id} img", timeout=WAIT_MS)
+    width, height = img.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    assert width > 100 and height > 100, f"#{elem_id}: figure is {width}x{height} px"
+
+
+def expect_full_result(page: Page, name: str, class_id: int) -> None:
+    expect_top_class(page, name, class_id)
+    expect(page.locator("#summary")).to_contain_text(name, timeout=WAIT_MS)
+    expect_rendered_plot(page, "se-plot")
+    expect_rendered_plot(page, "gradcam-plot")
+
+
+# ------------------------------------------------------------------------------------------ tests
+def test_chromium_is_installed():
+    require_chromium()  # a plain FAILED line here; the tests below then error at setup with the same message
+
+
+@pytest.mark.timeout(300)
+def test_upload_shows_prediction_and_figures(page: Page):
+    card = page.locator("#model-card")
+    expect(card).to_contain_text("sha256")
+    expect(card).to_contain_text(hashlib.sha256(CHECKPOINT.read_bytes()).hexdigest())
+
+    upload(page, STOP)
+    expect_full_result(page, "Stop", 14)
+    expect(page.locator("#summary")).to_contain_text("SE off")
+    expect(page.locator("#summary table")).to_be_visible()
+    expect(page.get_by_test_id("toast-body")).to_have_count(0)
+
+    page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
+
+
+@pytest.mark.timeout(300)
+def test_bad_file_shows_error_then_recovers(page: Page, tmp_path: Path):
+    bad = tmp_path / "not-an-image.txt"
+    bad.write_text("this is not a traffic sign\n")
+
+    upload(page, bad)
+    error = page.get_by_test_id("toast-text").filter(has_text="Cannot use this file")
+    expect(error).to_be_visible(timeout=WAIT_MS)
+    # Playwright's "visible" ignores opacity: wait for the toast's fade-in to end (also for the screenshot).
+    page.wait_for_function(
+        """() => [...document.querySelectorAll("[data-testid=toast-body]")].some(t =>
+               t.textContent.includes("Cannot use this file") && getComputedStyle(t).opacity === "1")""",
+        timeout=WAIT_MS)
+    expect(error).to_contain_text("not-an-image.txt")  # the user's file name, not the server's temp path
+    expect(error).not_to_contain_text("/tmp/")
+    expect(page.locator("#top5").get_by_test_id("label-output-value")).to_have_count(0)
+    page.screenshot(path=str(ARTIFACTS / "bad-input.png"), full_page=True)
+
+    # The server keeps serving: the next upload on the same page is classified.
+    upload(page, STOP)
+    expect_full_result(page, "Stop", 14)
+
+
+@pytest.mark.timeout(300)
+def test_clicking_an_example_classifies_it(page: Page):
+    assert FIRST_EXAMPLE.name == "01-speed-limit-30km-h.png"
+    thumb = page.locator("#examples img").first
+    expect(thumb).to_be_visible()
+    assert FIRST_EXAMPLE.stem in (thumb.get_attribute("src") or ""), thumb.get_attribute("src")
+
+    thumb.click()
+    expect_full_result(page, "Speed limit (30km/h)", 1)
+    expect(page.locator("#image-input")).to_contain_text(re.compile(re.escape(FIRST_EXAMPLE.stem)))
