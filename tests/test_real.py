@@ -1,5 +1,8 @@
 """On the real archive in ../shared/gtsrb/ (skipped where it is absent)."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -41,3 +44,36 @@ def test_real_track_split_is_grouped_stratified_and_64_16_20(real_pack):
     for s in range(3):
         part = np.bincount(p.labels[codes == s], minlength=43) / (codes == s).sum()
         assert np.abs(part - overall).max() < 0.02
+
+
+# --------------------------------------------------------------------------- the committed best model
+
+BEST = Path(__file__).resolve().parents[1] / "results" / "best"
+
+
+def test_committed_checkpoint_is_small_safe_and_named_in_the_readme():
+    from gtsrb.checkpoint import load_checkpoint
+    from gtsrb.explain import load_excitations, sha256_file
+
+    ckpt = BEST / "best.pt"
+    assert ckpt.stat().st_size <= 40e6
+    state = load_checkpoint(ckpt)  # weights_only=True inside
+    assert set(state) >= {"model", "model_config"} and "optimizer" not in state
+    sha = sha256_file(ckpt)
+    readme = (BEST.parents[1] / "README.md").read_text()
+    assert sha in readme, "README's sha256 of results/best/best.pt is stale: run `make report`"
+    _, meta = load_excitations(BEST / "excitations.npz")
+    assert meta["checkpoint_sha256"] == sha
+
+
+def test_committed_checkpoint_reproduces_its_test_accuracy(real_pack, capsys):
+    from gtsrb.cli import main
+
+    path, _ = real_pack
+    assert main(["evaluate", str(BEST / "best.pt"), "--data", str(path), "--split", "test", "--json",
+                 "--out", str(path.parent / "eval")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    stored = json.loads((BEST / "metrics.json").read_text())["test"]
+    assert result["n"] == stored["n"] == 7860
+    assert result["accuracy"] == pytest.approx(stored["accuracy"], abs=1e-12)
+    assert result["accuracy"] > 0.95
