@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from gtsrb.classes import CLASS_NAMES
 from gtsrb.data import Source, decode, load_pack
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         img.save(buf, "PNG", optimize=True)
         out = OUT / f"{c:02d}-{slug(CLASS_NAMES[c])}.png"
         out.write_bytes(buf.getvalue())
-        print(f"{out} <- {name} ({img.width}x{img.height}, {len(buf.getvalue())} bytes)")
+        print(f"{out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out} <- {name} ({img.width}x{img.height}, {len(buf.getvalue())} bytes)")
     return 0
 
 
