@@ -44,7 +44,7 @@ def pm(values, scale: float = 100.0, digits: int = 2) -> str:
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -229,6 +229,33 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
     return summary, pairs_md
 
 
+def best_run_text(m: dict, hist: list[dict]) -> str:
+    """The train-best run from its metrics.json: command, budget, time, per-epoch val and the split scores."""
+    cfg = m["model_config"]
+    stages = ", ".join(str(i + 1) for i, on in enumerate(cfg["se_stages"]) if on) or "none"
+    lines = [
+        f"Command: `{m['command']}` ({m['epochs']} epochs, seed {m['train_config']['seed']}, full train split; "
+        f"training {m['train_seconds'] / 60:.1f} min on {m['machine'].get('cpu', '?')}, "
+        f"{m['machine'].get('cores', '?')} cores, one run).",
+        "",
+        f"Config: SE in stage(s) {stages}, form `{cfg['se_form']}`, position `{cfg['se_position']}`, reduction "
+        f"{cfg['se_reduction']}, {cfg['pool']} pooling, conv dropout {cfg['conv_dropout']:.2f}, classifier dropout "
+        f"{cfg['classifier_dropout']:.2f}, lr {m['train_config']['lr']:.2e}, weight decay "
+        f"{m['train_config']['weight_decay']:.2e}.",
+        "",
+        md_table(["split", "n", "accuracy %", "macro F1", "macro precision", "macro recall"],
+                 [[k, m[k]["n"], f"{m[k]['accuracy'] * 100:.2f}", f"{m[k]['macro_f1']:.4f}",
+                   f"{m[k]['macro_precision']:.4f}", f"{m[k]['macro_recall']:.4f}"]
+                  for k in ("val", "test", "official_test") if k in m]),
+        "",
+        f"Best epoch {m['best_epoch']} (by val accuracy); its checkpoint is `results/best/best.pt`.",
+    ]
+    if hist:
+        lines += ["", md_table(["epoch", *[h["epoch"] for h in hist]],
+                               [["val acc %", *[f"{h['val_accuracy'] * 100:.1f}" for h in hist]]])]
+    return "\n".join(lines)
+
+
 def reliability_figure(cal: dict, path: Path, n: int) -> None:
     b = pd.DataFrame(cal["bins"])
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(6, 7), dpi=110, height_ratios=[3, 1], sharex=True)
@@ -305,6 +332,13 @@ def main(argv: list[str] | None = None) -> int:
             d = df[df["arm"] == arm]
             if len(d):
                 headline[arm] = {"final_val": pm(d["final_val"]), "test": pm(d["test"]), "runs": len(d)}
+    if (a.study / "top.md").is_file():
+        blocks["study"] = (a.study / "top.md").read_text().strip()
+    metrics_file = a.checkpoint.parent / "metrics.json"
+    if metrics_file.is_file():
+        hist_file = a.checkpoint.parent / "history.json"
+        hist = json.loads(hist_file.read_text()) if hist_file.is_file() else []
+        blocks["best"] = best_run_text(json.loads(metrics_file.read_text()), hist)
     if (a.study / "curves.csv").is_file():
         blocks["effects"], n_trials = effects_table(a.study)
         blocks["effects"] += f"\n\n{n_trials} trials in `{a.study}` back this table."
