@@ -222,9 +222,13 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
                   for t, p, n in pairs]).to_csv(out / "confused_pairs.csv", index=False)
     pd.DataFrame(cal["bins"]).to_csv(out / "reliability.csv", index=False)
     misclassified_figure(test.images, test.labels, test.groups, probs, out / "misclassified.png")
+    with clf.se_disabled():  # the page's counterfactual, over the whole test split
+        off = clf.predict_arrays(test.images).probs.argmax(1)
     summary = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": int(len(test.labels)),
                "errors": int((pred != test.labels).sum()), "ece": cal["ece"],
-               "mean_confidence": float(probs.max(1).mean())}
+               "mean_confidence": float(probs.max(1).mean()),
+               "se_off_accuracy": float((off == test.labels).mean()),
+               "se_off_changed": float((off != pred).mean())}
     (out / "best_test.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary, pairs_md
 
@@ -355,6 +359,19 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{best['macro_f1']:.4f}, mean confidence {best['mean_confidence'] * 100:.2f}%, "
                                  f"**ECE {best['ece'] * 100:.2f}%** (15 equal-width bins).")
         blocks["confused"] = pairs_md
+        blocks["se_off"] = (f"With every SE block replaced by the identity (same weights otherwise), the best model's "
+                            f"test accuracy goes from {best['accuracy'] * 100:.2f}% to "
+                            f"{best['se_off_accuracy'] * 100:.2f}%, and {best['se_off_changed'] * 100:.1f}% of the "
+                            f"test predictions change.")
+    exc = a.checkpoint.parent / "excitations.npz"
+    if exc.is_file():
+        from gtsrb.explain import load_excitations
+
+        stats, meta = load_excitations(exc)
+        blocks["specificity"] = md_table(
+            ["SE block", "channels", "class specificity η²"],
+            [[k, v["class_mean"].shape[1], f"{v['specificity']:.3f}"] for k, v in stats.items()],
+        ) + f"\n\nFrom `{exc}` ({meta['source']}; `gtsrb excitations`)."
     if headline.get("best_model") and all(k in headline for k in ("seed", "no_se", "best")):
         lk = headline.get("leakage") or {}
         rows = [[ARM_LABELS[k], headline[k]["runs"], headline[k]["final_val"], headline[k]["test"]]
