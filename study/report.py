@@ -224,7 +224,16 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
     misclassified_figure(test.images, test.labels, test.groups, probs, out / "misclassified.png")
     with clf.se_disabled():  # the page's counterfactual, over the whole test split
         off = clf.predict_arrays(test.images).probs.argmax(1)
+    top = cal["bins"][-1]
+    gaps = [(b["confidence"] - b["accuracy"], b) for b in cal["bins"] if b["count"]]
+    worst_gap, worst = max(gaps, key=lambda g: g[0])
+    calibration_text = (
+        f"{top['count'] / len(test.labels):.0%} of the test images ({top['count']:,}) fall in the top bin "
+        f"(confidence above {top['lower']:.3f}), where accuracy is {top['accuracy']:.1%} against a mean confidence "
+        f"of {top['confidence']:.1%}. The largest overconfidence is {worst_gap * 100:.0f} points, in the "
+        f"{worst['lower']:.2f}–{worst['upper']:.2f} bin ({worst['count']} images).")
     summary = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": int(len(test.labels)),
+               "calibration_text": calibration_text,
                "errors": int((pred != test.labels).sum()), "ece": cal["ece"],
                "mean_confidence": float(probs.max(1).mean()),
                "se_off_accuracy": float((off == test.labels).mean()),
@@ -357,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         blocks["calibration"] = (f"Best model (`{a.checkpoint}`) on the test split: accuracy "
                                  f"{best['accuracy'] * 100:.2f}% ({best['errors']} errors in {best['n']}), macro F1 "
                                  f"{best['macro_f1']:.4f}, mean confidence {best['mean_confidence'] * 100:.2f}%, "
-                                 f"**ECE {best['ece'] * 100:.2f}%** (15 equal-width bins).")
+                                 f"**ECE {best['ece'] * 100:.2f}%** (15 equal-width bins). "
+                                 + best["calibration_text"])
         blocks["confused"] = pairs_md
         blocks["se_off"] = (f"With every SE block replaced by the identity (same weights otherwise), the best model's "
                             f"test accuracy goes from {best['accuracy'] * 100:.2f}% to "
