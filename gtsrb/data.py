@@ -329,7 +329,7 @@ def decode(data: bytes, where: str, max_pixels: int | None = None) -> Image.Imag
         raise DataError(f"{where}: image too large to decode safely ({e}){limit}") from e
     except Image.UnidentifiedImageError:
         raise DataError(f"{where}: not an image, or a corrupt one (no image format recognised)") from None
-    except Exception as e:  # PIL raises UnidentifiedImageError (an OSError), SyntaxError, ValueError, ...
+    except Exception as e:  # a recognised header that PIL cannot parse: SyntaxError, ValueError, OSError, ...
         raise DataError(f"{where}: not an image, or a corrupt one ({e})") from e
     w, h = img.size
     if max_pixels is not None and w * h > max_pixels:

@@ -1,7 +1,7 @@
 """`make train-best`: the study's best configuration, trained at full budget.
 
     python -m study.train_best --config results/study/cpu/best_config.json --data data/gtsrb28.h5 \
-        [--epochs 15] [--out results/best] [--official-test PATH...]
+        [--epochs 10] [--out results/best] [--official-test PATH...]
 
 Writes into --out: best.pt (the checkpoint), last.pt, TensorBoard files,
 metrics.json (val and test split, and the official test set when given),
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m study.train_best", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, required=True, help="best_config.json of a study")
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("results/best"))
     p.add_argument("--official-test", nargs="+", type=Path, metavar="PATH")
