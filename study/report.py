@@ -19,11 +19,13 @@ import json
 import re
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from gtsrb.bench import machine
 from gtsrb.classes import CLASS_NAMES
 from gtsrb.report import plt, save_figure
 
@@ -174,7 +176,9 @@ def leakage_table(df: pd.DataFrame) -> tuple[str, dict | None]:
              pm(rnd["test"]), int(rnd["test_n"].iloc[0])],
             ["track (default: each physical sign on one side only)", len(trk), pm(trk["best_val"]),
              pm(trk["test"]), int(trk["test_n"].iloc[0])]]
-    text = md_table(["split", "runs", "best val acc %", "test acc % (own test split)", "test n"], rows)
+    rows[0].append(f"{rnd['wall_seconds'].sum() / 60:.1f}")
+    rows[1].append(f"{trk['wall_seconds'].sum() / 60:.1f}")
+    text = md_table(["split", "runs", "best val acc %", "test acc % (own test split)", "test n", "min"], rows)
     text += f"\n\n**Gap: the random split reads {gap:+.2f} points higher on its own test split.**"
     return text, {"random_test": float(rnd["test"].mean()), "track_test": float(trk["test"].mean()),
                   "gap_points": float(gap)}
@@ -230,6 +234,7 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
     from gtsrb.inference import Classifier
     from gtsrb.metrics import calibration, classification_metrics, confused_pairs, confusion
 
+    t0 = time.perf_counter()
     clf = Classifier.load(checkpoint)
     test = load_pack(data, "test")
     probs = clf.predict_arrays(test.images).probs
@@ -261,7 +266,8 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
                "errors": int((pred != test.labels).sum()), "ece": cal["ece"],
                "mean_confidence": float(probs.max(1).mean()),
                "se_off_accuracy": float((off == test.labels).mean()),
-               "se_off_changed": float((off != pred).mean())}
+               "se_off_changed": float((off != pred).mean()),
+               "seconds": round(time.perf_counter() - t0, 1)}
     (out / "best_test.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary, pairs_md
 
@@ -394,7 +400,10 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{best['accuracy'] * 100:.2f}% ({best['errors']} errors in {best['n']}), macro F1 "
                                  f"{best['macro_f1']:.4f}, mean confidence {best['mean_confidence'] * 100:.2f}%, "
                                  f"**ECE {best['ece'] * 100:.2f}%** (15 equal-width bins). "
-                                 + best["calibration_text"])
+                                 + best["calibration_text"]
+                                 + f" Made by `make report` from the committed checkpoint and `{a.data}` (one "
+                                 f"evaluation pass plus one with SE off, {best['seconds']:.0f} s on "
+                                 f"{machine_text(machine())}); no training.")
         blocks["confused"] = pairs_md
         blocks["se_off"] = (f"With every SE block replaced by the identity (same weights otherwise), the best model's "
                             f"test accuracy goes from {best['accuracy'] * 100:.2f}% to "
