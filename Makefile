@@ -62,10 +62,11 @@ CKPT ?= results/best
 demo: $(STAMP)
 	$(BIN)/python -m ui.app --checkpoint $(CKPT)
 
-# 16 concurrent clients x 10 requests against a running demo (URL=...), or one it starts itself.
+# 16 concurrent clients x 10 requests against a running demo (URL=...), or one it starts itself;
+# the figures go to results/ui/loadtest.json.
 URL ?=
 loadtest: $(STAMP)
-	$(BIN)/python -m ui.loadtest --checkpoint $(CKPT) $(if $(URL),--url $(URL))
+	$(BIN)/python -m ui.loadtest --checkpoint $(CKPT) $(if $(URL),--url $(URL)) --out results/ui/loadtest.json
 
 tune: $(DATA)
 	$(BIN)/python -m study.tune --data $(abspath $(DATA)) $(if $(SMOKE),--smoke-test) \

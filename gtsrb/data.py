@@ -57,6 +57,25 @@ class DataError(Exception):
 # --------------------------------------------------------------------------- sources
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path``, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file (archives, checkpoints), read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 class Source:
     """Files of one folder or one zip, addressed by posix paths relative to it."""
 
@@ -87,14 +106,11 @@ class Source:
         return f"{self.path}:{name}" if self.kind == "zip" else str(self.path / name)
 
     def sha256(self) -> str:
-        h = hashlib.sha256()
         if self.kind == "zip":
-            with open(self.path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-        else:  # a folder: hash names and contents in a fixed order
-            for name in self.names:
-                h.update(name.encode() + b"\0" + self.read(name))
+            return sha256_file(self.path)
+        h = hashlib.sha256()  # a folder: hash names and contents in a fixed order
+        for name in self.names:
+            h.update(name.encode() + b"\0" + self.read(name))
         return h.hexdigest()
 
     def close(self) -> None:

@@ -17,7 +17,6 @@ the class). Hu et al. report low specificity early and high specificity late.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -25,18 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from gtsrb.data import DataError
+from gtsrb.data import DataError, sha256_file
 from gtsrb.model import to_float_images
 
 EXCITATIONS_FILE = "excitations.npz"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def class_excitations(excitations: dict[str, np.ndarray], labels: np.ndarray, num_classes: int) -> dict[str, dict]:

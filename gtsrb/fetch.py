@@ -81,11 +81,8 @@ def _url(base_url: str, name: str) -> str:
 def md5sum(path: str | os.PathLike) -> str:
     """Hex md5 of a file, read in chunks."""
     # usedforsecurity=False: this is an integrity check, and FIPS builds refuse md5 otherwise.
-    h = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def verify(path: str | os.PathLike, md5: str | None) -> str | None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from gtsrb.bench import machine
 from gtsrb.cli import split_config
+from gtsrb.data import write_text_atomic
 from gtsrb.evaluate import evaluate
 from gtsrb.train import TrainConfig, fit
 
@@ -102,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             "history": history, "test": test, "wall_seconds": round(seconds, 1),
             "machine": machine(), "command": "python -m study.ablation " + " ".join(argv or sys.argv[1:]),
         }
-        tmp = done.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(done)
+        write_text_atomic(done, json.dumps(record, indent=1) + "\n")
         best_val = max(h["val_accuracy"] for h in history)
         print(f"{arm} seed {seed}: best val {best_val:.4f} test {test['accuracy']:.4f} "
               f"({seconds:.0f} s)", flush=True)

@@ -27,6 +27,7 @@ import pandas as pd
 
 from gtsrb.bench import machine
 from gtsrb.classes import CLASS_NAMES
+from gtsrb.data import write_text_atomic
 from gtsrb.report import plt, save_figure
 
 ARM_LABELS = {"seed": "seed preset (SE on all 5 stages)", "no_se": "no SE (plain VGG-11)",
@@ -61,9 +62,7 @@ def fill(path: Path, name: str, text: str) -> bool:
         return False
     new = pattern.sub(lambda m: m.group(1) + text.rstrip("\n") + "\n" + m.group(2), src)
     if new != src:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(new)
-        tmp.replace(path)
+        write_text_atomic(path, new)
     return True
 
 
@@ -389,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         blocks["effects"], n_trials = effects_table(a.study)
         blocks["effects"] += f"\n\n{n_trials} trials in `{a.study}` back this table."
     if a.checkpoint.is_file():
-        from gtsrb.explain import sha256_file
+        from gtsrb.data import sha256_file
 
         blocks["checkpoint"] = (f"`{a.checkpoint}`: {a.checkpoint.stat().st_size / 1e6:.1f} MB, weights only "
                                 f"(read with `torch.load(weights_only=True)`), sha256\n`{sha256_file(a.checkpoint)}`")
@@ -414,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         from gtsrb.explain import load_excitations
 
         stats, meta = load_excitations(exc)
+        headline["specificity"] = {k: v["specificity"] for k, v in stats.items()}
         blocks["specificity"] = md_table(
             ["SE block", "channels", "class specificity η²"],
             [[k, v["class_mean"].shape[1], f"{v['specificity']:.3f}"] for k, v in stats.items()],
@@ -425,7 +425,10 @@ def main(argv: list[str] | None = None) -> int:
         h = md_table(["model (ablation budget)", "seeds", "final val acc %", "test acc %"], rows)
         bm = headline["best_model"]
         h += (f"\n\nFull-budget best model (`results/best/best.pt`): test accuracy {bm['accuracy'] * 100:.2f}%, "
-              f"ECE {bm['ece'] * 100:.2f}%.")
+              f"ECE {bm['ece'] * 100:.2f}%; with its SE blocks switched off, {bm['se_off_accuracy'] * 100:.2f}%.")
+        if headline.get("specificity"):
+            h += (" Class specificity η² of its SE blocks (val): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in headline["specificity"].items()) + ".")
         if lk:
             h += (f" Split leakage: the random split reads {lk['gap_points']:+.2f} points higher on its own test "
                   f"split than the track split ({lk['random_test'] * 100:.2f}% vs {lk['track_test'] * 100:.2f}%).")

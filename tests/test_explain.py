@@ -15,10 +15,9 @@ import torch  # noqa: E402
 from gtsrb.checkpoint import save_checkpoint  # noqa: E402
 from gtsrb.classes import CLASS_NAMES  # noqa: E402
 from gtsrb.cli import main  # noqa: E402
-from gtsrb.data import DataError, load_pack  # noqa: E402
+from gtsrb.data import DataError, load_pack, sha256_file  # noqa: E402
 from gtsrb.explain import (  # noqa: E402
     class_excitations, compute_excitations_file, gradcam, gradcam_layer, load_excitations, save_excitations,
-    sha256_file,
 )
 from gtsrb.inference import Classifier  # noqa: E402
 from gtsrb.metrics import calibration, confused_pairs  # noqa: E402

@@ -19,18 +19,19 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from gtsrb.bench import machine
+from gtsrb.data import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = Path(__file__).parent / "examples" / "14-stop.png"
@@ -152,20 +153,6 @@ def run_load(url: str, image: Path, clients: int, requests: int) -> dict:
     }
 
 
-def write_json_atomic(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ui.loadtest", description=__doc__.split("\n\n")[0])
     where = p.add_mutually_exclusive_group()
@@ -210,14 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         record = {
             "command": shlex.join(["python", "-m", "ui.loadtest", *(sys.argv[1:] if argv is None else argv)]),
             "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "machine": _machine(),
+            "machine": machine(),
             "server": "started by the load test" if started else "given by --url",
             "checkpoint": None if a.url else a.checkpoint,
             "image": _shown(a.image),
             "concurrency_note": "the app runs one analysis at a time (default_concurrency_limit=1): requests queue",
             **result,
         }
-        write_json_atomic(record, a.out)
+        write_text_atomic(a.out, json.dumps(record, indent=2) + "\n")
         print(f"wrote {a.out}")
     return 1 if result["errors"] or result["lost"] else 0
 
@@ -228,14 +215,6 @@ def _shown(path: Path) -> str:
         return str(path.resolve().relative_to(REPO))
     except ValueError:
         return str(path)
-
-
-def _machine() -> dict:
-    try:
-        from gtsrb.bench import machine
-        return machine()
-    except Exception as e:  # the figures still matter without the machine details
-        return {"python": platform.python_version(), "cores": os.cpu_count(), "error": str(e)}
 
 
 if __name__ == "__main__":
