@@ -26,7 +26,7 @@ GPUS_PER_TRIAL ?=
 TRAIN_FRACTION ?=
 STUDY          ?= $(if $(NAME),$(NAME),$(if $(SMOKE),smoke,cpu))
 
-.PHONY: venv pack train test tune tune-summary train-best bench tensorboard demo loadtest ablation report clean-venv
+.PHONY: venv pack train test tune tune-summary train-best bench precision-check tensorboard demo loadtest ablation report clean-venv
 
 venv: $(STAMP)
 
@@ -99,6 +99,11 @@ report: $(DATA)
 
 bench: $(STAMP)
 	$(BIN)/gtsrb bench --out results/bench/$(shell date +%Y-%m-%d)-$(shell hostname -s).json
+
+# fp32 against the fast bf16 CPU path, seed preset: 3 epochs on seeds 0 and 1, then 10 epochs on seed 0.
+precision-check: $(DATA)
+	$(BIN)/python -m study.precision --data $(DATA) --seeds 0 1 --epochs 3
+	$(BIN)/python -m study.precision --data $(DATA) --seeds 0 --epochs 10
 
 # Ray's trial logs (with the trainer's own event files inside each trial) and the training runs.
 tensorboard: $(STAMP)

@@ -28,7 +28,7 @@ def cmd_pack(a: argparse.Namespace) -> int:
     out = a.out or Path("data") / f"gtsrb{a.size}.h5"
     summary = pack(
         sources, out, size=a.size, split=a.split, seed=a.seed, roi=a.roi, skip_bad=a.skip_bad,
-        workers=a.workers, keep_splits=a.keep_splits.split(",") if a.keep_splits else None,
+        workers=a.workers, keep_splits=a.keep_splits.split(",") if a.keep_splits else None, compress=a.compress,
     )
     print(summary)
     return 0
@@ -154,7 +154,7 @@ def cmd_fetch(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from gtsrb.bench import run
-    from gtsrb.data import default_source
+    from gtsrb.data import default_source, write_text_atomic
 
     source = a.source
     if source is None:
@@ -167,8 +167,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     result = run(source, quick=a.quick)
     text = json.dumps(result, indent=1)
     if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text + "\n")
+        write_text_atomic(a.out, text + "\n")
     if a.json:
         print(text)
     else:
@@ -197,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of failing")
     s.add_argument("--workers", type=int, help="decode processes (default: all cores)")
     s.add_argument("--keep-splits", help="comma list of splits to keep, e.g. train,val (a small pack)")
+    s.add_argument("--compress", action="store_true",
+                   help="gzip the images (about 23%% smaller, 2 s slower to write and 0.7 s to load)")
     s.set_defaults(func=cmd_pack)
 
     s = sub.add_parser("train", help="train SE-VGG11 on a pack")
@@ -212,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     s.add_argument("--no-augment", action="store_true")
     s.add_argument("--precision", choices=("auto", "bf16", "fp32"),
-                   help="auto (default): bf16 autocast on CUDA, fp32 on CPU")
+                   help="auto (default): bf16 autocast on CUDA and on CPUs with AMX or AVX-512-BF16, "
+                        "fp32 elsewhere")
     s.add_argument("--compile", action="store_true", help="torch.compile the model")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")

@@ -26,7 +26,7 @@ def official_test_arrays(paths: Sequence[str | os.PathLike], size: int, roi: boo
                 f"{', '.join(str(p) for p in paths)}: this is the training layout; "
                 "--official-test needs Final_Test/Images and GT-final_test.csv"
             )
-        images, ok = decode_records(layout, size, roi)
+        images, ok, _ = decode_records(layout, size, roi)
         if not ok.all():
             raise DataError(layout.bad[0])
     finally:

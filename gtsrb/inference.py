@@ -2,7 +2,8 @@
 
 Images of any size and mode (paths, PIL images or arrays; RGBA, L, P, I;16,
 CMYK, ...) are preprocessed by ``gtsrb.data.preprocess``, exactly as packing
-does it.
+does it. The forward pass is ``gtsrb.engine.InferenceEngine``: the model's own
+function, folded into fewer operations.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from PIL import Image
 from gtsrb.checkpoint import load_checkpoint
 from gtsrb.classes import CLASS_NAMES
 from gtsrb.data import DataError, decode, preprocess
+from gtsrb.engine import InferenceEngine
 from gtsrb.model import ModelConfig, SEVGG, build_model, to_float_images
 
 ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
@@ -75,13 +77,16 @@ class Classifier:
     """A trained SE-VGG in eval mode, with the checkpoint's metadata."""
 
     def __init__(self, model: SEVGG, meta: dict, device: torch.device):
-        # channels_last: the input arrives as NHWC already, and oneDNN's NHWC
-        # convolutions cut single-image latency by about 40% here (`gtsrb bench`).
+        # channels_last: the input arrives as NHWC already (for Grad-CAM and hooks).
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.meta = meta
         self.device = device
         self.config: ModelConfig = model.config
         self.se_names = [name for name, _ in model.se_blocks()]
+        # Predictions run through the folded engine: the same function as
+        # self.model in fewer operations (`gtsrb bench`: infer_ms_p50).
+        self.engine = InferenceEngine(self.model)
+        self._se_on = True
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "Classifier":
@@ -107,36 +112,24 @@ class Classifier:
         probs, excite = [], {n: [] for n in self.se_names}
         for i in range(0, len(arrays), batch_size):
             x = to_float_images(torch.from_numpy(np.ascontiguousarray(arrays[i : i + batch_size])).to(self.device))
-            with self.capture_excitations() as captured:
-                probs.append(torch.softmax(self.model(x).float(), 1).cpu().numpy())
-            for n in self.se_names:
-                excite[n].append(captured[n])
+            logits, gates = self.engine(x, se=self._se_on)
+            probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
+            for n, g in gates.items():
+                excite[n].append(g.float().cpu().numpy())
         return Prediction(
             np.concatenate(probs) if probs else np.zeros((0, self.config.num_classes), np.float32),
             {n: np.concatenate(v) for n, v in excite.items() if v},
         )
 
     @contextlib.contextmanager
-    def capture_excitations(self) -> Iterator[dict[str, np.ndarray]]:
-        """Within the block, every forward stores each SE gate's output (N, C)."""
-        captured: dict[str, np.ndarray] = {}
-        handles = []
-        for name, block in self.model.se_blocks():
-            def hook(_module, _inp, out, name=name):
-                captured[name] = out.float().flatten(1).cpu().numpy()
-            handles.append(block.gate.register_forward_hook(hook))
-        try:
-            yield captured
-        finally:
-            for h in handles:
-                h.remove()
-
-    @contextlib.contextmanager
     def se_disabled(self) -> Iterator[None]:
-        """Within the block, every SE block is the identity (the 'SE off' counterfactual)."""
+        """Within the block, every SE block is the identity (the 'SE off' counterfactual),
+        in predictions (which then carry no excitations) and in ``self.model``."""
         handles = [b.register_forward_hook(lambda _m, inp, _out: inp[0]) for _, b in self.model.se_blocks()]
+        before, self._se_on = self._se_on, False
         try:
             yield
         finally:
+            self._se_on = before  # blocks nest
             for h in handles:
                 h.remove()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gtsrb.classes import NUM_CLASSES
@@ -67,6 +68,117 @@ class SqueezeExcitation(nn.Module):
             w, b = s.chunk(2, dim=1)
             return x * self.gate(w) + b
         return x * self.gate(s)
+
+
+# Largest feature map (H*W) that Conv2d computes as one matrix product on CPU.
+SMALL_MAP = 9
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` with a faster CPU route for the 3x3 and 1x1 maps of stages 4 and 5.
+
+    Same module, parameters and state_dict as ``nn.Conv2d``, and the same
+    function: only the way it is computed changes. oneDNN is slow on these
+    tiny maps, in bf16 backward especially (a 3x3 map ran at a tenth of the
+    AMX matrix rate), so on CPU a 3x3/pad-1 conv over a map of at most
+    ``SMALL_MAP`` pixels becomes one matrix product over its 3x3 patches
+    (im2col in NHWC order). On a 1x1 map eight of the nine taps only ever see
+    the zero padding, so the product uses the centre tap alone, which is the
+    same sum without the zero terms; the other taps get the zero gradient they
+    always got. Measured in `gtsrb bench` (``train_variants_img_s``).
+    """
+
+    def _conv_forward(self, input, weight, bias):
+        if (
+            input.device.type != "cpu"
+            or input.dim() != 4
+            or input.shape[2] * input.shape[3] > SMALL_MAP
+            or self.kernel_size != (3, 3)
+            or self.padding != (1, 1)
+            or self.stride != (1, 1)
+            or self.dilation != (1, 1)
+            or self.groups != 1
+            or self.padding_mode != "zeros"
+        ):
+            return super()._conv_forward(input, weight, bias)
+        return small_map_conv3x3(input, weight, bias)
+
+
+def small_map_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """3x3, stride-1, pad-1 convolution as one matrix product; returns channels_last."""
+    n, c, h, w = x.shape
+    if torch.is_autocast_enabled("cpu"):
+        # Cast the fp32 operands as autocast casts a conv's (building the patches in bf16 also
+        # moves half the bytes); the custom backward needs them in one dtype.
+        dtype = torch.get_autocast_dtype("cpu")
+        x, weight, bias = (t.to(dtype) if t is not None and t.dtype == torch.float32 else t for t in (x, weight, bias))
+    if h == 1 and w == 1:
+        out = F.linear(x.reshape(n, c), weight[:, :, 1, 1], bias)
+        return out.reshape(n, -1, 1, 1)
+    return _PatchConv.apply(x, weight, bias)
+
+
+def patches(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> the 3x3 patches of its zero-padded map, (N*H*W, 9*C), in (kh, kw, c) order."""
+    n, c, h, w = x.shape
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))  # (N, H+2, W+2, C)
+    cols = torch.cat([xp[:, i : i + h, j : j + w] for i in range(3) for j in range(3)], dim=3)
+    return cols.reshape(n * h * w, 9 * c)
+
+
+def patch_weight(weight: torch.Tensor) -> torch.Tensor:
+    """(Co, C, 3, 3) -> (Co, 9*C) in the (kh, kw, c) order of ``patches``."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
+class _PatchConv(torch.autograd.Function):
+    """im2col conv whose backward scatters the patch gradient into one buffer
+    (autograd's own backward of the nine slices allocates nine zero maps)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        n, c, h, w = x.shape
+        out_ch = weight.shape[0]
+        cols, wm = patches(x), patch_weight(weight)
+        ctx.save_for_backward(cols, wm)
+        ctx.shape, ctx.has_bias = (n, c, h, w), bias is not None
+        out = F.linear(cols, wm, bias)
+        return out.reshape(n, h, w, out_ch).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cols, wm = ctx.saved_tensors
+        n, c, h, w = ctx.shape
+        g = grad.permute(0, 2, 3, 1).reshape(n * h * w, -1)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            gc = (g @ wm).reshape(n, h, w, 3, 3, c)
+            gp = gc.new_zeros(n, h + 2, w + 2, c, dtype=torch.float32)  # sum the 9 taps in fp32
+            for i in range(3):
+                for j in range(3):
+                    gp[:, i : i + h, j : j + w] += gc[:, :, :, i, j]
+            grad_x = gp[:, 1:-1, 1:-1].permute(0, 3, 1, 2).to(gc.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = (g.t() @ cols).reshape(-1, 3, 3, c).permute(0, 3, 1, 2)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose CPU mask is drawn by ``torch.rand``, 3x faster than the
+    ``bernoulli_`` of ``F.dropout`` on CPU here; same module, same distribution.
+    Other devices keep ``F.dropout`` (one fused kernel on CUDA)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p == 1.0:
+            return x.mul_(0.0) if self.inplace else x * 0.0
+        mask = (torch.rand(x.shape, device=x.device) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x.mul_(mask) if self.inplace else x * mask
 
 
 @dataclass(frozen=True)
@@ -143,7 +255,7 @@ def make_features(config: ModelConfig) -> nn.Sequential:
             continue
         ends_stage = cfg[i + 1] == "M"
         se = config.se_stages[stage] and ends_stage
-        layers.append(nn.Conv2d(in_ch, v, 3, padding=0 if first else 1, bias=False))
+        layers.append(Conv2d(in_ch, v, 3, padding=0 if first else 1, bias=False))
         se_block = SqueezeExcitation(v, config.se_reduction, config.se_min_hidden, config.se_form) if se else None
         if se_block is not None and config.se_position == "pre_bn":
             layers.append(se_block)
@@ -151,7 +263,7 @@ def make_features(config: ModelConfig) -> nn.Sequential:
         if se_block is not None and config.se_position == "post_act":
             layers.append(se_block)
         if not ends_stage:
-            layers.append(nn.Dropout(config.conv_dropout))
+            layers.append(Dropout(config.conv_dropout))
         in_ch, first = v, False
     return nn.Sequential(*layers)
 
@@ -172,10 +284,10 @@ class SEVGG(nn.Module):
         p = config.classifier_dropout
         self.classifier = nn.Sequential(
             nn.Linear(flat, 512, bias=False),
-            nn.Dropout(p),
+            Dropout(p),
             nn.BatchNorm1d(512),
             nn.ReLU(inplace=True),
-            nn.Dropout(p),
+            Dropout(p),
             nn.Linear(512, config.num_classes),
         )
 

@@ -345,6 +345,78 @@ def misclassified_figure(images, labels, groups, probs, path: Path, count: int =
 
 # --------------------------------------------------------------------------- main
 
+def _n(v, digits: int = 0) -> str:
+    return "–" if v is None else f"{v:,.{digits}f}"
+
+
+def speed_table(now: dict, before: dict | None, now_name: str, before_name: str) -> str:
+    """The bench's headline figures, before and after the speed work, with the issue's targets."""
+    b = before or {}
+    t = now.get("targets", {})
+
+    def target(key: str) -> str:
+        return f"{t[key]['target']}: {'met' if t[key]['met'] else '**not met**'}" if key in t else ""
+
+    def variants(r: dict) -> str:
+        return "; ".join(f"{k} {v:,.0f}" if v else f"{k} (fell back)" for k, v in r.get("train_variants_img_s", {}).items()) or "–"
+
+    def precision(r: dict) -> str:
+        return "bf16 + channels_last" if r.get("ceiling_bf16_img_s") else "fp32"
+
+    rows = [
+        ["matmul GFLOP/s: fp32 / bf16", f"{_n(b.get('matmul_gflops'))} / {_n(b.get('matmul_bf16_gflops'))}",
+         f"{_n(now['matmul_gflops'])} / {_n(now.get('matmul_bf16_gflops'))}", ""],
+        ["ceiling, img/s (fp32 matmul ÷ 0.492 GFLOP)", _n(b.get("ceiling_img_s")), _n(now["ceiling_img_s"]), ""],
+        ["`train_img_s`, the default path, batch 128", f"{_n(b.get('train_img_s'))} (fp32)" if b else "–",
+         f"{_n(now['train_img_s'])} ({precision(now)})", ""],
+        ["`ratio_to_ceiling`", _n(b.get("ratio_to_ceiling"), 2), _n(now["ratio_to_ceiling"], 2), target("ratio_to_ceiling")],
+        ["ratio to the bf16 matmul ceiling", _n(b.get("ratio_to_bf16_ceiling"), 2), _n(now.get("ratio_to_bf16_ceiling"), 2), ""],
+        ["one option changed, img/s", variants(b), variants(now), ""],
+        ["`naive_img_s` (torchvision GTSRB + PIL + DataLoader)", _n(b.get("naive_img_s")), _n(now.get("naive_img_s")), ""],
+        ["`speedup_vs_naive`", _n(b.get("speedup_vs_naive"), 2), _n(now.get("speedup_vs_naive"), 2), target("speedup_vs_naive")],
+        ["`infer_ms_p50` / `p99`, one image with excitations",
+         f"{_n(b.get('infer_ms_p50'), 2)} / {_n(b.get('infer_ms_p99'), 2)}",
+         f"{_n(now['infer_ms_p50'], 2)} / {_n(now['infer_ms_p99'], 2)}", ""],
+        ["its FLOP ceiling / weight-streaming floor, ms", f"{_n(b.get('infer_ceiling_ms'), 2)} / {_n(b.get('infer_memory_floor_ms'), 2)}",
+         f"{_n(now['infer_ceiling_ms'], 2)} / {_n(now.get('infer_memory_floor_ms'), 2)}", ""],
+        ["`infer_ms_p50` ÷ FLOP ceiling", _n(b.get("infer_ratio_to_ceiling"), 1), _n(now["infer_ratio_to_ceiling"], 1),
+         target("infer_ratio_to_ceiling")],
+        ["`pack_s` / `pack_naive_s` (39,209 images)", f"{_n(b.get('pack_s'), 1)} / {_n(b.get('pack_naive_s'), 1)}",
+         f"{_n(now.get('pack_s'), 1)} / {_n(now.get('pack_naive_s'), 1)}", ""],
+        ["`pack_ratio`", _n(b.get("pack_ratio"), 2), _n(now.get("pack_ratio"), 2), target("pack_ratio")],
+    ]
+    table = md_table(["figure", f"before (`{before_name}`)", f"now (`{now_name}`)", "target"], rows)
+    return table + (f"\n\nBoth on {machine_text(now['machine'])}; each column is one run of `gtsrb bench --json` "
+                    f"(`make bench`), `{now_name}` in `results/bench/`.")
+
+
+def precision_table(record: dict) -> str:
+    """fp32 against bf16 final val accuracy, paired by seed, from study/precision.py's record."""
+    runs = record.get("runs", [])
+    rows, spread = [], {}
+    for epochs in sorted({r["epochs"] for r in runs}):
+        for seed in sorted({r["seed"] for r in runs if r["epochs"] == epochs}):
+            pair = {r["path"]: r for r in runs if r["epochs"] == epochs and r["seed"] == seed}
+            if set(pair) != {"fp32", "bf16"}:
+                continue
+            f, h = pair["fp32"], pair["bf16"]
+            rows.append([seed, epochs, f"{f['final_val_accuracy'] * 100:.2f}", f"{h['final_val_accuracy'] * 100:.2f}",
+                         f"{(h['final_val_accuracy'] - f['final_val_accuracy']) * 100:+.2f}",
+                         f"{np.mean(f['images_per_s']):.0f} / {np.mean(h['images_per_s']):.0f}"])
+        for path in ("fp32", "bf16"):
+            accs = [r["final_val_accuracy"] for r in runs if r["epochs"] == epochs and r["path"] == path]
+            if len(accs) > 1:
+                spread.setdefault(epochs, {})[path] = (max(accs) - min(accs)) * 100
+    text = md_table(["seed", "epochs", "fp32 eager (NCHW) val %", "bf16 + channels_last val %", "bf16 − fp32, points",
+                     "img/s over whole epochs, fp32 / bf16"], rows)
+    for epochs, d in spread.items():
+        text += (f"\n\nAt {epochs} epochs the same path moves by " + " and ".join(f"{v:.2f} points ({k})" for k, v in d.items())
+                 + " between seeds.")
+    if record.get("command"):
+        text += f" Machine: {machine_text(record.get('machine'))}."
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("data/gtsrb28.h5"))
@@ -354,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("results/report"))
     p.add_argument("--report", type=Path, default=Path("results/REPORT.md"))
     p.add_argument("--readme", type=Path, default=Path("README.md"))
+    p.add_argument("--bench", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run4.json"))
+    p.add_argument("--bench-before", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run2.json"))
+    p.add_argument("--precision", type=Path, default=Path("results/bench/precision.json"))
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     blocks: dict[str, str] = {}
@@ -433,6 +508,11 @@ def main(argv: list[str] | None = None) -> int:
             h += (f" Split leakage: the random split reads {lk['gap_points']:+.2f} points higher on its own test "
                   f"split than the track split ({lk['random_test'] * 100:.2f}% vs {lk['track_test'] * 100:.2f}%).")
         blocks["headline"] = h
+    if a.bench.is_file():
+        before = json.loads(a.bench_before.read_text()) if a.bench_before.is_file() else None
+        blocks["speed"] = speed_table(json.loads(a.bench.read_text()), before, a.bench.name, a.bench_before.name)
+    if a.precision.is_file():
+        blocks["precision"] = precision_table(json.loads(a.precision.read_text()))
     (a.out / "headline.json").write_text(json.dumps(headline, indent=1, default=str) + "\n")
     for name, text in blocks.items():
         placed = [str(f) for f in (a.report, a.readme) if fill(f, name, text)]

@@ -14,6 +14,14 @@ def test_flop_count_of_the_seed_model_is_about_0_49_gflop_per_training_image():
     assert forward == pytest.approx(0.165e9, rel=0.01)
 
 
+def test_executed_flop_skips_only_the_zero_padding_taps_of_stage_5():
+    """Stage 5's two 512->512 convs see 1x1 maps: 8 of their 9 taps multiply padding."""
+    nominal = bench.flop_per_image(batch=4)
+    executed = bench.flop_per_image(batch=4, executed=True)
+    assert nominal[1] - executed[1] == 2 * (2 * 512 * 512 * 8)
+    assert nominal[0] - executed[0] == 3 * 2 * (2 * 512 * 512 * 8)  # forward, input grad, weight grad
+
+
 def test_train_bench_runs_the_real_training_step():
     assert bench.bench_train(steps=1, batch=16) > 0
 
@@ -42,4 +50,8 @@ def test_bench_cli_quick_json_has_the_reported_keys(synthetic_zip, capsys, tmp_p
                 "infer_ceiling_ms", "ratio_to_ceiling", "speedup_vs_naive", "machine"):
         assert key in result, key
     assert result["speedup_vs_naive"] == 2.0
+    assert result["targets"]["speedup_vs_naive"] == {"value": 2.0, "target": ">= 1.4", "met": True}
+    assert result["targets"]["infer_ratio_to_ceiling"]["met"] is (result["infer_ms_p50"] <= 2 * result["infer_ceiling_ms"])
+    assert "pack_ratio" not in result["targets"]  # --quick does not pack
+    assert result["infer_memory_floor_ms"] > 0 and result["infer_weight_mb"] > 10
     assert {"cpu", "cores", "torch", "torch_threads"} <= set(result["machine"])

@@ -291,6 +291,19 @@ def test_se_disabled_changes_the_output_and_restores_it_afterwards(clf, sign):
     assert all(len(b._forward_hooks) == 0 for _, b in clf.model.se_blocks())
 
 
+def test_se_disabled_blocks_nest_and_predictions_then_carry_no_excitations(clf, sign):
+    on = clf.predict(sign)
+    with clf.se_disabled():
+        off = clf.predict(sign)
+        with clf.se_disabled():
+            pass
+        still_off = clf.predict(sign)
+    assert off.excitations == {} and still_off.excitations == {}
+    np.testing.assert_allclose(still_off.probs, off.probs, atol=1e-7)
+    assert not np.allclose(off.probs, on.probs, atol=1e-6)
+    np.testing.assert_allclose(clf.predict(sign).probs, on.probs, atol=1e-7)
+
+
 # --------------------------------------------------------------------------- 6. no pickled code
 
 

@@ -143,3 +143,91 @@ def test_presets_are_named():
     assert set(PRESETS) >= {"seed", "vgg11"}
     with pytest.raises(ValueError, match="unknown preset"):
         build_model("resnet")
+
+
+# --------------------------------------------------------------------------- the fast Conv2d and Dropout
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv2d_small_map_route_computes_the_same_conv_and_gradients(size, channels_last):
+    """Maps of at most SMALL_MAP pixels take the matrix-product route (1x1: centre tap); larger ones oneDNN.
+    Float64 so that only a wrong formula, not rounding, can fail."""
+    from gtsrb.model import SMALL_MAP, Conv2d
+
+    torch.manual_seed(size)
+    conv = Conv2d(16, 8, 3, padding=1, bias=True).double()
+    x = torch.randn(3, 16, size, size, dtype=torch.float64)
+    if channels_last:
+        conv, x = conv.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    out = conv(x)
+    ref = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+    g = torch.randn_like(ref)
+    ours = torch.autograd.grad(out, (x, conv.weight, conv.bias), g)
+    theirs = torch.autograd.grad(ref, (x, conv.weight, conv.bias), g)
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+    if size == 1:  # only the centre tap ever sees a pixel
+        assert ours[1][:, :, [0, 0, 0, 1, 1, 2, 2, 2], [0, 1, 2, 0, 2, 0, 1, 2]].abs().max() == 0
+    assert (size * size <= SMALL_MAP) == (size < 4)
+
+
+def test_conv2d_small_map_route_under_bf16_autocast_stays_close_to_fp32():
+    from gtsrb.model import Conv2d
+
+    torch.manual_seed(0)
+    conv = Conv2d(64, 32, 3, padding=1, bias=False)
+    x = torch.randn(4, 64, 3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = conv(x)
+    assert low.dtype == torch.bfloat16
+    ref = torch.nn.functional.conv2d(x, conv.weight, padding=1)
+    assert (low.float() - ref).abs().max() < 0.02 * ref.abs().max()
+    # Inside a bf16 network the input is already bf16 while the weight is fp32; backward too.
+    xb = x.to(torch.bfloat16).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(xb)
+    out.float().sum().backward()
+    assert xb.grad.dtype == torch.bfloat16 and conv.weight.grad.dtype == torch.float32
+    ref_w = torch.autograd.grad(torch.nn.functional.conv2d(x, conv.weight, padding=1).sum(), conv.weight)[0]
+    assert (conv.weight.grad - ref_w).abs().max() < 0.02 * ref_w.abs().max()
+
+
+def test_dropout_is_identity_in_eval_and_zeroes_about_p_in_training():
+    from gtsrb.model import Dropout
+
+    d = Dropout(0.4)
+    x = torch.ones(200_000, requires_grad=True)
+    d.eval()
+    assert torch.equal(d(x), x)
+    d.train()
+    torch.manual_seed(0)
+    y = d(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.6) < 0.005
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.6))
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+    assert torch.equal(Dropout(0.0).train()(x), x)
+
+
+def test_conv2d_keeps_nn_conv2d_behaviour_for_unbatched_and_float64_input():
+    from gtsrb.model import Conv2d
+
+    conv = Conv2d(4, 2, 3, padding=1)
+    x = torch.rand(4, 3, 3)  # unbatched (C, H, W)
+    torch.testing.assert_close(conv(x), nn.Conv2d.forward(conv, x))
+    conv64 = Conv2d(4, 2, 3, padding=1).double()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv64(torch.rand(1, 4, 3, 3, dtype=torch.float64)).dtype == torch.float64  # autocast lowers fp32 only
+
+
+def test_dropout_inplace_writes_into_its_input():
+    from gtsrb.model import Dropout
+
+    x = torch.ones(1000)
+    y = Dropout(0.5, inplace=True).train()(x)
+    assert y.data_ptr() == x.data_ptr() and (x == 0).any()

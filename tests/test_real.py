@@ -28,6 +28,26 @@ def test_real_zip_packs_all_39209_images_of_43_classes(real_pack):
     assert 40 < p.images.mean() < 140
 
 
+def test_real_pack_is_pil_preprocess_of_every_image_bit_for_bit(real_pack, real_zip):
+    """The fast pack path (own zip reader, own PPM parser, batched resize) changes no pixel:
+    every packed image equals PIL decoding the member and ``preprocess`` resizing it."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from gtsrb.data import preprocess
+
+    p = load_pack(real_pack[0])
+    with zipfile.ZipFile(real_zip) as z:
+        member = {n.split("/Images/")[1]: n for n in z.namelist() if n.endswith(".ppm")}
+        differ = [
+            f for i, f in enumerate(p.filenames)
+            if not np.array_equal(p.images[i], preprocess(Image.open(io.BytesIO(z.read(member[f]))), 28))
+        ]
+    assert len(p.filenames) == 39209 and differ == []
+
+
 def test_real_track_split_is_grouped_stratified_and_64_16_20(real_pack):
     out, summary = real_pack
     p = load_pack(out)

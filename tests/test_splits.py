@@ -58,3 +58,21 @@ def test_random_split_leaks_tracks_across_sides():
 def test_unknown_split_kind_is_an_error():
     with pytest.raises(ValueError, match="split kind"):
         make_split(np.zeros(10), np.arange(10), "kfold")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stratified_group_fold_is_scikit_learns_first_fold(seed):
+    """Our copy of StratifiedGroupKFold (no scikit-learn import when packing) picks the same images."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from gtsrb.splits import stratified_group_fold
+
+    rng = np.random.default_rng(seed)
+    for _ in range(10):
+        n, k = int(rng.integers(60, 2000)), int(rng.integers(2, 10))
+        y, groups = rng.integers(0, k, n), rng.integers(0, int(rng.integers(3 * 5, n // 2)), n)
+        for n_splits in (2, 5):
+            _, expected = next(StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(y, y, groups))
+            assert np.array_equal(stratified_group_fold(y, groups, n_splits, seed), expected)
+    with pytest.raises(ValueError, match="number of groups"):
+        stratified_group_fold(np.arange(12) % 2, np.arange(12) // 4, 5, 0)  # 3 groups

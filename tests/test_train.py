@@ -107,3 +107,19 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(synthetic_pack
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert [h["val_accuracy"] for h in a["history"]] == [h["val_accuracy"] for h in b["history"]]
+
+
+def test_precision_check_trains_both_paths_per_seed_and_resumes(synthetic_pack, tmp_path, capsys):
+    """`make precision-check`: fp32 and bf16 runs of the seed preset, recorded once each."""
+    from study.precision import main as precision_check
+
+    out = tmp_path / "precision.json"
+    args = ["--data", str(synthetic_pack), "--seeds", "0", "--epochs", "1", "--out", str(out), "--runs", str(tmp_path)]
+    assert precision_check(args) == 0
+    record = json.loads(out.read_text())
+    assert [(r["path"], r["seed"], r["epochs"]) for r in record["runs"]] == [("fp32", 0, 1), ("bf16", 0, 1)]
+    assert all(0 <= r["final_val_accuracy"] <= 1 and len(r["val_accuracy"]) == 1 for r in record["runs"])
+    assert "seed 0, 1 epochs: fp32" in capsys.readouterr().out
+    assert precision_check(args) == 0  # both runs are on record: nothing trains again
+    assert len(json.loads(out.read_text())["runs"]) == 2
+    assert "final val" not in capsys.readouterr().out

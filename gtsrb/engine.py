@@ -1,0 +1,187 @@
+"""The eval-mode SE-VGG folded into a few tensor ops, for low-latency inference.
+
+``InferenceEngine(model)`` computes exactly the function of ``model.eval()``
+(up to float rounding), with the SE gates as a second output, in fewer and
+cheaper operations:
+
+- the input normalisation is folded into the first conv (it has no padding, so
+  this is exact);
+- each BatchNorm is folded into the conv before it, or, where the seed puts SE
+  between conv and BN, into the per-channel scale and shift that SE applies;
+- dropout disappears;
+- on CPU, convs over maps of at most ``SMALL_MAP`` pixels are one matrix
+  product over their 3x3 patches, and a conv over a 1x1 map uses its centre tap
+  alone, as in training (see ``gtsrb.model.Conv2d``).
+
+The engine holds copies of the weights: rebuild it after changing the model.
+``Classifier`` builds one on load and uses it for every prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gtsrb.model import SMALL_MAP, SEVGG, SqueezeExcitation, patch_weight, patches
+
+
+@dataclass
+class _SE:
+    name: str
+    fc1: torch.Tensor  # (hidden, C)
+    fc2: torch.Tensor  # (C or 2C, hidden)
+    scale_shift: bool
+
+
+@dataclass
+class _Unit:
+    """conv -> [SE] -> BN -> ReLU -> [SE], folded."""
+
+    weight: torch.Tensor  # (Co, Ci, 3, 3), BN folded in unless SE sits before BN
+    bias: torch.Tensor  # (Co,)
+    padding: int
+    se: _SE | None
+    se_pre_bn: bool
+    bn_scale: torch.Tensor | None  # only for SE before BN: BN's per-channel a and c
+    bn_shift: torch.Tensor | None
+    # The weight as the right-hand matrix of a product, for small maps on CPU (built on first use):
+    # (9*Ci, Co) over 3x3 patches, and (Ci, Co) for the centre tap of a 1x1 map.
+    patch_matrix: torch.Tensor | None = None
+    centre_matrix: torch.Tensor | None = None
+
+
+def _bn_affine(bn: nn.BatchNorm2d | nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    a = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return a, bn.bias - bn.running_mean * a
+
+
+class InferenceEngine:
+    """``engine(x)`` -> (logits, {stage: gate (N, C)}) for float images (N, 3, S, S) in [0, 1]."""
+
+    def __init__(self, model: SEVGG):
+        self.config = model.config
+        self.steps: list[tuple[str, object]] = []
+        with torch.no_grad():
+            self._fold(model)
+
+    def _fold(self, model: SEVGG) -> None:
+        mods = list(model.features)
+        se_names = {id(block): name for name, block in model.se_blocks()}
+        mean = model.mean.flatten()
+        std = model.std.flatten()
+        first = True
+        i = 0
+        while i < len(mods):
+            m = mods[i]
+            if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+                self.steps.append(("pool", m))
+                i += 1
+                continue
+            if not isinstance(m, nn.Conv2d):
+                raise ValueError(f"engine: unexpected {type(m).__name__} at features[{i}]")
+            group = [m]
+            i += 1
+            while i < len(mods) and not isinstance(mods[i], (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+                group.append(mods[i])
+                i += 1
+            self.steps.append(("unit", self._fold_unit(group, se_names, mean, std, first)))
+            first = False
+        lin1, bn1, lin2 = (m for m in model.classifier if isinstance(m, (nn.Linear, nn.BatchNorm1d)))
+        a, c = _bn_affine(bn1)
+        w1 = lin1.weight * a[:, None]
+        b1 = c + (lin1.bias * a if lin1.bias is not None else 0)
+        self.head = (w1.t().contiguous(), b1.contiguous(), lin2.weight.t().contiguous(), lin2.bias.clone())
+
+    @staticmethod
+    def _fold_unit(group, se_names, mean, std, first) -> _Unit:
+        conv = group[0]
+        kinds = [type(m) for m in group[1:]]
+        bn = next(m for m in group if isinstance(m, nn.BatchNorm2d))
+        se_block = next((m for m in group if isinstance(m, SqueezeExcitation)), None)
+        se_pre_bn = se_block is not None and group.index(se_block) < group.index(bn)
+        if not all(issubclass(k, (SqueezeExcitation, nn.BatchNorm2d, nn.ReLU, nn.Dropout)) for k in kinds):
+            raise ValueError(f"engine: cannot fold {[k.__name__ for k in kinds]}")
+        w = conv.weight.detach().clone()
+        b = w.new_zeros(w.shape[0]) if conv.bias is None else conv.bias.detach().clone()
+        if first:
+            if conv.padding != (0, 0):
+                raise ValueError("engine: the first conv must be unpadded to fold the normalisation")
+            # conv((x - m) / s) = conv'(x) + b' with conv' = W / s, b' = -sum W m / s.
+            b = b - (w * (mean / std)[None, :, None, None]).sum((1, 2, 3))
+            w = w / std[None, :, None, None]
+        a, c = _bn_affine(bn)
+        bn_scale = bn_shift = None
+        if se_pre_bn:
+            bn_scale, bn_shift = a.clone(), c.clone()
+        else:
+            w, b = w * a[:, None, None, None], b * a + c
+        se = None
+        if se_block is not None:
+            se = _SE(
+                se_names[id(se_block)],
+                se_block.fc1.weight.detach().flatten(1).clone(),
+                se_block.fc2.weight.detach().flatten(1).clone(),
+                se_block.form == "scale_shift",
+            )
+        return _Unit(w.contiguous(memory_format=torch.channels_last), b, conv.padding[0], se, se_pre_bn,
+                     bn_scale, bn_shift)
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor, se: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``se=False``: every SE block is the identity (the 'SE off' counterfactual)."""
+        gates: dict[str, torch.Tensor] = {}
+        x = x.contiguous(memory_format=torch.channels_last)
+        for kind, step in self.steps:
+            if kind == "pool":
+                x = step(x)
+                continue
+            u: _Unit = step
+            if u.se_pre_bn:
+                y = _conv(x, u)
+                if se:
+                    g, shift = _excite(y, u.se, gates)
+                    scale = g * u.bn_scale  # BN(y * g + shift) = y * (g a) + (shift a + c)
+                    shift = u.bn_shift.expand_as(scale) if shift is None else torch.addcmul(u.bn_shift, shift, u.bn_scale)
+                    x = torch.addcmul(shift[:, :, None, None], y, scale[:, :, None, None]).relu_()
+                else:
+                    x = torch.addcmul(u.bn_shift[None, :, None, None], y, u.bn_scale[None, :, None, None]).relu_()
+            else:
+                x = _conv(x, u).relu_()
+                if u.se is not None and se:
+                    g, shift = _excite(x, u.se, gates)
+                    x = x * g[:, :, None, None]
+                    if shift is not None:
+                        x = x + shift[:, :, None, None]
+        w1, b1, w2, b2 = self.head
+        h = torch.addmm(b1, x.flatten(1), w1).relu_()
+        return torch.addmm(b2, h, w2), gates
+
+
+def _excite(y: torch.Tensor, se: _SE, gates: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The SE gate (N, C) and, for the scale-shift form, the shift (N, C)."""
+    s = F.linear(F.linear(y.mean((2, 3)), se.fc1).relu_(), se.fc2)
+    if se.scale_shift:
+        s, shift = s.chunk(2, dim=1)
+    else:
+        shift = None
+    g = torch.sigmoid(s)
+    gates[se.name] = g
+    return g, shift
+
+
+def _conv(x: torch.Tensor, u: _Unit) -> torch.Tensor:
+    n, c, h, w = x.shape
+    if x.device.type == "cpu" and u.padding == 1 and h * w <= SMALL_MAP:
+        # A pre-transposed, contiguous right-hand matrix: a third faster than F.linear at batch 1.
+        if h == 1 and w == 1:
+            if u.centre_matrix is None:
+                u.centre_matrix = u.weight[:, :, 1, 1].t().contiguous()
+            return torch.addmm(u.bias, x.reshape(n, c), u.centre_matrix).reshape(n, -1, 1, 1)
+        if u.patch_matrix is None:
+            u.patch_matrix = patch_weight(u.weight).t().contiguous()
+        out = torch.addmm(u.bias, patches(x), u.patch_matrix)
+        return out.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+    return F.conv2d(x, u.weight, u.bias, padding=u.padding)

@@ -1,0 +1,65 @@
+"""`make precision-check`: does the fast CPU path (bf16 autocast + channels_last) cost accuracy?
+
+    python -m study.precision --data data/gtsrb28.h5 [--seeds 0 1] [--epochs 3] [--out results/bench/precision.json]
+
+Trains the ``seed`` preset once per (precision, seed) with everything else equal
+(full train split, the default recipe): ``fp32`` is the eager fp32 NCHW path,
+``bf16`` the default on CPUs with AMX or AVX-512-BF16. Every run appends its
+per-epoch val accuracy to ``--out``; a run already there is skipped, so an
+interrupted check resumes, and ``--epochs 10`` adds the long runs to the same file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from gtsrb.bench import machine
+from gtsrb.data import write_text_atomic
+from gtsrb.model import PRESETS
+from gtsrb.train import TrainConfig, fit
+
+PATHS = {"fp32": {"precision": "fp32", "channels_last": False}, "bf16": {"precision": "bf16"}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m study.precision", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=Path("data/gtsrb28.h5"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--out", type=Path, default=Path("results/bench/precision.json"))
+    p.add_argument("--runs", type=Path, default=Path("runs/precision"))
+    a = p.parse_args(argv)
+    record = json.loads(a.out.read_text()) if a.out.exists() else {"runs": []}
+    done = {(r["path"], r["seed"], r["epochs"]) for r in record["runs"]}
+    for seed in a.seeds:
+        for path, options in PATHS.items():
+            if (path, seed, a.epochs) in done:
+                continue
+            t0 = time.perf_counter()
+            config = TrainConfig(epochs=a.epochs, seed=seed, **options)
+            history = fit(PRESETS["seed"], a.data, a.runs / f"{path}-seed{seed}-{a.epochs}ep", config, progress=False)
+            record["runs"].append({
+                "path": path, "seed": seed, "epochs": a.epochs, "train_config": options,
+                "val_accuracy": [h["val_accuracy"] for h in history],
+                "final_val_accuracy": history[-1]["val_accuracy"],
+                "images_per_s": [h["images_per_s"] for h in history],
+                "minutes": (time.perf_counter() - t0) / 60,
+            })
+            record["machine"] = machine()
+            record["command"] = "python -m study.precision " + " ".join(argv if argv is not None else sys.argv[1:])
+            write_text_atomic(a.out, json.dumps(record, indent=1) + "\n")
+            print(f"{path} seed {seed}, {a.epochs} epochs: final val {history[-1]['val_accuracy']:.4f}", flush=True)
+    for seed in a.seeds:
+        pair = {r["path"]: r["final_val_accuracy"] for r in record["runs"] if r["seed"] == seed and r["epochs"] == a.epochs}
+        if len(pair) == 2:
+            print(f"seed {seed}, {a.epochs} epochs: fp32 {pair['fp32']:.2%}, bf16 {pair['bf16']:.2%}, "
+                  f"difference {100 * (pair['bf16'] - pair['fp32']):+.2f} points")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
