@@ -94,3 +94,12 @@ def test_engine_follows_the_models_dtype():
     logits, gates = InferenceEngine(model)(x)
     assert logits.dtype == torch.float64
     torch.testing.assert_close(logits, ref_logits, atol=1e-10, rtol=1e-9)
+
+
+def test_engine_builds_and_runs_off_the_cpu():
+    """The meta device stands in for CUDA here: no tensor of the engine may be pinned to the CPU."""
+    model = build_model(PRESETS["seed"]).eval().to("meta")
+    logits, gates = InferenceEngine(model)(torch.empty(2, 3, 28, 28, device="meta"))
+    assert logits.shape == (2, 43) and logits.device.type == "meta"
+    assert {k: tuple(g.shape) for k, g in gates.items()} == {
+        "stage1": (2, 64), "stage2": (2, 128), "stage3": (2, 256), "stage4": (2, 512), "stage5": (2, 512)}
