@@ -9,7 +9,7 @@ cheaper operations:
 - each BatchNorm is folded into the conv before it, or, where the seed puts SE
   between conv and BN, into the per-channel scale and shift that SE applies;
 - dropout disappears;
-- on CPU, convs over maps of at most ``SMALL_MAP`` pixels are one matrix
+- on CPU, convs over maps of at most ``gtsrb.model.SMALL_MAP`` pixels are one matrix
   product over their 3x3 patches, and a conv over a 1x1 map uses its centre tap
   alone, as in training (see ``gtsrb.model.Conv2d``).
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gtsrb.model import SMALL_MAP, SEVGG, SqueezeExcitation, patch_weight, patches
+from gtsrb.model import SEVGG, SqueezeExcitation, patch_weight, patches, takes_small_map_route
 
 
 @dataclass
@@ -174,7 +174,7 @@ def _excite(y: torch.Tensor, se: _SE, gates: dict) -> tuple[torch.Tensor, torch.
 
 def _conv(x: torch.Tensor, u: _Unit) -> torch.Tensor:
     n, c, h, w = x.shape
-    if x.device.type == "cpu" and u.padding == 1 and h * w <= SMALL_MAP:
+    if takes_small_map_route(x, u.padding):
         # A pre-transposed, contiguous right-hand matrix: a third faster than F.linear at batch 1.
         if h == 1 and w == 1:
             if u.centre_matrix is None:

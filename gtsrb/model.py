@@ -89,19 +89,19 @@ class Conv2d(nn.Conv2d):
     """
 
     def _conv_forward(self, input, weight, bias):
-        if (
-            input.device.type != "cpu"
-            or input.dim() != 4
-            or input.shape[2] * input.shape[3] > SMALL_MAP
-            or self.kernel_size != (3, 3)
-            or self.padding != (1, 1)
-            or self.stride != (1, 1)
-            or self.dilation != (1, 1)
-            or self.groups != 1
-            or self.padding_mode != "zeros"
-        ):
-            return super()._conv_forward(input, weight, bias)
-        return small_map_conv3x3(input, weight, bias)
+        plain_3x3 = (
+            self.kernel_size == (3, 3) and self.stride == (1, 1) and self.dilation == (1, 1)
+            and self.groups == 1 and self.padding_mode == "zeros" and self.padding == (1, 1)
+        )
+        if plain_3x3 and takes_small_map_route(input, 1):
+            return small_map_conv3x3(input, weight, bias)
+        return super()._conv_forward(input, weight, bias)
+
+
+def takes_small_map_route(x: torch.Tensor, padding: int) -> bool:
+    """Whether a 3x3 stride-1 conv of ``x`` runs as a matrix product (CPU, pad 1, a small map).
+    The one rule, for training (``Conv2d``) and inference (``gtsrb.engine``)."""
+    return x.device.type == "cpu" and x.dim() == 4 and padding == 1 and x.shape[2] * x.shape[3] <= SMALL_MAP
 
 
 def small_map_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

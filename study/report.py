@@ -370,6 +370,8 @@ def speed_table(now: dict, before: dict | None, now_name: str, before_name: str)
         ["`train_img_s`, the default path, batch 128", f"{_n(b.get('train_img_s'))} (fp32)" if b else "–",
          f"{_n(now['train_img_s'])} ({precision(now)})", ""],
         ["`ratio_to_ceiling`", _n(b.get("ratio_to_ceiling"), 2), _n(now["ratio_to_ceiling"], 2), target("ratio_to_ceiling")],
+        ["the same, counting executed FLOP (0.467 G)", _n(b.get("ratio_to_ceiling_executed"), 2),
+         _n(now.get("ratio_to_ceiling_executed"), 2), ""],
         ["ratio to the bf16 matmul ceiling", _n(b.get("ratio_to_bf16_ceiling"), 2), _n(now.get("ratio_to_bf16_ceiling"), 2), ""],
         ["one option changed, img/s", variants(b), variants(now), ""],
         ["`naive_img_s` (torchvision GTSRB + PIL + DataLoader)", _n(b.get("naive_img_s")), _n(now.get("naive_img_s")), ""],
@@ -426,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("results/report"))
     p.add_argument("--report", type=Path, default=Path("results/REPORT.md"))
     p.add_argument("--readme", type=Path, default=Path("README.md"))
-    p.add_argument("--bench", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run4.json"))
+    p.add_argument("--bench", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run5.json"))
     p.add_argument("--bench-before", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run2.json"))
     p.add_argument("--precision", type=Path, default=Path("results/bench/precision.json"))
     a = p.parse_args(argv)

@@ -50,6 +50,7 @@ def test_bench_cli_quick_json_has_the_reported_keys(synthetic_zip, capsys, tmp_p
                 "infer_ceiling_ms", "ratio_to_ceiling", "speedup_vs_naive", "machine"):
         assert key in result, key
     assert result["speedup_vs_naive"] == 2.0
+    assert 0 < result["ratio_to_ceiling_executed"] < result["ratio_to_ceiling"]
     assert result["targets"]["speedup_vs_naive"] == {"value": 2.0, "target": ">= 1.4", "met": True}
     assert result["targets"]["infer_ratio_to_ceiling"]["met"] is (result["infer_ms_p50"] <= 2 * result["infer_ceiling_ms"])
     assert "pack_ratio" not in result["targets"]  # --quick does not pack
