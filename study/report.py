@@ -379,7 +379,7 @@ def speed_table(now: dict, before: dict | None, now_name: str, before_name: str)
         ["`infer_ms_p50` / `p99`, one image with excitations",
          f"{_n(b.get('infer_ms_p50'), 2)} / {_n(b.get('infer_ms_p99'), 2)}",
          f"{_n(now['infer_ms_p50'], 2)} / {_n(now['infer_ms_p99'], 2)}", ""],
-        ["its FLOP ceiling / weight-streaming floor, ms", f"{_n(b.get('infer_ceiling_ms'), 2)} / {_n(b.get('infer_memory_floor_ms'), 2)}",
+        ["its FLOP ceiling / weight-read floor, ms", f"{_n(b.get('infer_ceiling_ms'), 2)} / {_n(b.get('infer_memory_floor_ms'), 2)}",
          f"{_n(now['infer_ceiling_ms'], 2)} / {_n(now.get('infer_memory_floor_ms'), 2)}", ""],
         ["`infer_ms_p50` ÷ FLOP ceiling", _n(b.get("infer_ratio_to_ceiling"), 1), _n(now["infer_ratio_to_ceiling"], 1),
          target("infer_ratio_to_ceiling")],
@@ -390,6 +390,31 @@ def speed_table(now: dict, before: dict | None, now_name: str, before_name: str)
     table = md_table(["figure", f"before (`{before_name}`)", f"now (`{now_name}`)", "target"], rows)
     return table + (f"\n\nBoth on {machine_text(now['machine'])}; each column is one run of `gtsrb bench --json` "
                     f"(`make bench`), `{now_name}` in `results/bench/`.")
+
+
+def gpu_table(now: dict, before: dict | None, now_name: str, before_name: str) -> str:
+    """The bench's GPU block (``gtsrb bench`` on a CUDA machine), before and after a change."""
+    b = (before or {}).get("gpu", {})
+    g = now["gpu"]
+
+    def cell(d: dict, key: str) -> str:
+        if key not in d:
+            return "–"
+        if d[key] is None:
+            return "fell back to eager"
+        frac = d.get(key.replace("train_img_s", "bf16_peak_fraction"))
+        return f"{d[key]:,.0f}" + (f" ({frac * 100:.1f}% of peak)" if frac is not None else "")
+
+    names = {"eager": "default step (eager, channels_last)", "eager_noaug": "the same without augmentation",
+             "compile": "`torch.compile`, channels_last", "compile_nchw": "`torch.compile`, NCHW"}
+    rows = [[f"batch {batch}: {label}, img/s", cell(b, f"train_img_s_b{batch}_{key}"), cell(g, f"train_img_s_b{batch}_{key}")]
+            for batch in (128, 1024) for key, label in names.items()]
+    rows.append(["bf16 matmul peak, TFLOP/s", _n(b.get("bf16_matmul_tflops")), _n(g.get("bf16_matmul_tflops"))])
+    rows.append(["host CPU fp32 matmul, GFLOP/s", _n((before or {}).get("matmul_gflops")), _n(now.get("matmul_gflops"))])
+    table = md_table(["figure (bf16 autocast, data on the GPU)", f"before (`{before_name}`)", f"now (`{now_name}`)"], rows)
+    return table + (f"\n\nOn {machine_text(now['machine'])}, {now['machine'].get('gpu', 'a GPU')}; each column is one run of `gtsrb bench --json` "
+                    f"on a lent machine, in `results/bench/`. Peak: the measured bf16 matmul rate; "
+                    f"FLOP per image: the nominal {now['train_gflop_per_image']:.3f} G.")
 
 
 def precision_table(record: dict) -> str:
@@ -428,9 +453,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("results/report"))
     p.add_argument("--report", type=Path, default=Path("results/REPORT.md"))
     p.add_argument("--readme", type=Path, default=Path("README.md"))
-    p.add_argument("--bench", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run5.json"))
+    p.add_argument("--bench", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run7.json"))
     p.add_argument("--bench-before", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run2.json"))
     p.add_argument("--precision", type=Path, default=Path("results/bench/precision.json"))
+    p.add_argument("--bench-gpu", type=Path, default=Path("results/bench/2026-11-26-h200-run2.json"))
+    p.add_argument("--bench-gpu-before", type=Path, default=Path("results/bench/2026-11-26-h200-run1-kornia.json"))
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     blocks: dict[str, str] = {}
@@ -513,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.bench.is_file():
         before = json.loads(a.bench_before.read_text()) if a.bench_before.is_file() else None
         blocks["speed"] = speed_table(json.loads(a.bench.read_text()), before, a.bench.name, a.bench_before.name)
+    if a.bench_gpu.is_file():
+        before = json.loads(a.bench_gpu_before.read_text()) if a.bench_gpu_before.is_file() else None
+        blocks["gpu"] = gpu_table(json.loads(a.bench_gpu.read_text()), before, a.bench_gpu.name, a.bench_gpu_before.name)
     if a.precision.is_file():
         blocks["precision"] = precision_table(json.loads(a.precision.read_text()))
     (a.out / "headline.json").write_text(json.dumps(headline, indent=1, default=str) + "\n")

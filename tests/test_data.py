@@ -501,6 +501,23 @@ def test_pack_workers_read_deflated_and_zipfile_only_members_of_one_zip(tmp_path
     source.close()
 
 
+def test_pack_in_an_early_started_pool_gives_the_in_process_pack(train_zip, tmp_path, packs, monkeypatch):
+    """Large zips are decoded by worker processes started before the index is read."""
+    import gtsrb.data as data
+
+    started = []
+    real_pool = data._decode_pool
+    monkeypatch.setattr(data, "_decode_pool", lambda *a: started.append(a) or real_pool(*a))
+    monkeypatch.setattr(data, "_EARLY_POOL_BYTES", 1)
+    monkeypatch.setattr(data, "_POOL_MIN_JOBS", 1)
+    pack([train_zip], tmp_path / "pooled.h5", workers=2)
+    assert started == [([train_zip], 2)]  # one pool, started early, used for decoding
+    a, b = load_pack(packs["zip"][1]), load_pack(tmp_path / "pooled.h5")
+    for k in ("images", "labels", "tracks", "split", "filenames"):
+        assert np.array_equal(getattr(a, k), getattr(b, k)), k
+    assert a.attrs["source_sha256"] == b.attrs["source_sha256"]
+
+
 def test_compressed_pack_holds_the_same_arrays_and_is_smaller(train_tree, tmp_path, packs):
     pack([train_tree], tmp_path / "small.h5", compress=True)
     a, b = load_pack(packs["folder"][1]), load_pack(tmp_path / "small.h5")

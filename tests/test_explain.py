@@ -190,3 +190,25 @@ def test_ablation_plan_runs_every_arm_per_seed_and_leakage_once():
     assert runs[:4] == [("seed", 0), ("no_se", 0), ("best", 0), ("seed_random", 0)]
     assert len(runs) == 10 and runs.count(("seed_random", 0)) == 1
     assert json.dumps(runs)  # plain values
+
+
+def test_report_gpu_table_shows_each_variant_its_peak_share_and_fallbacks():
+    from study.report import gpu_table
+
+    def run(img_s: float, host: float) -> dict:
+        gpu = {"bf16_matmul_tflops": 800.0}
+        for batch in (128, 1024):
+            for key in ("eager", "eager_noaug", "compile", "compile_nchw"):
+                gpu[f"train_img_s_b{batch}_{key}"] = None if (batch, key) == (1024, "compile") else img_s * batch / 128
+                if gpu[f"train_img_s_b{batch}_{key}"] is not None:
+                    gpu[f"bf16_peak_fraction_b{batch}_{key}"] = gpu[f"train_img_s_b{batch}_{key}"] * 0.5e9 / 800e12
+        return {"gpu": gpu, "matmul_gflops": host, "train_gflop_per_image": 0.5,
+                "machine": {"cpu": "X", "cores": 16, "torch": "2.x", "gpu": "NVIDIA H200"}}
+
+    text = gpu_table(run(16000.0, 2000.0), run(8000.0, 1400.0), "after.json", "before.json")
+    lines = text.splitlines()
+    row = next(line for line in lines if line.startswith("| batch 128: default step"))
+    assert row == "| batch 128: default step (eager, channels_last), img/s | 8,000 (0.5% of peak) | 16,000 (1.0% of peak) |"
+    assert "| batch 1024: `torch.compile`, channels_last, img/s | fell back to eager | fell back to eager |" in lines
+    assert "| host CPU fp32 matmul, GFLOP/s | 1,400 | 2,000 |" in lines
+    assert "NVIDIA H200" in text and "after.json" in text and "before.json" in text

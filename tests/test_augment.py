@@ -1,0 +1,218 @@
+"""gtsrb.augment.BatchAugment: the distribution of kornia's RandomAffine + ColorJitter (checked against
+kornia itself, which the training used before), in a few batched ops with no host sync."""
+
+import math
+
+import kornia.augmentation as K
+import pytest
+import torch
+from kornia.enhance import adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction
+from kornia.geometry.transform import get_affine_matrix2d, warp_affine
+from torch.profiler import ProfilerActivity, profile
+
+from gtsrb.augment import AugmentParams, BatchAugment
+
+SYNC_OPS = {"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero"}
+
+
+def kornia_modules():
+    """The pipeline BatchAugment replaces, as gtsrb.train built it."""
+    return (
+        K.RandomAffine(degrees=10.0, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=5.0, p=1.0),
+        K.ColorJitter(brightness=0.3, contrast=0.3, p=0.8),
+    )
+
+
+def kornia_affine_args(p: AugmentParams, h: int, w: int) -> dict[str, torch.Tensor]:
+    """``p`` as RandomAffine's parameters (pixels, degrees)."""
+    n = len(p.angle)
+    size = torch.tensor([w, h], dtype=p.angle.dtype)
+    return dict(
+        translations=p.translate * size,
+        center=(size / 2 - 0.5).expand(n, 2).clone(),
+        scale=p.scale[:, None].repeat(1, 2),
+        angle=torch.rad2deg(p.angle),
+        shear_x=torch.rad2deg(p.shear),
+        shear_y=torch.zeros(n),
+    )
+
+
+def reference_modules(x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
+    """kornia's RandomAffine and ColorJitter modules, replaying ``p``."""
+    affine, jitter = kornia_modules()
+    n = len(x)
+    jitter_params = dict(
+        brightness_factor=p.brightness,
+        contrast_factor=p.contrast,
+        saturation_factor=torch.ones(n),
+        hue_factor=torch.zeros(n),
+        order=torch.tensor([0, 1, 2, 3] if p.brightness_first else [1, 0, 2, 3]),
+        batch_prob=p.color.float(),
+    )
+    return jitter(affine(x, params=kornia_affine_args(p, *x.shape[2:])), params=jitter_params)
+
+
+def reference_functional(x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
+    """The same through kornia's functions, as those modules call them."""
+    n, _, h, w = x.shape
+    a = kornia_affine_args(p, h, w)
+    # RandomAffine draws the shear in degrees and passes radians.
+    matrix = get_affine_matrix2d(
+        a["translations"], a["center"], a["scale"], a["angle"], p.shear, torch.zeros(n)
+    )
+    y = warp_affine(x, matrix[:, :2], (h, w), "bilinear", "zeros", align_corners=False)
+    steps = [lambda t: adjust_brightness_accumulative(t, p.brightness),
+             lambda t: adjust_contrast_with_mean_subtraction(t, p.contrast)]
+    jittered = y.clamp(0, 1)
+    for step in steps if p.brightness_first else steps[::-1]:
+        jittered = step(jittered)
+    return torch.where(p.color.view(n, 1, 1, 1), jittered.clamp(0, 1), y)
+
+
+def identity_params(n: int, color: bool) -> AugmentParams:
+    zeros, ones = torch.zeros(n), torch.ones(n)
+    return AugmentParams(
+        angle=zeros, shear=zeros, scale=ones, translate=torch.zeros(n, 2), brightness=ones, contrast=ones,
+        color=torch.full((n,), color), brightness_first=torch.tensor(True),
+    )
+
+
+@pytest.mark.parametrize("reference", [reference_modules, reference_functional])
+@pytest.mark.parametrize("brightness_first", [True, False])
+@pytest.mark.parametrize(
+    "channels,height,memory_format",
+    [(3, 28, torch.contiguous_format), (3, 28, torch.channels_last), (1, 20, torch.contiguous_format)],
+)
+def test_matches_kornia_given_the_same_parameters(reference, brightness_first, channels, height, memory_format):
+    torch.manual_seed(0)
+    x = torch.rand(6, channels, height, 28).contiguous(memory_format=memory_format)
+    aug = BatchAugment()
+    p = aug.sample_params(6, "cpu")._replace(
+        color=torch.tensor([True, False, True, True, False, True]),
+        brightness_first=torch.tensor(brightness_first),
+    )
+    out = aug.apply(x, p)
+    assert out.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(out, reference(x, p), rtol=0, atol=2e-5)
+
+
+def test_parameter_distributions_match_kornias():
+    n = 20000
+    torch.manual_seed(0)
+    p = BatchAugment().sample_params(n, "cpu")
+    affine, jitter = kornia_modules()
+    ka = affine.forward_parameters((n, 3, 28, 28))
+    kj = jitter.forward_parameters((n, 3, 28, 28))
+    # A scalar shear is an x-axis shear only; scale is isotropic; the rest of ColorJitter is neutral.
+    assert (ka["shear_y"] == 0).all() and (ka["scale"][:, 0] == ka["scale"][:, 1]).all()
+    assert (kj["saturation_factor"] == 1).all() and (kj["hue_factor"] == 0).all()
+    pairs = {
+        "angle (deg)": (torch.rad2deg(p.angle), ka["angle"], (-10, 10)),
+        "shear (deg)": (torch.rad2deg(p.shear), ka["shear_x"], (-5, 5)),
+        "scale": (p.scale, ka["scale"][:, 0], (0.9, 1.1)),
+        "translate x (of W)": (p.translate[:, 0], ka["translations"][:, 0] / 28, (-0.1, 0.1)),
+        "translate y (of H)": (p.translate[:, 1], ka["translations"][:, 1] / 28, (-0.1, 0.1)),
+        "brightness": (p.brightness, kj["brightness_factor"], (0.7, 1.3)),
+        "contrast": (p.contrast, kj["contrast_factor"], (0.7, 1.3)),
+    }
+    for name, (ours, theirs, (lo, hi)) in pairs.items():
+        width = hi - lo
+        for v in (ours, theirs):  # uniform on [lo, hi]: both ends reached, flat (std = width / sqrt 12)
+            assert lo - 1e-6 <= v.min() < lo + 1e-3 * width and hi - 1e-3 * width < v.max() <= hi + 1e-6, name
+            assert abs(v.mean() - (lo + hi) / 2) < 0.01 * width, name
+            assert abs(v.std() - width / math.sqrt(12)) < 0.01 * width, name
+    # Colour jitter on ~80% of the samples, each on its own.
+    assert abs(p.color.float().mean() - 0.8) < 0.01
+    assert abs(kj["batch_prob"].float().mean() - 0.8) < 0.01
+    assert p.color.shape == (n,) and p.color.dtype == torch.bool
+
+
+def test_brightness_first_is_a_fair_coin_per_call():
+    torch.manual_seed(0)
+    aug = BatchAugment()
+    first = torch.stack([aug.sample_params(4, "cpu").brightness_first for _ in range(1000)])
+    assert first.shape == (1000,) and abs(first.float().mean() - 0.5) < 0.05
+    # kornia: one permutation of the four steps per call; brightness (0) before contrast (1) half the time.
+    _, jitter = kornia_modules()
+    orders = [jitter.forward_parameters((4, 3, 2, 2))["order"].tolist() for _ in range(1000)]
+    assert abs(sum(o.index(0) < o.index(1) for o in orders) / 1000 - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("color", [False, True])
+@pytest.mark.parametrize("height", [28, 20])
+def test_identity_parameters_leave_the_batch_unchanged(color, height):
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, height, 28)
+    torch.testing.assert_close(BatchAugment().apply(x, identity_params(6, color)), x, rtol=0, atol=1e-5)
+
+
+def test_a_positive_shift_moves_content_right_and_down():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 20, 28)
+    p = identity_params(2, False)._replace(translate=torch.tensor([[1 / 28, 0.0], [0.0, 2 / 20]]))
+    out = BatchAugment().apply(x, p)
+    torch.testing.assert_close(out[0, :, :, 1:], x[0, :, :, :-1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(out[1, :, 2:], x[1, :, :-2], rtol=0, atol=1e-5)
+    assert out[0, :, :, 0].max() < 1e-5 and out[1, :, :2].max() < 1e-5  # zero padding
+
+
+def test_a_positive_angle_turns_the_image_clockwise():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 28, 28)
+    p = identity_params(1, False)._replace(angle=torch.tensor([math.pi / 2]))
+    out = BatchAugment().apply(x, p)
+    torch.testing.assert_close(out, torch.rot90(x, k=-1, dims=(2, 3)), rtol=0, atol=1e-5)
+
+
+def test_never_mirrors():
+    # A flip would turn "keep left" into "keep right": a left-heavy image stays left-heavy.
+    torch.manual_seed(0)
+    x = torch.zeros(512, 3, 28, 28)
+    x[..., 4:12] = 1.0
+    out = BatchAugment()(x)
+    assert (out[..., :14].mean((1, 2, 3)) > 2 * out[..., 14:].mean((1, 2, 3))).all()
+
+
+def aten_ops(aug: BatchAugment, x: torch.Tensor) -> list[str]:
+    with torch.no_grad():
+        aug(x)  # builds the cached constants
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            aug(x)
+    return [e.name for e in prof.events() if e.name.startswith("aten::")]
+
+
+def test_forward_has_no_host_sync_and_few_ops():
+    # kornia's pipeline runs ~1000 aten ops here, a dozen of them host syncs.
+    ops = aten_ops(BatchAugment(), torch.rand(128, 3, 28, 28))
+    assert not SYNC_OPS & set(ops)
+    assert len(ops) < 150
+
+
+def test_runs_the_same_ops_whatever_the_data_and_draws():
+    aug = BatchAugment()
+    torch.manual_seed(0)
+    a = aten_ops(aug, torch.rand(64, 3, 28, 28))
+    torch.manual_seed(1)
+    b = aten_ops(aug, torch.zeros(64, 3, 28, 28))
+    assert a == b
+
+
+def test_reproducible_from_the_default_generator():
+    x = torch.rand(16, 3, 28, 28)
+    aug = BatchAugment()
+    runs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        runs.append(aug(x))
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.allclose(runs[0], runs[2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shape_dtype_device_and_range(dtype):
+    torch.manual_seed(0)
+    x = torch.rand(32, 3, 28, 28, dtype=dtype)
+    out = BatchAugment()(x)
+    assert out.shape == x.shape and out.dtype == dtype and out.device == x.device
+    assert out.min() >= 0 and out.max() <= 1
+    assert not torch.allclose(out, x)
