@@ -124,6 +124,27 @@ def bench_train(steps: int, batch: int = 128, **train_options) -> float | None:
     return img_s
 
 
+def cuda_step_is_sync_free(batch: int = 128) -> bool:
+    """Whether the default training step runs on CUDA without the host ever waiting for the
+    GPU (``torch.cuda.set_sync_debug_mode("error")`` raises on any sync)."""
+    from gtsrb.train import TrainConfig, make_train_step
+
+    step_fn = make_train_step(PRESETS["seed"], TrainConfig(batch_size=batch), steps_per_epoch=10)
+    images = torch.randint(0, 256, (batch, 28, 28, 3), dtype=torch.uint8, device="cuda")
+    labels = torch.randint(0, 43, (batch,), device="cuda")
+    step_fn(images, labels)  # warm-up: builds cached constants, cuDNN plans
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            step_fn(images, labels)
+        return True
+    except RuntimeError:
+        return False
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def _extract_for_torchvision(source: Path, root: Path, limit: int | None) -> None:
     """The training images laid out as torchvision.datasets.GTSRB expects them."""
     target = root / "gtsrb" / "GTSRB" / "Training"
@@ -307,7 +328,7 @@ def run(source: Path | None, quick: bool = False) -> dict:
         # The GPU row: data on the GPU, bf16 autocast, channels_last; batch 128 and a
         # batch large enough to fill the GPU; the share of the measured bf16 matmul peak.
         peak = cuda_bf16_tflops()
-        gpu = {"bf16_matmul_tflops": peak}
+        gpu = {"bf16_matmul_tflops": peak, "step_is_sync_free": cuda_step_is_sync_free()}
         for batch in (128, 1024):
             variants_gpu = {
                 "eager": {},

@@ -99,8 +99,13 @@ def read_member(fd: int, m: Member, where: str) -> bytes | bytearray:
     skip = 30 + int.from_bytes(head[26:28], "little") + int.from_bytes(head[28:30], "little")
     raw = os.pread(fd, m.compressed_size, m.offset + skip)
     try:
-        data = deflate.deflate_decompress(raw, m.size) if m.method == zipfile.ZIP_DEFLATED else raw
-    except deflate.DeflateError as e:
+        if m.method != zipfile.ZIP_DEFLATED:
+            data = raw
+        elif m.size < 2**32:  # libdeflate's size argument is 32-bit
+            data = deflate.deflate_decompress(raw, m.size)
+        else:
+            data = zlib.decompress(raw, -15)
+    except (deflate.DeflateError, zlib.error) as e:
         raise DataError(f"{where}: corrupt zip member ({e})") from e
     if len(data) != m.size or zlib.crc32(data) != m.crc:
         raise DataError(f"{where}: corrupt zip member (size or CRC-32 mismatch)")
@@ -128,7 +133,7 @@ class Source:
         else:
             raise DataError(f"{self.path}: not a folder or a zip archive")
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str) -> bytes | bytearray:
         if self._zip is None:
             return (self.path / name).read_bytes()
         member = self.member(name)
@@ -478,7 +483,7 @@ def _init_worker(paths: list[Path]) -> None:
     _worker_paths = paths
 
 
-def _worker_read(src: int, name: str, where: str, member: Member | None) -> bytes:
+def _worker_read(src: int, name: str, where: str, member: Member | None) -> bytes | bytearray:
     path = _worker_paths[src]
     if member is not None:
         if src not in _worker_fds:
@@ -520,7 +525,6 @@ def _decode_pool(paths: Sequence[Path], workers: int) -> ProcessPoolExecutor:
     a few tenths of a second, which can overlap reading the archive's index)."""
     ctx = get_context("spawn")  # never fork a process that may hold torch threads
     pool = ProcessPoolExecutor(workers, ctx, _init_worker, (list(paths),))
-    pool.paths = list(paths)  # what its jobs' source indices refer to
     for _ in range(workers):
         pool.submit(_warm_worker)
     return pool
@@ -540,8 +544,9 @@ def decode_records(
     meanwhile: Callable[[], object] | None = None,
     pool: ProcessPoolExecutor | None = None,
 ) -> tuple[np.ndarray, np.ndarray, object]:
-    """Decode every record, in ``workers`` processes for large inputs (in ``pool`` if
-    given, started by ``_decode_pool`` on the layout's source paths; the caller shuts it down).
+    """Decode every record, in ``workers`` processes for large inputs: in ``pool`` if
+    given (a ``_decode_pool`` on exactly the layout's source paths, which the caller
+    shuts down), else in a pool of its own.
 
     Returns the images, a bool mask of those that decoded, and what
     ``meanwhile()`` returned: it runs in this process while the workers decode.
@@ -559,9 +564,8 @@ def decode_records(
         images[:], errors = _decode_chunk(jobs, size, roi, lambda src, name, _where, _m: sources[src].read(name))
         extra = meanwhile() if meanwhile else None
     else:
-        paths = [s.path for s in sources]
-        own_pool = pool is None or pool.paths != paths
-        pool = _decode_pool(paths, workers) if own_pool else pool
+        own_pool = pool is None
+        pool = _decode_pool([s.path for s in sources], workers) if own_pool else pool
         try:
             chunk = max(256, len(jobs) // (workers * 8))
             starts = list(range(0, len(jobs), chunk))
@@ -613,9 +617,11 @@ def default_source() -> Path:
 
 
 def _early_pool(sources: Sequence[Path | str], workers: int | None) -> ProcessPoolExecutor | None:
-    """A decoding pool started before the archive's index is read, where one will surely
-    be used (zips of at least ``_EARLY_POOL_BYTES``). Else None, and ``decode_records``
-    decides once it knows the number of images."""
+    """A decoding pool started before the archive's index is read, where the zips are
+    large enough (``_EARLY_POOL_BYTES``) that one will almost surely be used (it idles
+    if the layout turns out to hold too few images). Else None, and ``decode_records``
+    decides once it knows the number of images. Its paths are ``_source_paths``, the
+    same that ``find_layout`` opens, in the same order."""
     workers = workers or os.cpu_count() or 1
     paths = _source_paths(sources)
     try:

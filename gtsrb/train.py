@@ -186,8 +186,8 @@ class TrainStep:
         x = to_float_images(images)
         with torch.no_grad():
             x = self.augment(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        # The layout the config asks for (the uint8 batch arrives as NHWC, and the augmentation keeps it).
+        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         with _autocast(self.device, self.bf16):
             logits = self.forward(x)
             loss = F.cross_entropy(logits.float(), labels)

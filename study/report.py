@@ -405,10 +405,14 @@ def gpu_table(now: dict, before: dict | None, now_name: str, before_name: str) -
         frac = d.get(key.replace("train_img_s", "bf16_peak_fraction"))
         return f"{d[key]:,.0f}" + (f" ({frac * 100:.1f}% of peak)" if frac is not None else "")
 
+    def sync_free(d: dict) -> str:
+        return {True: "yes", False: "**no**"}.get(d.get("step_is_sync_free"), "–")
+
     names = {"eager": "default step (eager, channels_last)", "eager_noaug": "the same without augmentation",
              "compile": "`torch.compile`, channels_last", "compile_nchw": "`torch.compile`, NCHW"}
     rows = [[f"batch {batch}: {label}, img/s", cell(b, f"train_img_s_b{batch}_{key}"), cell(g, f"train_img_s_b{batch}_{key}")]
             for batch in (128, 1024) for key, label in names.items()]
+    rows.append(["a step makes no host sync (`step_is_sync_free`)", sync_free(b), sync_free(g)])
     rows.append(["bf16 matmul peak, TFLOP/s", _n(b.get("bf16_matmul_tflops")), _n(g.get("bf16_matmul_tflops"))])
     rows.append(["host CPU fp32 matmul, GFLOP/s", _n((before or {}).get("matmul_gflops")), _n(now.get("matmul_gflops"))])
     table = md_table(["figure (bf16 autocast, data on the GPU)", f"before (`{before_name}`)", f"now (`{now_name}`)"], rows)
@@ -434,7 +438,7 @@ def precision_table(record: dict) -> str:
             accs = [r["final_val_accuracy"] for r in runs if r["epochs"] == epochs and r["path"] == path]
             if len(accs) > 1:
                 spread.setdefault(epochs, {})[path] = (max(accs) - min(accs)) * 100
-    text = md_table(["seed", "epochs", "fp32 eager (NCHW) val %", "bf16 + channels_last val %", "bf16 − fp32, points",
+    text = md_table(["seed", "epochs", "fp32 eager val %", "bf16 + channels_last val %", "bf16 − fp32, points",
                      "img/s over whole epochs, fp32 / bf16"], rows)
     for epochs, d in spread.items():
         text += (f"\n\nAt {epochs} epochs the same path moves by " + " and ".join(f"{v:.2f} points ({k})" for k, v in d.items())
@@ -453,10 +457,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("results/report"))
     p.add_argument("--report", type=Path, default=Path("results/REPORT.md"))
     p.add_argument("--readme", type=Path, default=Path("README.md"))
-    p.add_argument("--bench", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run7.json"))
+    p.add_argument("--bench", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run8.json"))
     p.add_argument("--bench-before", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run2.json"))
     p.add_argument("--precision", type=Path, default=Path("results/bench/precision.json"))
-    p.add_argument("--bench-gpu", type=Path, default=Path("results/bench/2026-11-26-h200-run2.json"))
+    p.add_argument("--bench-gpu", type=Path, default=Path("results/bench/2026-11-26-h200-run3.json"))
     p.add_argument("--bench-gpu-before", type=Path, default=Path("results/bench/2026-11-26-h200-run1-kornia.json"))
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)

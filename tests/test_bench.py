@@ -55,6 +55,10 @@ def test_bench_cli_quick_json_has_the_reported_keys(synthetic_zip, capsys, tmp_p
     assert result["targets"]["infer_ratio_to_ceiling"]["met"] is (result["infer_ms_p50"] <= 2 * result["infer_ceiling_ms"])
     assert "pack_ratio" not in result["targets"]  # --quick does not pack
     assert result["infer_memory_floor_ms"] > 0 and result["infer_weight_mb"] > 10
-    # the floor: the weights' bytes at the rate a buffer of their size is read (MB / (GB/s) = ms)
-    assert result["infer_memory_floor_ms"] == pytest.approx(result["infer_weight_mb"] / result["weight_read_gb_s"])
+    assert result["weight_read_gb_s"] > 0 and "memory_gb_s" not in result  # the floor's rate: reads, not copies
     assert {"cpu", "cores", "torch", "torch_threads"} <= set(result["machine"])
+
+
+def test_weight_read_rate_is_a_plausible_bandwidth():
+    rate = bench.read_gb_s(8 * 2**20, seconds=0.2)
+    assert 0.5 < rate < 5000

@@ -26,6 +26,7 @@ from fixtures import make_official_test_zips, make_test_tree, make_training_tree
 from gtsrb.classes import CLASS_NAMES  # noqa: E402
 from gtsrb.cli import main  # noqa: E402
 from gtsrb.data import DataError, decode, default_source, load_pack, pack, preprocess  # noqa: E402
+from gtsrb.splits import SPLIT_NAMES  # noqa: E402
 
 N_TRAIN = 43 * 10 * 3  # make_training_tree's default: 43 classes x 10 tracks x 3 frames
 IMAGES = Path("Final_Training") / "Images"
@@ -516,6 +517,15 @@ def test_pack_in_an_early_started_pool_gives_the_in_process_pack(train_zip, tmp_
     for k in ("images", "labels", "tracks", "split", "filenames"):
         assert np.array_equal(getattr(a, k), getattr(b, k)), k
     assert a.attrs["source_sha256"] == b.attrs["source_sha256"]
+
+
+def test_keep_splits_keeps_exactly_those_rows_of_the_full_pack(train_tree, tmp_path, packs):
+    summary = pack([train_tree], tmp_path / "trainval.h5", keep_splits=("train", "val"))
+    full, part = load_pack(packs["folder"][1]), load_pack(tmp_path / "trainval.h5")
+    rows = full.split != SPLIT_NAMES.index("test")
+    for k in ("images", "labels", "tracks", "split", "filenames"):
+        assert np.array_equal(np.asarray(getattr(full, k))[rows], np.asarray(getattr(part, k))), k
+    assert summary.counts["test"] == 0 and summary.counts["train"] == int((full.split == 0).sum())
 
 
 def test_compressed_pack_holds_the_same_arrays_and_is_smaller(train_tree, tmp_path, packs):

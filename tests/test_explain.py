@@ -205,10 +205,13 @@ def test_report_gpu_table_shows_each_variant_its_peak_share_and_fallbacks():
         return {"gpu": gpu, "matmul_gflops": host, "train_gflop_per_image": 0.5,
                 "machine": {"cpu": "X", "cores": 16, "torch": "2.x", "gpu": "NVIDIA H200"}}
 
-    text = gpu_table(run(16000.0, 2000.0), run(8000.0, 1400.0), "after.json", "before.json")
+    after = run(16000.0, 2000.0)
+    after["gpu"]["step_is_sync_free"] = True
+    text = gpu_table(after, run(8000.0, 1400.0), "after.json", "before.json")
     lines = text.splitlines()
     row = next(line for line in lines if line.startswith("| batch 128: default step"))
     assert row == "| batch 128: default step (eager, channels_last), img/s | 8,000 (0.5% of peak) | 16,000 (1.0% of peak) |"
     assert "| batch 1024: `torch.compile`, channels_last, img/s | fell back to eager | fell back to eager |" in lines
     assert "| host CPU fp32 matmul, GFLOP/s | 1,400 | 2,000 |" in lines
+    assert "| a step makes no host sync (`step_is_sync_free`) | – | yes |" in lines
     assert "NVIDIA H200" in text and "after.json" in text and "before.json" in text

@@ -74,5 +74,10 @@ def test_stratified_group_fold_is_scikit_learns_first_fold(seed):
         for n_splits in (2, 5):
             _, expected = next(StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(y, y, groups))
             assert np.array_equal(stratified_group_fold(y, groups, n_splits, seed), expected)
+    # GTSRB-like: 43 classes of tracks, and more folds (numpy's summation order changes with size)
+    y, groups = synthetic_labels_groups(seed=seed)
+    for n_splits in (5, 8, 20):
+        _, expected = next(StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(y, y, groups))
+        assert np.array_equal(stratified_group_fold(y, groups, n_splits, seed), expected)
     with pytest.raises(ValueError, match="number of groups"):
         stratified_group_fold(np.arange(12) % 2, np.arange(12) // 4, 5, 0)  # 3 groups

@@ -123,3 +123,21 @@ def test_precision_check_trains_both_paths_per_seed_and_resumes(synthetic_pack, 
     assert precision_check(args) == 0  # both runs are on record: nothing trains again
     assert len(json.loads(out.read_text())["runs"]) == 2
     assert "final val" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("augment", [False, True])
+def test_the_model_sees_the_layout_the_config_asks_for(channels_last, augment):
+    """The uint8 batch arrives as NHWC and the augmentation keeps its layout; the step
+    must still hand the model NCHW when channels_last is off (and NHWC when on)."""
+    from gtsrb.model import PRESETS
+    from gtsrb.train import make_train_step
+
+    config = TrainConfig(batch_size=4, precision="fp32", channels_last=channels_last, augment=augment)
+    step = make_train_step(PRESETS["seed"], config, steps_per_epoch=2, device=torch.device("cpu"))
+    seen = []
+    step.model.features[0].register_forward_pre_hook(lambda _m, inp: seen.append(inp[0]))
+    step(torch.randint(0, 256, (4, 28, 28, 3), dtype=torch.uint8), torch.randint(0, 43, (4,)))
+    x = seen[0]
+    assert x.is_contiguous(memory_format=torch.channels_last) is channels_last
+    assert x.is_contiguous() is not channels_last
