@@ -98,6 +98,15 @@ def _time_steps(step, warmup: int, steps: int) -> float:
     return time.perf_counter() - t
 
 
+def _random_data(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """n uint8 seed-preset images and labels, resident on the training device as in fit()
+    (random pixels: the cost of a step does not depend on their values)."""
+    config = PRESETS["seed"]
+    size = config.image_size
+    images = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, device=device)
+    return images, torch.randint(0, config.num_classes, (n,), device=device)
+
+
 def bench_train(steps: int, batch: int = 128, **train_options) -> float | None:
     """Images/s of the real training step on an in-memory uint8 tensor (random pixels:
     the cost of a step does not depend on their values)."""
@@ -106,9 +115,7 @@ def bench_train(steps: int, batch: int = 128, **train_options) -> float | None:
     config = TrainConfig(batch_size=batch, epochs=1, **train_options)
     step_fn = make_train_step(PRESETS["seed"], config, steps_per_epoch=steps + 20)
     n = batch * 8
-    # Resident on the training device, as in fit().
-    images = torch.randint(0, 256, (n, 28, 28, 3), dtype=torch.uint8, device=step_fn.device)
-    labels = torch.randint(0, 43, (n,), device=step_fn.device)
+    images, labels = _random_data(n, step_fn.device)
     i = 0
 
     def step():
@@ -129,9 +136,8 @@ def cuda_step_is_sync_free(batch: int = 128) -> bool:
     GPU (``torch.cuda.set_sync_debug_mode("error")`` raises on any sync)."""
     from gtsrb.train import TrainConfig, make_train_step
 
-    step_fn = make_train_step(PRESETS["seed"], TrainConfig(batch_size=batch), steps_per_epoch=10)
-    images = torch.randint(0, 256, (batch, 28, 28, 3), dtype=torch.uint8, device="cuda")
-    labels = torch.randint(0, 43, (batch,), device="cuda")
+    step_fn = make_train_step(PRESETS["seed"], TrainConfig(batch_size=batch, device="cuda"), steps_per_epoch=10)
+    images, labels = _random_data(batch, step_fn.device)
     step_fn(images, labels)  # warm-up: builds cached constants, cuDNN plans
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

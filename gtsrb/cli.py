@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, help="decode processes (default: all cores)")
     s.add_argument("--keep-splits", help="comma list of splits to keep, e.g. train,val (a small pack)")
     s.add_argument("--compress", action="store_true",
-                   help="gzip the images (about 23%% smaller, 2 s slower to write and 0.7 s to load)")
+                   help="gzip the images: smaller (to carry), slower to write and to load")
     s.set_defaults(func=cmd_pack)
 
     s = sub.add_parser("train", help="train SE-VGG11 on a pack")

@@ -616,13 +616,12 @@ def default_source() -> Path:
     )
 
 
-def _early_pool(sources: Sequence[Path | str], workers: int | None) -> ProcessPoolExecutor | None:
+def _early_pool(sources: Sequence[Path | str], workers: int) -> ProcessPoolExecutor | None:
     """A decoding pool started before the archive's index is read, where the zips are
     large enough (``_EARLY_POOL_BYTES``) that one will almost surely be used (it idles
     if the layout turns out to hold too few images). Else None, and ``decode_records``
     decides once it knows the number of images. Its paths are ``_source_paths``, the
     same that ``find_layout`` opens, in the same order."""
-    workers = workers or os.cpu_count() or 1
     paths = _source_paths(sources)
     try:
         zipped = sum(p.stat().st_size for p in paths if p.is_file())
@@ -653,14 +652,11 @@ def pack(
     out = Path(out)
     if size < 8:
         raise DataError(f"--size {size}: images must be at least 8 pixels wide")
+    workers = workers or os.cpu_count() or 1
     pool = _early_pool(sources, workers)
+    layout = None
     try:
         layout = find_layout(sources, skip_bad=skip_bad)
-    except BaseException:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-        raise
-    try:
         all_labels = np.array([r.label for r in layout.records], np.int16)
         all_tracks = np.array([r.track for r in layout.records], np.int32)
 
@@ -715,7 +711,7 @@ def pack(
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-        for s in layout.sources:
+        for s in layout.sources if layout is not None else []:
             s.close()
     counts = {name: int((split_codes == i).sum()) for i, name in enumerate(SPLIT_NAMES)}
     return PackSummary(out, layout.kind, counts, len(set(labels.tolist())), len(layout.bad), time.perf_counter() - t0)

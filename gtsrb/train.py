@@ -85,8 +85,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_augment() -> nn.Module:
-    """Per-sample augmentation on float batches in [0, 1]. No flips (see module doc)."""
-    return BatchAugment(degrees=10.0, translate=0.1, scale=(0.9, 1.1), shear=5.0, brightness=0.3, contrast=0.3, color_p=0.8)
+    """Per-sample augmentation on float batches in [0, 1]. No flips (see module doc).
+    ``BatchAugment``'s defaults are the recipe (README: Training)."""
+    return BatchAugment()
 
 
 @torch.no_grad()
