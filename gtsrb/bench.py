@@ -15,8 +15,11 @@ warm-up, so the ratios compare like with like:
   train_variants_img_s the same step with one option changed;
 - naive_img_s: what most users run: torchvision.datasets.GTSRB over the
   extracted images, per-image PIL transforms in a DataLoader, the eager model;
-- infer_ms_p50/p99: single-image Classifier.predict with SE excitations;
-  infer_ceiling_ms its forward FLOP at the fp32 matmul rate, and
+- infer_ms_p50/p99: single-image Classifier.predict with SE excitations, at
+  the precision it serves by default (infer_precision: bf16 on CPUs that
+  multiply bf16 natively, see gtsrb.engine), infer_fp32_ms_p50/p99 the same
+  in fp32, request by request in turn with the first;
+  infer_ceiling_ms the forward FLOP at the fp32 matmul rate, and
   infer_memory_floor_ms its weights' bytes at the rate this machine reads a
   buffer of that size (weight_read_gb_s);
 - targets: the speed issue's four targets, each with its value and whether
@@ -229,25 +232,31 @@ def weight_bytes_per_image(config: ModelConfig = PRESETS["seed"]) -> int:
     return total
 
 
-def bench_infer(requests: int) -> tuple[float, float]:
-    """p50 and p99 ms of a single-image Classifier.predict with excitations captured."""
+def bench_infer(requests: int) -> dict:
+    """p50 and p99 ms of a single-image Classifier.predict with excitations captured, at the
+    precision it serves by default ("auto") and in fp32, request by request in turn, so that
+    both see the same machine."""
     from gtsrb.checkpoint import save_checkpoint
     from gtsrb.inference import Classifier
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.pt"
         save_checkpoint({"model_config": PRESETS["seed"].to_dict(), "model": build_model("seed").state_dict()}, path)
-        clf = Classifier.load(path)
+        served = Classifier.load(path)
+        clfs = {"infer": served, "infer_fp32": Classifier.load(path, precision="fp32")}
     image = np.random.default_rng(0).integers(0, 256, (48, 52, 3), dtype=np.uint8)
-    for _ in range(10):
-        clf.predict(image)
-    times = []
-    for _ in range(requests):
-        t = time.perf_counter()
-        pred = clf.predict(image)
-        times.append((time.perf_counter() - t) * 1000)
-        assert len(pred.excitations) == 5
-    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+    times: dict[str, list[float]] = {key: [] for key in clfs}
+    for i in range(10 + requests):
+        for key, clf in clfs.items():
+            t = time.perf_counter()
+            pred = clf.predict(image)
+            if i >= 10:  # the first ten are the warm-up
+                times[key].append((time.perf_counter() - t) * 1000)
+            assert len(pred.excitations) == 5
+    out: dict = {"infer_precision": served.precision}
+    for key, ms in times.items():
+        out[f"{key}_ms_p50"], out[f"{key}_ms_p99"] = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+    return out
 
 
 def bench_pack(source: Path) -> tuple[float, float]:
@@ -349,7 +358,7 @@ def run(source: Path | None, quick: bool = False) -> dict:
                 if img_s is not None:
                     gpu[f"bf16_peak_fraction_b{batch}_{name}"] = img_s * train_flop / (peak * 1e12)
         result["gpu"] = gpu
-    result["infer_ms_p50"], result["infer_ms_p99"] = bench_infer(50 if quick else 300)
+    result.update(bench_infer(50 if quick else 300))
     result["infer_ceiling_ms"] = fwd_flop / (gflops * 1e9) * 1000
     # The other bound at batch 1: reading every weight once, at the rate this machine reads
     # a buffer of their size.

@@ -117,7 +117,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_predict(a: argparse.Namespace) -> int:
     from gtsrb.inference import Classifier
 
-    clf = Classifier.load(a.checkpoint, device=a.device)
+    clf = Classifier.load(a.checkpoint, device=a.device, precision=a.precision)
     results = []
     for path in a.images:
         pred = clf.predict([path])
@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+")
     s.add_argument("--top", type=int, default=5)
     s.add_argument("--device", default="cpu")
+    s.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto: bf16 on CPUs that multiply bf16 natively, else fp32 (evaluation always uses fp32)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
 

@@ -44,7 +44,7 @@ def evaluate(
     device: str = "cpu",
 ) -> dict:
     """Accuracy, macro P/R/F1, per-class table and confusion matrix; files go to ``out_dir``."""
-    clf = Classifier.load(checkpoint, device=device)
+    clf = Classifier.load(checkpoint, device=device, precision="fp32")
     size = clf.config.image_size
     roi = bool(clf.meta.get("data", {}).get("roi", False))
     if official_test:

@@ -315,6 +315,14 @@ def build_model(config: ModelConfig | str) -> SEVGG:
     return SEVGG(config)
 
 
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX-512-BF16: oneDNN multiplies bf16 in hardware (else bf16 is emulated, and slow)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except (AttributeError, RuntimeError):  # private API: absent in some torch builds
+        return False
+
+
 def to_float_images(batch: torch.Tensor) -> torch.Tensor:
     """uint8 images (N, H, W, 3) -> float (N, 3, H, W) in [0, 1], the model's input."""
     return batch.permute(0, 3, 1, 2).float().div_(255)

@@ -48,7 +48,7 @@ from gtsrb.augment import BatchAugment
 from gtsrb.checkpoint import load_checkpoint, save_checkpoint
 from gtsrb.data import Packed, load_pack
 from gtsrb.metrics import classification_metrics, confusion
-from gtsrb.model import ModelConfig, build_model, to_float_images
+from gtsrb.model import ModelConfig, build_model, cpu_has_native_bf16, to_float_images
 from gtsrb.splits import track_subset
 
 METRIC_NAMES = ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall")
@@ -103,14 +103,6 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 512
             out.append(model(x).float())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, model.config.num_classes, device=device)
-
-
-def cpu_has_native_bf16() -> bool:
-    """AMX or AVX-512-BF16: oneDNN multiplies bf16 in hardware (else bf16 is emulated, and slow)."""
-    try:
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except (AttributeError, RuntimeError):  # private API: absent in some torch builds
-        return False
 
 
 def use_bf16(config: "TrainConfig", device: torch.device) -> bool:

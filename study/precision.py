@@ -4,7 +4,10 @@
 
 Trains the ``seed`` preset once per (precision, seed) with everything else equal
 (full train split, the default recipe): ``fp32`` is the eager fp32 NCHW path,
-``bf16`` the default on CPUs with AMX or AVX-512-BF16. Every run appends its
+``bf16`` the default on CPUs with AMX or AVX-512-BF16, and ``fp32_channels_last``
+a control: the same fp32 arithmetic as ``fp32`` in another memory layout, so only
+the order of float operations differs. How far the control lands from ``fp32``
+shows how much a run moves from rounding alone. Every run appends its
 per-epoch val accuracy to ``--out``; a run already there is skipped, so an
 interrupted check resumes, and ``--epochs 10`` adds the long runs to the same file.
 """
@@ -17,12 +20,18 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from gtsrb.bench import machine
 from gtsrb.data import write_text_atomic
 from gtsrb.model import PRESETS
-from gtsrb.train import TrainConfig, fit
+from gtsrb.train import TrainConfig, fit, use_channels_last
 
-PATHS = {"fp32": {"precision": "fp32", "channels_last": False}, "bf16": {"precision": "bf16"}}
+PATHS = {
+    "fp32": {"precision": "fp32", "channels_last": False},
+    "fp32_channels_last": {"precision": "fp32", "channels_last": True},
+    "bf16": {"precision": "bf16"},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             history = fit(PRESETS["seed"], a.data, a.runs / f"{path}-seed{seed}-{a.epochs}ep", config, progress=False)
             record["runs"].append({
                 "path": path, "seed": seed, "epochs": a.epochs, "train_config": options,
+                "activation_layout": "channels_last" if use_channels_last(config, torch.device("cpu")) else "NCHW",
                 "val_accuracy": [h["val_accuracy"] for h in history],
                 "final_val_accuracy": history[-1]["val_accuracy"],
                 "images_per_s": [h["images_per_s"] for h in history],
@@ -54,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             write_text_atomic(a.out, json.dumps(record, indent=1) + "\n")
             print(f"{path} seed {seed}, {a.epochs} epochs: final val {history[-1]['val_accuracy']:.4f}", flush=True)
     for seed in a.seeds:
-        pair = {r["path"]: r["final_val_accuracy"] for r in record["runs"] if r["seed"] == seed and r["epochs"] == a.epochs}
-        if len(pair) == 2:
-            print(f"seed {seed}, {a.epochs} epochs: fp32 {pair['fp32']:.2%}, bf16 {pair['bf16']:.2%}, "
-                  f"difference {100 * (pair['bf16'] - pair['fp32']):+.2f} points")
+        final = {r["path"]: r["final_val_accuracy"] for r in record["runs"] if r["seed"] == seed and r["epochs"] == a.epochs}
+        if "fp32" in final:
+            others = ", ".join(f"{path} {final[path]:.2%} ({100 * (final[path] - final['fp32']):+.2f} points)"
+                               for path in PATHS if path != "fp32" and path in final)
+            print(f"seed {seed}, {a.epochs} epochs: fp32 {final['fp32']:.2%}; {others}")
     return 0
 
 

@@ -234,7 +234,7 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
     from gtsrb.metrics import calibration, classification_metrics, confused_pairs, confusion
 
     t0 = time.perf_counter()
-    clf = Classifier.load(checkpoint)
+    clf = Classifier.load(checkpoint, precision="fp32")
     test = load_pack(data, "test")
     probs = clf.predict_arrays(test.images).probs
     pred = probs.argmax(1)
@@ -377,8 +377,11 @@ def speed_table(now: dict, before: dict | None, now_name: str, before_name: str)
         ["`naive_img_s` (torchvision GTSRB + PIL + DataLoader)", _n(b.get("naive_img_s")), _n(now.get("naive_img_s")), ""],
         ["`speedup_vs_naive`", _n(b.get("speedup_vs_naive"), 2), _n(now.get("speedup_vs_naive"), 2), target("speedup_vs_naive")],
         ["`infer_ms_p50` / `p99`, one image with excitations",
-         f"{_n(b.get('infer_ms_p50'), 2)} / {_n(b.get('infer_ms_p99'), 2)}",
-         f"{_n(now['infer_ms_p50'], 2)} / {_n(now['infer_ms_p99'], 2)}", ""],
+         f"{_n(b.get('infer_ms_p50'), 2)} / {_n(b.get('infer_ms_p99'), 2)} ({b.get('infer_precision', 'fp32')})" if b else "–",
+         f"{_n(now['infer_ms_p50'], 2)} / {_n(now['infer_ms_p99'], 2)} ({now.get('infer_precision', 'fp32')})", ""],
+        ["the same in fp32 (`infer_fp32_ms_p50` / `p99`)",
+         f"{_n(b.get('infer_fp32_ms_p50'), 2)} / {_n(b.get('infer_fp32_ms_p99'), 2)}",
+         f"{_n(now.get('infer_fp32_ms_p50'), 2)} / {_n(now.get('infer_fp32_ms_p99'), 2)}", ""],
         ["its FLOP ceiling / weight-read floor, ms", f"{_n(b.get('infer_ceiling_ms'), 2)} / {_n(b.get('infer_memory_floor_ms'), 2)}",
          f"{_n(now['infer_ceiling_ms'], 2)} / {_n(now.get('infer_memory_floor_ms'), 2)}", ""],
         ["`infer_ms_p50` ÷ FLOP ceiling", _n(b.get("infer_ratio_to_ceiling"), 1), _n(now["infer_ratio_to_ceiling"], 1),
@@ -422,24 +425,33 @@ def gpu_table(now: dict, before: dict | None, now_name: str, before_name: str) -
 
 
 def precision_table(record: dict) -> str:
-    """fp32 against bf16 final val accuracy, paired by seed, from study/precision.py's record."""
+    """Final val accuracy per (seed, epochs) of the fp32 path, its channels_last control and the
+    bf16 path, with each one's distance from fp32, from study/precision.py's record."""
     runs = record.get("runs", [])
+    paths = ("fp32", "fp32_channels_last", "bf16")
     rows, spread = [], {}
+
+    def acc(r):
+        return f"{r['final_val_accuracy'] * 100:.2f}" if r else "–"
+
+    def gap(r, base):
+        return f"{(r['final_val_accuracy'] - base['final_val_accuracy']) * 100:+.2f}" if r else "–"
+
     for epochs in sorted({r["epochs"] for r in runs}):
         for seed in sorted({r["seed"] for r in runs if r["epochs"] == epochs}):
-            pair = {r["path"]: r for r in runs if r["epochs"] == epochs and r["seed"] == seed}
-            if set(pair) != {"fp32", "bf16"}:
+            got = {r["path"]: r for r in runs if r["epochs"] == epochs and r["seed"] == seed}
+            if "fp32" not in got or len(got) < 2:
                 continue
-            f, h = pair["fp32"], pair["bf16"]
-            rows.append([seed, epochs, f"{f['final_val_accuracy'] * 100:.2f}", f"{h['final_val_accuracy'] * 100:.2f}",
-                         f"{(h['final_val_accuracy'] - f['final_val_accuracy']) * 100:+.2f}",
-                         f"{np.mean(f['images_per_s']):.0f} / {np.mean(h['images_per_s']):.0f}"])
-        for path in ("fp32", "bf16"):
+            f, c, h = (got.get(p) for p in paths)
+            rows.append([seed, epochs, acc(f), acc(c), acc(h), gap(c, f), gap(h, f),
+                         " / ".join(f"{np.mean(r['images_per_s']):.0f}" if r else "–" for r in (f, c, h))])
+        for path in paths:
             accs = [r["final_val_accuracy"] for r in runs if r["epochs"] == epochs and r["path"] == path]
             if len(accs) > 1:
                 spread.setdefault(epochs, {})[path] = (max(accs) - min(accs)) * 100
-    text = md_table(["seed", "epochs", "fp32 eager val %", "bf16 + channels_last val %", "bf16 − fp32, points",
-                     "img/s over whole epochs, fp32 / bf16"], rows)
+    text = md_table(["seed", "epochs", "fp32 val %", "fp32 channels_last val % (control)", "bf16 val %",
+                     "control − fp32, points", "bf16 − fp32, points", "img/s over whole epochs, fp32 / control / bf16"],
+                    rows)
     for epochs, d in spread.items():
         text += (f"\n\nAt {epochs} epochs the same path moves by " + " and ".join(f"{v:.2f} points ({k})" for k, v in d.items())
                  + " between seeds.")

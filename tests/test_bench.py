@@ -40,13 +40,14 @@ def test_naive_loader_bench_reads_torchvision_gtsrb_from_the_archive(synthetic_z
 
 def test_bench_cli_quick_json_has_the_reported_keys(synthetic_zip, capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "bench_train", lambda steps, batch=128, **kw: 100.0)
-    monkeypatch.setattr(bench, "bench_infer", lambda requests: (2.0, 3.0))
+    monkeypatch.setattr(bench, "bench_infer", lambda requests: {
+        "infer_precision": "bf16", "infer_ms_p50": 2.0, "infer_ms_p99": 3.0, "infer_fp32_ms_p50": 3.0, "infer_fp32_ms_p99": 4.0})
     monkeypatch.setattr(bench, "bench_naive", lambda source, steps, batch=128, workers=2: 50.0)
     out = tmp_path / "b.json"
     assert main(["bench", "--quick", "--json", "--source", str(synthetic_zip), "--out", str(out)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result == json.loads(out.read_text())
-    for key in ("ceiling_img_s", "train_img_s", "naive_img_s", "infer_ms_p50", "infer_ms_p99",
+    for key in ("ceiling_img_s", "train_img_s", "naive_img_s", "infer_ms_p50", "infer_ms_p99", "infer_fp32_ms_p50",
                 "infer_ceiling_ms", "ratio_to_ceiling", "speedup_vs_naive", "machine"):
         assert key in result, key
     assert result["speedup_vs_naive"] == 2.0

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from gtsrb.engine import InferenceEngine
+import gtsrb.engine as engine_module
+from gtsrb.engine import InferenceEngine, packed_bf16_available, serving_precision
 from gtsrb.model import PRESETS, ModelConfig, build_model
 
 CONFIGS = {
@@ -103,3 +104,72 @@ def test_engine_builds_and_runs_off_the_cpu():
     assert logits.shape == (2, 43) and logits.device.type == "meta"
     assert {k: tuple(g.shape) for k, g in gates.items()} == {
         "stage1": (2, 64), "stage2": (2, 128), "stage3": (2, 256), "stage4": (2, 512), "stage5": (2, 512)}
+
+
+needs_packed_bf16 = pytest.mark.skipif(not packed_bf16_available(), reason="this torch build lacks oneDNN's packed conv")
+
+
+@needs_packed_bf16
+@pytest.mark.parametrize("batch", [1, 6])
+@pytest.mark.parametrize("name", ["seed", "gate_post_act_avg_pool_stages_1_3_5", "scale_shift_post_act_stages_2_4_5",
+                                  "gate_pre_bn_r4_32px"])
+def test_bf16_engine_is_the_model_to_bf16_rounding(name, batch):
+    model = _trained_like(CONFIGS[name])
+    size = model.config.image_size
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    ref_logits, ref_gates = _reference(model, x)
+    engine = InferenceEngine(model, "bf16")
+    logits, gates = engine(x)
+    assert logits.dtype == torch.float32 and all(g.dtype == torch.float32 for g in gates.values())
+    # Against the spread of the logits. (A random model's logits hardly depend on its convs, so
+    # this is a loose check; tests/test_real.py pins the trained model's agreement on real data.)
+    spread = (ref_logits - ref_logits.mean(1, keepdim=True)).abs().max()
+    assert (logits - ref_logits).abs().max() < 1e-3 * spread
+    assert sorted(gates) == sorted(ref_gates)
+    for k in gates:
+        torch.testing.assert_close(gates[k], ref_gates[k], atol=2e-3, rtol=0)
+    # Every conv but the first (on the 3-channel image, kept fp32) packed its weight once for this
+    # input shape, and ran it where the map is larger than 1x1 (the two 1x1 maps of stage 5 run fp32).
+    packed = [u.packed for kind, u in engine.steps if kind == "unit"]
+    assert packed[0] is None
+    assert [[shape[0] for shape in p] for p in packed[1:]] == [[batch]] * 5 + [[], []]
+    engine(x)
+    assert [len(p) for p in packed[1:]] == [1] * 5 + [0, 0]
+
+
+@needs_packed_bf16
+def test_bf16_engine_with_se_off_is_the_model_with_identity_se_blocks():
+    model = _trained_like(CONFIGS["seed"])
+    x = torch.rand(3, 3, 28, 28, generator=torch.Generator().manual_seed(2))
+    ref_logits, _ = _reference(model, x, se=False)
+    logits, gates = InferenceEngine(model, "bf16")(x, se=False)
+    spread = (ref_logits - ref_logits.mean(1, keepdim=True)).abs().max()
+    assert gates == {} and (logits - ref_logits).abs().max() < 1e-3 * spread
+
+
+def test_engine_precision_is_checked():
+    model = build_model(PRESETS["seed"]).eval()
+    with pytest.raises(ValueError, match="fp16"):
+        InferenceEngine(model, "fp16")
+    with pytest.raises(ValueError, match="CPU only"):
+        InferenceEngine(model.to("meta"), "bf16")
+    with pytest.raises(ValueError, match="fast"):
+        serving_precision("fast", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_on_cpus_that_multiply_bf16_natively(monkeypatch, native):
+    monkeypatch.setattr(engine_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(engine_module, "packed_bf16_available", lambda: True)
+    assert serving_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+    assert serving_precision("auto", torch.device("meta")) == "fp32"  # stands in for CUDA
+    assert serving_precision("fp32", torch.device("cpu")) == "fp32"
+    assert serving_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_packed_bf16_is_unavailable_where_its_op_fails(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such kernel")
+
+    monkeypatch.setattr(torch._C._nn, "mkldnn_reorder_conv2d_weight", broken)
+    assert packed_bf16_available.__wrapped__() is False  # so "auto" serves fp32

@@ -215,3 +215,19 @@ def test_report_gpu_table_shows_each_variant_its_peak_share_and_fallbacks():
     assert "| host CPU fp32 matmul, GFLOP/s | 1,400 | 2,000 |" in lines
     assert "| a step makes no host sync (`step_is_sync_free`) | – | yes |" in lines
     assert "NVIDIA H200" in text and "after.json" in text and "before.json" in text
+
+
+def test_report_precision_table_pairs_each_path_with_fp32_by_seed():
+    from study.report import precision_table
+
+    def run(path, seed, acc, epochs=3):
+        return {"path": path, "seed": seed, "epochs": epochs, "final_val_accuracy": acc, "images_per_s": [100.0, 300.0]}
+
+    record = {"runs": [run("fp32", 0, 0.80), run("fp32_channels_last", 0, 0.82), run("bf16", 0, 0.79),
+                       run("bf16", 1, 0.70), run("fp32", 1, 0.75),  # no control for seed 1
+                       run("bf16", 2, 0.9)]}  # no fp32: no row
+    lines = precision_table(record).splitlines()
+    assert "| 0 | 3 | 80.00 | 82.00 | 79.00 | +2.00 | -1.00 | 200 / 200 / 200 |" in lines
+    assert "| 1 | 3 | 75.00 | – | 70.00 | – | -5.00 | 200 / – / 200 |" in lines
+    assert not any(line.startswith("| 2 |") for line in lines)
+    assert "moves by 5.00 points (fp32) and 20.00 points (bf16) between seeds" in lines[-1]

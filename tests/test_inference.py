@@ -389,3 +389,18 @@ def test_cli_predict_missing_image_exits_2_naming_it(seed_ckpt, tmp_path, capsys
     assert main(["predict", str(seed_ckpt), str(img)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gtsrb: error: ") and str(img) in err and len(err.strip().splitlines()) == 1
+
+
+def test_classifier_serves_the_precision_asked_and_auto_resolves(seed_ckpt, sign):
+    from gtsrb.engine import serving_precision
+
+    exact = Classifier.load(seed_ckpt, precision="fp32")
+    assert exact.precision == exact.engine.precision == "fp32"
+    auto = Classifier.load(seed_ckpt)
+    assert auto.precision == serving_precision("auto", torch.device("cpu"))
+    with pytest.raises(ValueError, match="fp16"):
+        Classifier.load(seed_ckpt, precision="fp16")
+    if auto.precision == "bf16":  # on this CPU: the served top class is the model's
+        a, b = auto.predict(sign), exact.predict(sign)
+        assert a.top(1)[0][0] == b.top(1)[0][0]
+        assert np.abs(a.probs - b.probs).max() < 0.02

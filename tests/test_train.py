@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gtsrb.checkpoint import load_checkpoint
 from gtsrb.model import ModelConfig
-from gtsrb.train import METRIC_NAMES, TrainConfig, fit
+from gtsrb.train import METRIC_NAMES, TrainConfig, fit, use_channels_last
 
 SMALL = TrainConfig(epochs=2, batch_size=64, log_every=5)
 # The seed's layout at a quarter of its width: the same code paths, 16x less compute.
@@ -109,19 +109,24 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(synthetic_pack
     assert [h["val_accuracy"] for h in a["history"]] == [h["val_accuracy"] for h in b["history"]]
 
 
-def test_precision_check_trains_both_paths_per_seed_and_resumes(synthetic_pack, tmp_path, capsys):
-    """`make precision-check`: fp32 and bf16 runs of the seed preset, recorded once each."""
+def test_precision_check_trains_each_path_per_seed_and_resumes(synthetic_pack, tmp_path, capsys):
+    """`make precision-check`: fp32, its channels_last control and bf16 runs of the seed preset,
+    recorded once each, with the activation layout each one ran."""
     from study.precision import main as precision_check
 
     out = tmp_path / "precision.json"
     args = ["--data", str(synthetic_pack), "--seeds", "0", "--epochs", "1", "--out", str(out), "--runs", str(tmp_path)]
     assert precision_check(args) == 0
     record = json.loads(out.read_text())
-    assert [(r["path"], r["seed"], r["epochs"]) for r in record["runs"]] == [("fp32", 0, 1), ("bf16", 0, 1)]
+    assert [(r["path"], r["seed"], r["epochs"]) for r in record["runs"]] == [
+        ("fp32", 0, 1), ("fp32_channels_last", 0, 1), ("bf16", 0, 1)]
+    layouts = [r["activation_layout"] for r in record["runs"]]
+    assert layouts[:2] == ["NCHW", "channels_last"]
+    assert layouts[2] == ("channels_last" if use_channels_last(TrainConfig(precision="bf16"), torch.device("cpu")) else "NCHW")
     assert all(0 <= r["final_val_accuracy"] <= 1 and len(r["val_accuracy"]) == 1 for r in record["runs"])
     assert "seed 0, 1 epochs: fp32" in capsys.readouterr().out
-    assert precision_check(args) == 0  # both runs are on record: nothing trains again
-    assert len(json.loads(out.read_text())["runs"]) == 2
+    assert precision_check(args) == 0  # every run is on record: nothing trains again
+    assert len(json.loads(out.read_text())["runs"]) == 3
     assert "final val" not in capsys.readouterr().out
 
 
