@@ -100,10 +100,10 @@ report: $(DATA)
 bench: $(STAMP)
 	$(BIN)/gtsrb bench --out results/bench/$(shell date +%Y-%m-%d)-$(shell hostname -s).json
 
-# fp32 against the fast bf16 CPU path, seed preset: 3 epochs on seeds 0 to 3, then 10 epochs on seeds 0 and 1
-# (runs already in results/bench/precision.json are skipped).
+# fp32, its channels_last control and the fast bf16 CPU path, seed preset: 3 epochs on seeds 0 to 7, then
+# 10 epochs on seeds 0 and 1 (runs already in results/bench/precision.json are skipped).
 precision-check: $(DATA)
-	$(BIN)/python -m study.precision --data $(DATA) --seeds 0 1 2 3 --epochs 3
+	$(BIN)/python -m study.precision --data $(DATA) --seeds 0 1 2 3 4 5 6 7 --epochs 3
 	$(BIN)/python -m study.precision --data $(DATA) --seeds 0 1 --epochs 10
 
 # Ray's trial logs (with the trainer's own event files inside each trial) and the training runs.

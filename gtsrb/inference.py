@@ -4,10 +4,10 @@ Images of any size and mode (paths, PIL images or arrays; RGBA, L, P, I;16,
 CMYK, ...) are preprocessed by ``gtsrb.data.preprocess``, exactly as packing
 does it. The forward pass is ``gtsrb.engine.InferenceEngine``: the model's own
 function, folded into fewer operations. ``precision="auto"`` (the default) runs
-it in bf16 on CPUs that multiply bf16 natively, where that is about 1.5x faster
-at batch 1 and moves probabilities by bf16 rounding only (on the test split, 1 of
-7,860 predictions of the best checkpoint changes); ``precision="fp32"`` is the
-model's function to float rounding, and what evaluation uses.
+its convs in bf16 on CPUs that multiply bf16 natively, where that is faster at
+batch 1 and moves probabilities and gates by bf16 rounding only (the README's
+"Speed" section has both, measured); ``precision="fp32"`` is the model's function
+to float rounding, and what evaluation, the report and the excitations use.
 """
 
 from __future__ import annotations

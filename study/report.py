@@ -236,7 +236,8 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
     t0 = time.perf_counter()
     clf = Classifier.load(checkpoint, precision="fp32")
     test = load_pack(data, "test")
-    probs = clf.predict_arrays(test.images).probs
+    exact = clf.predict_arrays(test.images)
+    probs = exact.probs
     pred = probs.argmax(1)
     m = classification_metrics(test.labels, pred)
     cal = calibration(probs, test.labels, bins=15)
@@ -267,8 +268,35 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
                "se_off_accuracy": float((off == test.labels).mean()),
                "se_off_changed": float((off != pred).mean()),
                "seconds": round(time.perf_counter() - t0, 1)}
+    summary["bf16_serving"] = bf16_serving(checkpoint, test, exact)
     (out / "best_test.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary, pairs_md
+
+
+def bf16_serving(checkpoint: Path, test, exact) -> dict | None:
+    """How far what ``precision="auto"`` serves on bf16-capable CPUs (the bf16 engine) lands from the
+    fp32 predictions ``exact`` on the test split; None where this torch build cannot run it."""
+    from gtsrb.engine import packed_bf16_available
+    from gtsrb.inference import Classifier
+
+    if not packed_bf16_available():
+        return None
+    served = Classifier.load(checkpoint, precision="bf16").predict_arrays(test.images)
+    top_exact, top_served = exact.probs.argmax(1), served.probs.argmax(1)
+    return {"n": int(len(test.labels)), "top1_changed": int((top_served != top_exact).sum()),
+            "accuracy_fp32": float((top_exact == test.labels).mean()),
+            "accuracy_bf16": float((top_served == test.labels).mean()),
+            "max_prob_change": float(np.abs(served.probs - exact.probs).max()),
+            "max_gate_change": max((float(np.abs(served.excitations[k] - g).max()) for k, g in exact.excitations.items()),
+                                   default=0.0)}
+
+
+def bf16_serving_text(b: dict) -> str:
+    return (f"Served in bf16 (what `precision=\"auto\"` serves on CPUs with AMX or AVX-512-BF16) instead of fp32, "
+            f"the best model's top-1 prediction "
+            f"changes on {b['top1_changed']} of {b['n']:,} test images, its test accuracy goes from "
+            f"{b['accuracy_fp32'] * 100:.2f}% to {b['accuracy_bf16'] * 100:.2f}%, no probability moves by more than "
+            f"{b['max_prob_change']:.3f} and no SE gate by more than {b['max_gate_change']:.3f}.")
 
 
 def best_run_text(m: dict, hist: list[dict]) -> str:
@@ -429,7 +457,7 @@ def precision_table(record: dict) -> str:
     bf16 path, with each one's distance from fp32, from study/precision.py's record."""
     runs = record.get("runs", [])
     paths = ("fp32", "fp32_channels_last", "bf16")
-    rows, spread = [], {}
+    rows, spread, gaps_from_fp32 = [], {}, {}
 
     def acc(r):
         return f"{r['final_val_accuracy'] * 100:.2f}" if r else "–"
@@ -443,6 +471,9 @@ def precision_table(record: dict) -> str:
             if "fp32" not in got or len(got) < 2:
                 continue
             f, c, h = (got.get(p) for p in paths)
+            for path, r in zip(paths[1:], (c, h)):
+                if r:
+                    gaps_from_fp32.setdefault((epochs, path), []).append((r["final_val_accuracy"] - f["final_val_accuracy"]) * 100)
             rows.append([seed, epochs, acc(f), acc(c), acc(h), gap(c, f), gap(h, f),
                          " / ".join(f"{np.mean(r['images_per_s']):.0f}" if r else "–" for r in (f, c, h))])
         for path in paths:
@@ -455,6 +486,12 @@ def precision_table(record: dict) -> str:
     for epochs, d in spread.items():
         text += (f"\n\nAt {epochs} epochs the same path moves by " + " and ".join(f"{v:.2f} points ({k})" for k, v in d.items())
                  + " between seeds.")
+        for path in paths[1:]:
+            gaps = np.array(gaps_from_fp32.get((epochs, path), []))
+            if len(gaps) > 1:
+                text += (f" {path} − fp32 over {len(gaps)} seeds: mean {gaps.mean():+.2f} points (standard error "
+                         f"{gaps.std(ddof=1) / np.sqrt(len(gaps)):.2f}), within 0.3 points on {int((abs(gaps) <= 0.3).sum())}, "
+                         f"below on {int((gaps < 0).sum())}.")
     if record.get("command"):
         text += f" Machine: {machine_text(record.get('machine'))}."
     return text
@@ -469,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("results/report"))
     p.add_argument("--report", type=Path, default=Path("results/REPORT.md"))
     p.add_argument("--readme", type=Path, default=Path("README.md"))
-    p.add_argument("--bench", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run8.json"))
+    p.add_argument("--bench", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run9.json"))
     p.add_argument("--bench-before", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run2.json"))
     p.add_argument("--precision", type=Path, default=Path("results/bench/precision.json"))
     p.add_argument("--bench-gpu", type=Path, default=Path("results/bench/2026-11-26-h200-run3.json"))
@@ -524,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
                                  f"evaluation pass plus one with SE off, {best['seconds']:.0f} s on "
                                  f"{machine_text(machine())}); no training.")
         blocks["confused"] = pairs_md
+        if best.get("bf16_serving"):
+            blocks["served"] = bf16_serving_text(best["bf16_serving"]) + " Made by `make report`."
         blocks["se_off"] = (f"With every SE block replaced by the identity (same weights otherwise), the best model's "
                             f"test accuracy goes from {best['accuracy'] * 100:.2f}% to "
                             f"{best['se_off_accuracy'] * 100:.2f}%, and {best['se_off_changed'] * 100:.1f}% of the "

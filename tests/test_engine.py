@@ -128,13 +128,19 @@ def test_bf16_engine_is_the_model_to_bf16_rounding(name, batch):
     assert sorted(gates) == sorted(ref_gates)
     for k in gates:
         torch.testing.assert_close(gates[k], ref_gates[k], atol=2e-3, rtol=0)
-    # Every conv but the first (on the 3-channel image, kept fp32) packed its weight once for this
-    # input shape, and ran it where the map is larger than 1x1 (the two 1x1 maps of stage 5 run fp32).
+    # Every conv but the first (on the 3-channel image, kept fp32) packed its weight once, and ran it
+    # where the map is larger than 1x1 (the two 1x1 maps of stage 5 run fp32). One packing serves
+    # single images, one every batch size above 1: a server fed varying batches holds two at most.
     packed = [u.packed for kind, u in engine.steps if kind == "unit"]
     assert packed[0] is None
-    assert [[shape[0] for shape in p] for p in packed[1:]] == [[batch]] * 5 + [[], []]
+    assert [[key[0] for key in p] for p in packed[1:]] == [[batch == 1]] * 5 + [[], []]
     engine(x)
     assert [len(p) for p in packed[1:]] == [1] * 5 + [0, 0]
+    exact = InferenceEngine(model)
+    for other in (3, 5, 1):
+        x_other = torch.rand(other, 3, size, size)
+        assert (engine(x_other)[0] - exact(x_other)[0]).abs().max() < 1e-3 * spread
+    assert [len(p) for p in packed[1:]] == [2] * 5 + [0, 0]
 
 
 @needs_packed_bf16
