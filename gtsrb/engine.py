@@ -15,8 +15,8 @@ cheaper operations:
 
 ``precision="bf16"`` (CPU only) runs the convs over maps larger than 1x1, all
 but the first (3 input channels, where bf16 gains nothing), in bf16 through
-oneDNN, with each weight packed once and the ReLU fused where nothing sits
-between them: the op ``torch.compile`` itself emits on CPU. The SE squeeze and
+oneDNN, with each weight packed on first use (one packing for single images,
+one for batches) and the ReLU fused where nothing sits between them: the op ``torch.compile`` itself emits on CPU. The SE squeeze and
 MLP, the first conv, the 1x1-map convs and the classifier stay fp32, and so do
 the outputs. On CPUs that multiply bf16 natively (AMX, AVX-512-BF16) this is
 about 1.4x faster at batch 1 (``gtsrb bench``: infer_ms_p50 against
@@ -63,33 +63,39 @@ class _Unit:
     # (9*Ci, Co) over 3x3 patches, and (Ci, Co) for the centre tap of a 1x1 map.
     patch_matrix: torch.Tensor | None = None
     centre_matrix: torch.Tensor | None = None
-    # bf16 only: the weight packed by oneDNN (built on first use, see _conv), and the bias.
+    # bf16 only: the weight packed by oneDNN (built on first use, see _conv).
     packed: dict | None = None
-    bias_bf16: torch.Tensor | None = None
+
+
+def has_packed_bf16_ops() -> bool:
+    """Whether this torch build has the private oneDNN ops of ``precision="bf16"``."""
+    return hasattr(torch.ops.mkldnn, "_convolution_pointwise") and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight")
 
 
 @functools.lru_cache(maxsize=None)
 def packed_bf16_available() -> bool:
     """Whether oneDNN's packed-weight convolution (used by ``precision="bf16"``) works in this torch
     build: the private ops exist and one small conv through them matches ``F.conv2d``."""
+    if not has_packed_bf16_ops():
+        return False
     try:
         x = torch.rand(1, 8, 5, 5).contiguous(memory_format=torch.channels_last)
         w, b = torch.rand(16, 8, 3, 3) - 0.5, torch.rand(16)
-        unit = _Unit(w, b, 1, None, False, None, None, packed={}, bias_bf16=b.to(torch.bfloat16))
+        unit = _Unit(w, b, 1, None, False, None, None, packed={})
         out = _conv(x, unit, relu=False).float()
         return bool(torch.allclose(out, F.conv2d(x, w, b, padding=1), atol=0.05, rtol=0.02))
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
 
-def serving_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` -> bf16 on CPUs that multiply bf16 natively (where the engine's bf16 path
-    pays off), else fp32; ``"fp32"`` and ``"bf16"`` as given."""
+def serving_precision(precision: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """``"auto"`` -> bf16 for an fp32 model on a CPU that multiplies bf16 natively (where the
+    engine's bf16 path pays off), else fp32; ``"fp32"`` and ``"bf16"`` as given."""
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision {precision!r}: expected auto, fp32 or bf16")
     if precision != "auto":
         return precision
-    fast = device.type == "cpu" and cpu_has_native_bf16() and packed_bf16_available()
+    fast = dtype == torch.float32 and device.type == "cpu" and cpu_has_native_bf16() and packed_bf16_available()
     return "bf16" if fast else "fp32"
 
 
@@ -117,7 +123,7 @@ class InferenceEngine:
             for kind, u in self.steps:
                 # The first conv (3 input channels, K = 27) gains nothing from bf16: it stays fp32.
                 if kind == "unit" and u.weight.shape[1] > 3:
-                    u.packed, u.bias_bf16 = {}, u.bias.to(torch.bfloat16)
+                    u.packed = {}
 
     def _fold(self, model: SEVGG) -> None:
         mods = list(model.features)
@@ -240,7 +246,8 @@ def _conv(x: torch.Tensor, u: _Unit, relu: bool) -> torch.Tensor:
                 u.weight.to(torch.bfloat16).contiguous().to_mkldnn(), [u.padding] * 2, [1, 1], [1, 1], 1, list(x.shape)
             )
         pad = [u.padding] * 2
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, u.bias_bf16, pad, [1, 1], [1, 1], 1,
+        # The bias stays fp32 (BatchNorm is folded into it); oneDNN adds it before rounding to bf16.
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, u.bias, pad, [1, 1], [1, 1], 1,
                                                        "relu" if relu else "none", [], "")
     x = x.to(u.weight.dtype)  # bf16 engine: maps of 1x1 run in fp32 (a no-op otherwise)
     if takes_small_map_route(x, u.padding):

@@ -84,12 +84,12 @@ class Classifier:
         # channels_last: the input arrives as NHWC already (for Grad-CAM and hooks).
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.meta = meta
-        self.device = device
+        self.device = device = torch.device(device)
         self.config: ModelConfig = model.config
         self.se_names = [name for name, _ in model.se_blocks()]
-        # Predictions run through the folded engine: the same function as
-        # self.model in fewer operations (`gtsrb bench`: infer_ms_p50).
-        self.precision = serving_precision(precision, device)
+        # Predictions run through the folded engine: self.model's function in fewer operations,
+        # in fp32 or, where "auto" picks it, with bf16 convs (`gtsrb bench`: infer_ms_p50).
+        self.precision = serving_precision(precision, device, next(model.parameters()).dtype)
         self.engine = InferenceEngine(self.model, self.precision)
         self._se_on = True
 

@@ -20,12 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from gtsrb.bench import machine
+from gtsrb.checkpoint import load_checkpoint
 from gtsrb.data import write_text_atomic
 from gtsrb.model import PRESETS
-from gtsrb.train import TrainConfig, fit, use_channels_last
+from gtsrb.train import TrainConfig, fit
 
 PATHS = {
     "fp32": {"precision": "fp32", "channels_last": False},
@@ -50,10 +49,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             t0 = time.perf_counter()
             config = TrainConfig(epochs=a.epochs, seed=seed, **options)
-            history = fit(PRESETS["seed"], a.data, a.runs / f"{path}-seed{seed}-{a.epochs}ep", config, progress=False)
+            run_dir = a.runs / f"{path}-seed{seed}-{a.epochs}ep"
+            history = fit(PRESETS["seed"], a.data, run_dir, config, progress=False)
+            ran = load_checkpoint(run_dir / "last.pt")["runtime"]  # what the training step ran
             record["runs"].append({
                 "path": path, "seed": seed, "epochs": a.epochs, "train_config": options,
-                "activation_layout": "channels_last" if use_channels_last(config, torch.device("cpu")) else "NCHW",
+                "precision_ran": ran["precision"], "activation_layout": "channels_last" if ran["channels_last"] else "NCHW",
                 "val_accuracy": [h["val_accuracy"] for h in history],
                 "final_val_accuracy": history[-1]["val_accuracy"],
                 "images_per_s": [h["images_per_s"] for h in history],

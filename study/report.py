@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 import pandas as pd
 
 from gtsrb.bench import machine
@@ -414,6 +415,11 @@ def speed_table(now: dict, before: dict | None, now_name: str, before_name: str)
          f"{_n(now['infer_ceiling_ms'], 2)} / {_n(now.get('infer_memory_floor_ms'), 2)}", ""],
         ["`infer_ms_p50` ÷ FLOP ceiling", _n(b.get("infer_ratio_to_ceiling"), 1), _n(now["infer_ratio_to_ceiling"], 1),
          target("infer_ratio_to_ceiling")],
+        ["the same in fp32 (`infer_fp32_ratio_to_ceiling`)", _n(b.get("infer_fp32_ratio_to_ceiling"), 1),
+         _n(now.get("infer_fp32_ratio_to_ceiling"), 1), ""],
+        ["operations one forward dispatches, served / fp32",
+         f"{_n(b.get('infer_ops_per_forward'))} / {_n(b.get('infer_fp32_ops_per_forward'))}",
+         f"{_n(now.get('infer_ops_per_forward'))} / {_n(now.get('infer_fp32_ops_per_forward'))}", ""],
         ["`pack_s` / `pack_naive_s` (39,209 images)", f"{_n(b.get('pack_s'), 1)} / {_n(b.get('pack_naive_s'), 1)}",
          f"{_n(now.get('pack_s'), 1)} / {_n(now.get('pack_naive_s'), 1)}", ""],
         ["`pack_ratio`", _n(b.get("pack_ratio"), 2), _n(now.get("pack_ratio"), 2), target("pack_ratio")],
@@ -460,7 +466,7 @@ def precision_table(record: dict) -> str:
     rows, spread, gaps_from_fp32 = [], {}, {}
 
     def acc(r):
-        return f"{r['final_val_accuracy'] * 100:.2f}" if r else "–"
+        return f"{r['final_val_accuracy'] * 100:.2f}{' †' if r.get('relabelled_from') else ''}" if r else "–"
 
     def gap(r, base):
         return f"{(r['final_val_accuracy'] - base['final_val_accuracy']) * 100:+.2f}" if r else "–"
@@ -489,9 +495,15 @@ def precision_table(record: dict) -> str:
         for path in paths[1:]:
             gaps = np.array(gaps_from_fp32.get((epochs, path), []))
             if len(gaps) > 1:
+                se = gaps.std(ddof=1) / np.sqrt(len(gaps))
+                half = scipy.stats.t.ppf(0.975, len(gaps) - 1) * se
                 text += (f" {path} − fp32 over {len(gaps)} seeds: mean {gaps.mean():+.2f} points (standard error "
-                         f"{gaps.std(ddof=1) / np.sqrt(len(gaps)):.2f}), within 0.3 points on {int((abs(gaps) <= 0.3).sum())}, "
-                         f"below on {int((gaps < 0).sum())}.")
+                         f"{se:.2f}; 95% interval {gaps.mean() - half:+.2f} to {gaps.mean() + half:+.2f}), within 0.3 "
+                         f"points on {int((abs(gaps) <= 0.3).sum())}, below on {int((gaps < 0).sum())}.")
+    if any(r.get("relabelled_from") for r in runs):
+        text += ("\n\n†: recorded as path fp32 before a layout fix; its activations were channels_last (the step "
+                 "passed the augmented NHWC batch on) with the weights stored NCHW, so it is listed by its activation "
+                 "layout (`relabelled_from` in the JSON).")
     if record.get("command"):
         text += f" Machine: {machine_text(record.get('machine'))}."
     return text
@@ -561,8 +573,9 @@ def main(argv: list[str] | None = None) -> int:
                                  f"evaluation pass plus one with SE off, {best['seconds']:.0f} s on "
                                  f"{machine_text(machine())}); no training.")
         blocks["confused"] = pairs_md
-        if best.get("bf16_serving"):
-            blocks["served"] = bf16_serving_text(best["bf16_serving"]) + " Made by `make report`."
+        blocks["served"] = (bf16_serving_text(best["bf16_serving"]) if best.get("bf16_serving") else
+                            "Not measured: this torch build cannot run the bf16 engine, so it serves fp32.") + (
+            f" Made by `make report` on {machine_text(machine())}.")
         blocks["se_off"] = (f"With every SE block replaced by the identity (same weights otherwise), the best model's "
                             f"test accuracy goes from {best['accuracy'] * 100:.2f}% to "
                             f"{best['se_off_accuracy'] * 100:.2f}%, and {best['se_off_changed'] * 100:.1f}% of the "

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from gtsrb import bench
 from gtsrb.cli import main
@@ -56,8 +57,24 @@ def test_bench_cli_quick_json_has_the_reported_keys(synthetic_zip, capsys, tmp_p
     assert result["targets"]["infer_ratio_to_ceiling"]["met"] is (result["infer_ms_p50"] <= 2 * result["infer_ceiling_ms"])
     assert "pack_ratio" not in result["targets"]  # --quick does not pack
     assert result["infer_memory_floor_ms"] > 0 and result["infer_weight_mb"] > 10
+    assert result["infer_fp32_ratio_to_ceiling"] == pytest.approx(1.5 * result["infer_ratio_to_ceiling"])
     assert result["weight_read_gb_s"] > 0 and "memory_gb_s" not in result  # the floor's rate: reads, not copies
     assert {"cpu", "cores", "torch", "torch_threads"} <= set(result["machine"])
+
+
+def test_inference_bench_times_the_served_precision_and_fp32():
+    r = bench.bench_infer(requests=4)
+    assert r["infer_precision"] in ("bf16", "fp32")
+    for key in ("infer_ms_p50", "infer_ms_p99", "infer_fp32_ms_p50", "infer_fp32_ms_p99"):
+        assert 0 < r[key] < 1000, key
+    assert r["infer_ms_p50"] <= r["infer_ms_p99"]
+    assert 50 < r["infer_ops_per_forward"] < 400 and 50 < r["infer_fp32_ops_per_forward"] < 400
+
+
+def test_dispatched_ops_counts_each_aten_call():
+    x = torch.ones(3)
+    assert bench.dispatched_ops(lambda: (x + 1).relu_().sum()) == 3
+    assert bench.dispatched_ops(lambda: None) == 0
 
 
 def test_weight_read_rate_is_a_plausible_bandwidth():

@@ -19,7 +19,7 @@ from gtsrb.data import DataError, load_pack, sha256_file  # noqa: E402
 from gtsrb.explain import (  # noqa: E402
     class_excitations, compute_excitations_file, gradcam, gradcam_layer, load_excitations, save_excitations,
 )
-from gtsrb.engine import packed_bf16_available  # noqa: E402
+from gtsrb.engine import has_packed_bf16_ops  # noqa: E402
 from gtsrb.inference import Classifier  # noqa: E402
 from gtsrb.metrics import calibration, confused_pairs  # noqa: E402
 from gtsrb.model import PRESETS, build_model  # noqa: E402
@@ -224,20 +224,24 @@ def test_report_precision_table_pairs_each_path_with_fp32_by_seed():
     def run(path, seed, acc, epochs=3):
         return {"path": path, "seed": seed, "epochs": epochs, "final_val_accuracy": acc, "images_per_s": [100.0, 300.0]}
 
-    record = {"runs": [run("fp32", 0, 0.80), run("fp32_channels_last", 0, 0.82), run("bf16", 0, 0.79),
+    record = {"runs": [run("fp32", 0, 0.80), {**run("fp32_channels_last", 0, 0.82), "relabelled_from": "fp32"},
+                       run("bf16", 0, 0.79),
                        run("bf16", 1, 0.70), run("fp32", 1, 0.75),  # no control for seed 1
                        run("bf16", 2, 0.9)]}  # no fp32: no row
     lines = precision_table(record).splitlines()
-    assert "| 0 | 3 | 80.00 | 82.00 | 79.00 | +2.00 | -1.00 | 200 / 200 / 200 |" in lines
+    assert "| 0 | 3 | 80.00 | 82.00 † | 79.00 | +2.00 | -1.00 | 200 / 200 / 200 |" in lines
     assert "| 1 | 3 | 75.00 | – | 70.00 | – | -5.00 | 200 / – / 200 |" in lines
     assert not any(line.startswith("| 2 |") for line in lines)
-    assert "moves by 5.00 points (fp32) and 20.00 points (bf16) between seeds" in lines[-1]
+    assert "moves by 5.00 points (fp32) and 20.00 points (bf16) between seeds" in lines[-3]
+    assert lines[-1].startswith("†: recorded as path fp32 before a layout fix")
     # bf16 - fp32 is -1 and -5 points: mean -3, standard error 2 (sd 2.83 / sqrt 2)
-    assert "bf16 − fp32 over 2 seeds: mean -3.00 points (standard error 2.00), within 0.3 points on 0, below on 2." in lines[-1]
-    assert "fp32_channels_last − fp32 over" not in lines[-1]  # one seed only
+    # t(0.975, 1 dof) = 12.706: the interval is -3 -/+ 25.41
+    assert ("bf16 − fp32 over 2 seeds: mean -3.00 points (standard error 2.00; 95% interval -28.41 to +22.41), "
+            "within 0.3 points on 0, below on 2.") in lines[-3]
+    assert "fp32_channels_last − fp32 over" not in lines[-3]  # one seed only
 
 
-@pytest.mark.skipif(not packed_bf16_available(), reason="this torch build lacks oneDNN's packed conv")
+@pytest.mark.skipif(not has_packed_bf16_ops(), reason="this torch build lacks oneDNN's packed conv")
 def test_report_bf16_serving_compares_the_served_predictions_with_fp32(tmp_path, synthetic_pack):
     from study.report import bf16_serving, bf16_serving_text
 

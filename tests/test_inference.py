@@ -391,16 +391,22 @@ def test_cli_predict_missing_image_exits_2_naming_it(seed_ckpt, tmp_path, capsys
     assert err.startswith("gtsrb: error: ") and str(img) in err and len(err.strip().splitlines()) == 1
 
 
-def test_classifier_serves_the_precision_asked_and_auto_resolves(seed_ckpt, sign):
-    from gtsrb.engine import serving_precision
+@pytest.mark.parametrize("native", [True, False])
+def test_classifier_serves_the_precision_asked_and_auto_follows_the_cpu(seed_ckpt, sign, monkeypatch, native):
+    import gtsrb.engine as engine_module
 
+    monkeypatch.setattr(engine_module, "cpu_has_native_bf16", lambda: native)
     exact = Classifier.load(seed_ckpt, precision="fp32")
     assert exact.precision == exact.engine.precision == "fp32"
     auto = Classifier.load(seed_ckpt)
-    assert auto.precision == serving_precision("auto", torch.device("cpu"))
+    want = "bf16" if native and engine_module.packed_bf16_available() else "fp32"
+    assert auto.precision == auto.engine.precision == want
     with pytest.raises(ValueError, match="fp16"):
         Classifier.load(seed_ckpt, precision="fp16")
-    if auto.precision == "bf16":  # on this CPU: the served top class is the model's
+    # "auto" leaves a model in another dtype alone; a device may be given as a string.
+    model = build_model("seed").double()
+    assert Classifier(model, {}, "cpu").precision == "fp32"
+    if want == "bf16":  # the served top class is the model's
         a, b = auto.predict(sign), exact.predict(sign)
         assert a.top(1)[0][0] == b.top(1)[0][0]
-        assert np.abs(a.probs - b.probs).max() < 0.02
+        assert 0 < np.abs(a.probs - b.probs).max() < 0.02

@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         demo = Demo(a.checkpoint, a.precision)
-    except (CheckpointError, DataError) as e:
+    except (CheckpointError, DataError, ValueError) as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 2
     app = build_app(demo)
