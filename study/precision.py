@@ -5,9 +5,10 @@
 Trains the ``seed`` preset once per (precision, seed) with everything else equal
 (full train split, the default recipe): ``fp32`` is the eager fp32 NCHW path,
 ``bf16`` the default on CPUs with AMX or AVX-512-BF16, and ``fp32_channels_last``
-a control: the same fp32 arithmetic as ``fp32`` in another memory layout, so only
-the order of float operations differs. How far the control lands from ``fp32``
-shows how much a run moves from rounding alone. Every run appends its
+a control: fp32 as ``fp32``, in the other memory layout, so other kernels and
+another order of float operations at the same precision. How far the control
+lands from ``fp32`` shows how much a run moves from rounding alone. Each run
+records the precision and layout its training step ran, from its checkpoint. Every run appends its
 per-epoch val accuracy to ``--out``; a run already there is skipped, so an
 interrupted check resumes, and ``--epochs 10`` adds the long runs to the same file.
 """

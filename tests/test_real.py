@@ -110,7 +110,7 @@ def test_served_bf16_predictions_of_the_committed_checkpoint_agree_with_fp32(rea
     exact = Classifier.load(BEST / "best.pt", precision="fp32").predict_arrays(test.images)
     served = Classifier.load(BEST / "best.pt", precision="bf16").predict_arrays(test.images)
     top_exact, top_served = exact.probs.argmax(1), served.probs.argmax(1)
-    assert (top_exact != top_served).sum() <= 4  # of 7,860 (2 when measured, `make report`)
+    assert (top_exact != top_served).sum() <= 4  # of 7,860 (1 when measured: README, `make report`)
     assert abs((top_served == test.labels).mean() - (top_exact == test.labels).mean()) <= 0.0005
     assert np.abs(served.probs - exact.probs).mean() < 1e-4
     for name, gates in exact.excitations.items():
