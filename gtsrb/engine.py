@@ -112,6 +112,8 @@ class InferenceEngine:
             raise ValueError(f"precision {precision!r}: expected fp32 or bf16")
         if precision == "bf16" and next(model.parameters()).device.type != "cpu":
             raise ValueError("precision 'bf16' runs on CPU only (oneDNN): use fp32 on other devices")
+        if precision == "bf16" and next(model.parameters()).dtype != torch.float32:
+            raise ValueError(f"precision 'bf16' takes an fp32 model, not {next(model.parameters()).dtype}")
         if precision == "bf16" and not packed_bf16_available():
             raise ValueError("precision 'bf16': this torch build lacks oneDNN's packed convolution")
         self.config = model.config

@@ -185,8 +185,10 @@ def test_engine_precision_is_checked():
     model = build_model(PRESETS["seed"]).eval()
     with pytest.raises(ValueError, match="fp16"):
         InferenceEngine(model, "fp16")
+    with pytest.raises(ValueError, match="fp32 model, not torch.float64"):
+        InferenceEngine(model.double(), "bf16")
     with pytest.raises(ValueError, match="CPU only"):
-        InferenceEngine(model.to("meta"), "bf16")
+        InferenceEngine(model.float().to("meta"), "bf16")
     with pytest.raises(ValueError, match="fast"):
         serving_precision("fast", torch.device("cpu"))
 
