@@ -16,10 +16,10 @@ cheaper operations:
 ``precision="bf16"`` (CPU only) runs the convs over maps larger than 1x1, all
 but the first (3 input channels, where bf16 gains nothing), in bf16 through
 oneDNN, with each weight packed on first use (one packing for single images,
-one for batches) and the ReLU fused where nothing sits between them: the op ``torch.compile`` itself emits on CPU. The SE squeeze and
-MLP, the first conv, the 1x1-map convs and the classifier stay fp32, and so do
-the outputs. On CPUs that multiply bf16 natively (AMX, AVX-512-BF16) this is
-about 1.4x faster at batch 1 (``gtsrb bench``: infer_ms_p50 against
+one for batches) and the ReLU fused where nothing sits between them: the op
+``torch.compile`` itself emits on CPU. The SE squeeze and MLP, the first conv,
+the 1x1-map convs and the classifier stay fp32, and so do the outputs. On CPUs
+that multiply bf16 natively (AMX, AVX-512-BF16) this is 1.3-1.4x faster at batch 1 (``gtsrb bench``: infer_ms_p50 against
 infer_fp32_ms_p50); the outputs move by bf16 rounding (``make report`` measures
 how far on the real test split), so ``gtsrb.inference.Classifier`` uses it only
 where asked or, by default, on such CPUs, and evaluation runs in fp32.
@@ -110,12 +110,14 @@ class InferenceEngine:
     def __init__(self, model: SEVGG, precision: str = "fp32"):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision {precision!r}: expected fp32 or bf16")
-        if precision == "bf16" and next(model.parameters()).device.type != "cpu":
-            raise ValueError("precision 'bf16' runs on CPU only (oneDNN): use fp32 on other devices")
-        if precision == "bf16" and next(model.parameters()).dtype != torch.float32:
-            raise ValueError(f"precision 'bf16' takes an fp32 model, not {next(model.parameters()).dtype}")
-        if precision == "bf16" and not packed_bf16_available():
-            raise ValueError("precision 'bf16': this torch build lacks oneDNN's packed convolution")
+        if precision == "bf16":
+            param = next(model.parameters())
+            if param.device.type != "cpu":
+                raise ValueError("precision 'bf16' runs on CPU only (oneDNN): use fp32 on other devices")
+            if param.dtype != torch.float32:
+                raise ValueError(f"precision 'bf16' takes an fp32 model, not {param.dtype}")
+            if not packed_bf16_available():
+                raise ValueError("precision 'bf16': this torch build lacks oneDNN's packed convolution")
         self.config = model.config
         self.precision = precision
         self.steps: list[tuple[str, object]] = []

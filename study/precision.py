@@ -7,10 +7,11 @@ Trains the ``seed`` preset once per (precision, seed) with everything else equal
 ``bf16`` the default on CPUs with AMX or AVX-512-BF16, and ``fp32_channels_last``
 a control: fp32 as ``fp32``, in the other memory layout, so other kernels and
 another order of float operations at the same precision. How far the control
-lands from ``fp32`` shows how much a run moves from rounding alone. Each run
-records the precision and layout its training step ran, from its checkpoint. Every run appends its
-per-epoch val accuracy to ``--out``; a run already there is skipped, so an
-interrupted check resumes, and ``--epochs 10`` adds the long runs to the same file.
+lands from ``fp32`` shows how much a run moves from rounding alone. Every run
+appends its per-epoch val accuracy, and the precision and layout its training
+step ran (read from its checkpoint), to ``--out``; a run already there is
+skipped, so an interrupted check resumes, and ``--epochs 10`` adds the long runs
+to the same file.
 """
 
 from __future__ import annotations

@@ -468,19 +468,19 @@ def precision_table(record: dict) -> str:
     def acc(r):
         return f"{r['final_val_accuracy'] * 100:.2f}{' †' if r.get('relabelled_from') else ''}" if r else "–"
 
-    def gap(r, base):
-        return f"{(r['final_val_accuracy'] - base['final_val_accuracy']) * 100:+.2f}" if r else "–"
-
     for epochs in sorted({r["epochs"] for r in runs}):
         for seed in sorted({r["seed"] for r in runs if r["epochs"] == epochs}):
             got = {r["path"]: r for r in runs if r["epochs"] == epochs and r["seed"] == seed}
             if "fp32" not in got or len(got) < 2:
                 continue
             f, c, h = (got.get(p) for p in paths)
+            gaps = {}  # control and bf16 against fp32, in points
             for path, r in zip(paths[1:], (c, h)):
                 if r:
-                    gaps_from_fp32.setdefault((epochs, path), []).append((r["final_val_accuracy"] - f["final_val_accuracy"]) * 100)
-            rows.append([seed, epochs, acc(f), acc(c), acc(h), gap(c, f), gap(h, f),
+                    gaps[path] = (r["final_val_accuracy"] - f["final_val_accuracy"]) * 100
+                    gaps_from_fp32.setdefault((epochs, path), []).append(gaps[path])
+            rows.append([seed, epochs, acc(f), acc(c), acc(h),
+                         *(f"{gaps[p]:+.2f}" if p in gaps else "–" for p in paths[1:]),
                          " / ".join(f"{np.mean(r['images_per_s']):.0f}" if r else "–" for r in (f, c, h))])
         for path in paths:
             accs = [r["final_val_accuracy"] for r in runs if r["epochs"] == epochs and r["path"] == path]
