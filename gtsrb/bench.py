@@ -22,7 +22,10 @@ warm-up, so the ratios compare like with like:
   and infer_fp32_ops_per_forward the ATen operations one forward dispatches;
   infer_ceiling_ms the forward FLOP at the fp32 matmul rate, and
   infer_memory_floor_ms its weights' bytes at the rate this machine reads a
-  buffer of that size (weight_read_gb_s);
+  buffer of that size (weight_read_gb_s); infer_op_warm_us and
+  infer_op_after_read_us one small op (an SE product) warm and right after
+  reading that many bytes, as each op of a forward runs after the weights
+  read before it;
 - targets: the speed issue's four targets, each with its value and whether
   this run met it.
 """
@@ -215,6 +218,25 @@ def read_gb_s(nbytes: int, seconds: float = 1.0) -> float:
     return best
 
 
+def op_after_read_us(nbytes: int, reps: int = 200) -> tuple[float, float]:
+    """Median microseconds of one small op, an SE block's (1, 512) x (512, 32) product, warm
+    and right after reading ``nbytes`` of other memory, as a single-image forward reads its
+    weights between its small ops: the read evicts the op's code and data from the core's
+    caches, so each op after a large conv pays for fetching them again."""
+    buf = torch.rand(max(nbytes // 4, 1))
+    x, w = torch.rand(1, 512), torch.rand(512, 32)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(20 + reps):
+        for after_read in (False, True):
+            if after_read:
+                buf.sum()
+            t = time.perf_counter()
+            torch.mm(x, w)
+            if i >= 20:
+                times[after_read].append((time.perf_counter() - t) * 1e6)
+    return float(np.median(times[False])), float(np.median(times[True]))
+
+
 def weight_bytes_per_image(config: ModelConfig = PRESETS["seed"]) -> int:
     """Bytes of weights one single-image prediction reads (the folded engine's tensors;
     the centre tap only where a map is 1x1). At batch 1 each weight is used for a few
@@ -229,7 +251,7 @@ def weight_bytes_per_image(config: ModelConfig = PRESETS["seed"]) -> int:
             used = u.centre_matrix if u.centre_matrix is not None else u.weight
             total += used.nbytes + u.bias.nbytes
             if u.se is not None:
-                total += u.se.fc1.nbytes + u.se.fc2.nbytes
+                total += sum(t.nbytes for t in (u.se.fc1, u.se.gate_w, u.se.shift_w) if t is not None)
     return total
 
 
@@ -387,6 +409,7 @@ def run(source: Path | None, quick: bool = False) -> dict:
     result["infer_weight_mb"] = weight_bytes / 1e6
     result["weight_read_gb_s"] = read_gb_s(weight_bytes)
     result["infer_memory_floor_ms"] = weight_bytes / (result["weight_read_gb_s"] * 1e9) * 1000
+    result["infer_op_warm_us"], result["infer_op_after_read_us"] = op_after_read_us(weight_bytes, 50 if quick else 200)
     if source is not None:
         result["naive_img_s"] = bench_naive(source, steps=4 if quick else 20)
     result["ratio_to_ceiling"] = result["train_img_s"] / result["ceiling_img_s"]

@@ -42,10 +42,15 @@ from gtsrb.model import SEVGG, SqueezeExcitation, cpu_has_native_bf16, patch_wei
 
 @dataclass
 class _SE:
+    """An SE block's MLP, with the BatchNorm that follows it (if any) folded into its outputs:
+    the unit computes ``y * scale + shift`` with ``scale = gate * bn_scale``."""
+
     name: str
     fc1: torch.Tensor  # (C, hidden): transposed, the right-hand side of a product
-    fc2: torch.Tensor  # (hidden, C or 2C)
-    scale_shift: bool
+    gate_w: torch.Tensor  # (hidden, C): the gate's logits
+    shift_w: torch.Tensor | None  # (hidden, C): the scale-shift form's shift, times BN's scale
+    shift_b: torch.Tensor | None  # (1, C): BN's shift, where BN follows SE
+    bn_scale: torch.Tensor | None  # (1, C): BN's scale, where BN follows SE
 
 
 @dataclass
@@ -57,7 +62,7 @@ class _Unit:
     padding: int
     se: _SE | None
     se_pre_bn: bool
-    bn_scale: torch.Tensor | None  # only for SE before BN: BN's per-channel a and c
+    bn_scale: torch.Tensor | None  # only for SE before BN: BN's per-channel a and c, (1, Co, 1, 1)
     bn_shift: torch.Tensor | None
     # The weight as the right-hand matrix of a product, for small maps on CPU (built on first use):
     # (9*Ci, Co) over 3x3 patches, and (Ci, Co) for the centre tap of a 1x1 map.
@@ -177,16 +182,25 @@ class InferenceEngine:
         a, c = _bn_affine(bn)
         bn_scale = bn_shift = None
         if se_pre_bn:
-            bn_scale, bn_shift = a.clone(), c.clone()
+            bn_scale, bn_shift = a.view(1, -1, 1, 1).clone(), c.view(1, -1, 1, 1).clone()
         else:
             w, b = w * a[:, None, None, None], b * a + c
         se = None
         if se_block is not None:
+            # fc2 emits the gate's logits, then (scale-shift form) the shift. Where BN follows SE,
+            # BN(y * g + shift) = y * (g a) + (shift a + c): a and c go into the shift's product.
+            fc2 = se_block.fc2.weight.detach().flatten(1).t()  # (hidden, C or 2C)
+            ch = w.shape[0]
+            shift_w = fc2[:, ch:] if se_block.form == "scale_shift" else None
+            if se_pre_bn and shift_w is not None:
+                shift_w = shift_w * a
             se = _SE(
                 se_names[id(se_block)],
                 se_block.fc1.weight.detach().flatten(1).t().contiguous(),
-                se_block.fc2.weight.detach().flatten(1).t().contiguous(),
-                se_block.form == "scale_shift",
+                fc2[:, :ch].contiguous(),
+                None if shift_w is None else shift_w.contiguous(),
+                c.view(1, -1).clone() if se_pre_bn else None,
+                a.view(1, -1).clone() if se_pre_bn else None,
             )
         return _Unit(w.contiguous(memory_format=torch.channels_last), b, conv.padding[0], se, se_pre_bn,
                      bn_scale, bn_shift)
@@ -201,40 +215,39 @@ class InferenceEngine:
                 x = step(x)
                 continue
             u: _Unit = step
-            if u.se_pre_bn:
-                y = _conv(x, u, relu=False)
-                if se:
-                    g, shift = _excite(y, u.se, gates)
-                    scale = g * u.bn_scale  # BN(y * g + shift) = y * (g a) + (shift a + c)
-                    shift = u.bn_shift.expand_as(scale) if shift is None else torch.addcmul(u.bn_shift, shift, u.bn_scale)
-                    x = torch.addcmul(_as_map(shift, y.dtype), y, _as_map(scale, y.dtype)).relu_()
-                else:
-                    x = torch.addcmul(u.bn_shift[None, :, None, None], y, u.bn_scale[None, :, None, None]).relu_()
+            excite = se and u.se is not None
+            # Where BN follows SE the conv's ReLU comes after SE, so it cannot be fused.
+            y = _conv(x, u, relu=not u.se_pre_bn)
+            if excite:
+                # The per-image affine runs in fp32 (bf16 maps included: type promotion), so the
+                # next op gets the map in fp32 and a bf16 conv casts it once.
+                scale, shift = _excite(y, u.se, gates)
+                x = y * scale if shift is None else torch.addcmul(shift, y, scale)
+            elif u.se_pre_bn:
+                x = torch.addcmul(u.bn_shift, y, u.bn_scale)
             else:
-                x = _conv(x, u, relu=True)
-                if u.se is not None and se:
-                    g, shift = _excite(x, u.se, gates)
-                    x = x * _as_map(g, x.dtype) if shift is None else torch.addcmul(_as_map(shift, x.dtype), x, _as_map(g, x.dtype))
+                x = y
+            if u.se_pre_bn:
+                x = x.relu_()
         w1, b1, w2, b2 = self.head
         h = torch.addmm(b1, x.flatten(1).to(w1.dtype), w1).relu_()
         return torch.addmm(b2, h, w2), gates
 
 
-def _as_map(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(N, C) -> (N, C, 1, 1) in ``dtype``, to broadcast over a map."""
-    return v.to(dtype).view(v.shape[0], v.shape[1], 1, 1)
-
-
 def _excite(y: torch.Tensor, se: _SE, gates: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The SE gate (N, C) and, for the scale-shift form, the shift (N, C)."""
-    s = torch.mm(torch.mm(y.mean((2, 3), dtype=se.fc1.dtype), se.fc1).relu_(), se.fc2)
-    if se.scale_shift:
-        s, shift = s.chunk(2, dim=1)
-    else:
-        shift = None
-    g = torch.sigmoid(s)
+    """The unit's per-image scale and shift (N, C, 1, 1), BN folded in; the gate goes to ``gates``."""
+    h = torch.mm(y.mean((2, 3), dtype=se.fc1.dtype), se.fc1).relu_()
+    g = torch.mm(h, se.gate_w).sigmoid_()
     gates[se.name] = g
-    return g, shift
+    scale = g if se.bn_scale is None else g * se.bn_scale
+    if se.shift_w is None:
+        shift = se.shift_b
+    elif se.shift_b is None:
+        shift = torch.mm(h, se.shift_w)
+    else:
+        shift = torch.addmm(se.shift_b, h, se.shift_w)
+    n, c = scale.shape
+    return scale.view(n, c, 1, 1), None if shift is None else shift.view(shift.shape[0], c, 1, 1)
 
 
 def _conv(x: torch.Tensor, u: _Unit, relu: bool) -> torch.Tensor:

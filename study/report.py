@@ -420,6 +420,9 @@ def speed_table(now: dict, before: dict | None, now_name: str, before_name: str)
         ["operations one forward dispatches, served / fp32",
          f"{_n(b.get('infer_ops_per_forward'))} / {_n(b.get('infer_fp32_ops_per_forward'))}",
          f"{_n(now.get('infer_ops_per_forward'))} / {_n(now.get('infer_fp32_ops_per_forward'))}", ""],
+        ["one small op (an SE product), µs: warm / right after reading the weights",
+         f"{_n(b.get('infer_op_warm_us'), 1)} / {_n(b.get('infer_op_after_read_us'), 1)}",
+         f"{_n(now.get('infer_op_warm_us'), 1)} / {_n(now.get('infer_op_after_read_us'), 1)}", ""],
         ["`pack_s` / `pack_naive_s` (39,209 images)", f"{_n(b.get('pack_s'), 1)} / {_n(b.get('pack_naive_s'), 1)}",
          f"{_n(now.get('pack_s'), 1)} / {_n(now.get('pack_naive_s'), 1)}", ""],
         ["`pack_ratio`", _n(b.get("pack_ratio"), 2), _n(now.get("pack_ratio"), 2), target("pack_ratio")],
@@ -518,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("results/report"))
     p.add_argument("--report", type=Path, default=Path("results/REPORT.md"))
     p.add_argument("--readme", type=Path, default=Path("README.md"))
-    p.add_argument("--bench", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run11.json"))
+    p.add_argument("--bench", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run12.json"))
     p.add_argument("--bench-before", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run2.json"))
     p.add_argument("--precision", type=Path, default=Path("results/bench/precision.json"))
     p.add_argument("--bench-gpu", type=Path, default=Path("results/bench/2026-11-26-h200-run3.json"))

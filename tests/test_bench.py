@@ -59,6 +59,7 @@ def test_bench_cli_quick_json_has_the_reported_keys(synthetic_zip, capsys, tmp_p
     assert result["infer_memory_floor_ms"] > 0 and result["infer_weight_mb"] > 10
     assert result["infer_fp32_ratio_to_ceiling"] == pytest.approx(1.5 * result["infer_ratio_to_ceiling"])
     assert result["weight_read_gb_s"] > 0 and "memory_gb_s" not in result  # the floor's rate: reads, not copies
+    assert result["infer_op_warm_us"] > 0 and result["infer_op_after_read_us"] > 0
     assert {"cpu", "cores", "torch", "torch_threads"} <= set(result["machine"])
 
 
@@ -69,6 +70,17 @@ def test_inference_bench_times_the_served_precision_and_fp32():
         assert 0 < r[key] < 1000, key
     assert r["infer_ms_p50"] <= r["infer_ms_p99"]
     assert 50 < r["infer_ops_per_forward"] < 400 and 50 < r["infer_fp32_ops_per_forward"] < 400
+
+
+def test_op_after_read_times_the_op_warm_and_after_the_read(monkeypatch):
+    """The read happens before each "after" timing and never inside a timed span."""
+    events = []
+    real_sum, real_mm = torch.Tensor.sum, torch.mm
+    monkeypatch.setattr(torch.Tensor, "sum", lambda self, *a, **k: events.append(("read", self.numel())) or real_sum(self, *a, **k))
+    monkeypatch.setattr(torch, "mm", lambda *a: events.append("op") or real_mm(*a))
+    warm, after = bench.op_after_read_us(4_000_000, reps=3)
+    assert warm > 0 and after > 0
+    assert events == [("read", 1_000_000) if i % 3 == 1 else "op" for i in range(3 * 23)]
 
 
 def test_dispatched_ops_counts_each_aten_call():
