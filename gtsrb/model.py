@@ -31,6 +31,38 @@ SEForm = Literal["gate", "scale_shift"]
 SEPosition = Literal["pre_bn", "post_act"]
 
 
+class _SpatialMean(torch.autograd.Function):
+    """x.mean((2, 3), keepdim=True), whose gradient is a broadcast view, never materialised.
+    Computed as one average pool over the whole map: on a bf16 batch ``mean`` first copies
+    the map to fp32 (5x slower at stage 1 here)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return F.avg_pool2d(x, x.shape[2:])
+
+    @staticmethod
+    def backward(ctx, grad):
+        n, c, h, w = ctx.shape
+        return (grad / (h * w)).expand(n, c, h, w)
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d``; to a 1x1 output (SE's squeeze) its gradient is a broadcast view.
+
+    Same module and values; only the backward changes. The stock backward writes the
+    full-size gradient in NCHW order, and autograd then adds it, element by element
+    across the two layouts, to the channels_last gradient from SE's product: on CPU
+    that was half of stage 1's SE forward and backward in training (14.7 against
+    7.2 ms at batch 128, bf16). Here the sum is one broadcast add.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and self.output_size in (1, (1, 1)):
+            return _SpatialMean.apply(x)
+        return super().forward(x)
+
+
 class SqueezeExcitation(nn.Module):
     """Squeeze-and-excitation (Hu et al., arXiv:1709.01507), in two forms.
 
@@ -56,7 +88,7 @@ class SqueezeExcitation(nn.Module):
         hidden = max(min_hidden, channels // reduction)
         self.form = form
         out = 2 * channels if form == "scale_shift" else channels
-        self.squeeze = nn.AdaptiveAvgPool2d(1)
+        self.squeeze = AdaptiveAvgPool2d(1)
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=False)
         self.act = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(hidden, out, 1, bias=False)
@@ -72,6 +104,8 @@ class SqueezeExcitation(nn.Module):
 
 # Largest feature map (H*W) that Conv2d computes as one matrix product on CPU.
 SMALL_MAP = 9
+# Largest map whose weight gradient Conv2d computes as one matrix product in bf16 training on CPU.
+PATCH_GRAD_MAP = 36
 
 
 class Conv2d(nn.Conv2d):
@@ -85,7 +119,11 @@ class Conv2d(nn.Conv2d):
     (im2col in NHWC order). On a 1x1 map eight of the nine taps only ever see
     the zero padding, so the product uses the centre tap alone, which is the
     same sum without the zero terms; the other taps get the zero gradient they
-    always got. Measured in `gtsrb bench` (``train_variants_img_s``).
+    always got. In bf16 training the 6x6 maps of stage 3 (up to
+    ``PATCH_GRAD_MAP`` pixels) keep oneDNN for the forward and the input
+    gradient, and take their weight gradient as one product over the patches,
+    where oneDNN's is slowest. Measured in `gtsrb bench` (``train_img_s``,
+    ``train_variants_img_s``).
     """
 
     def _conv_forward(self, input, weight, bias):
@@ -95,6 +133,9 @@ class Conv2d(nn.Conv2d):
         )
         if plain_3x3 and takes_small_map_route(input, 1):
             return small_map_conv3x3(input, weight, bias)
+        if plain_3x3 and weight.requires_grad and _takes_patch_grad_route(input):
+            dtype = torch.get_autocast_dtype("cpu")
+            return _PatchGradConv.apply(*(t.to(dtype) if t is not None else t for t in (input, weight, bias)))
         return super()._conv_forward(input, weight, bias)
 
 
@@ -107,15 +148,82 @@ def takes_small_map_route(x: torch.Tensor, padding: int) -> bool:
 def small_map_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """3x3, stride-1, pad-1 convolution as one matrix product; returns channels_last."""
     n, c, h, w = x.shape
-    if torch.is_autocast_enabled("cpu"):
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    if h == 1 and w == 1:
+        return _CentreTap.apply(x.reshape(n, c), weight, bias, dtype).reshape(n, -1, 1, 1)
+    if dtype is not None:
         # Cast the fp32 operands as autocast casts a conv's (building the patches in bf16 also
         # moves half the bytes); the custom backward needs them in one dtype.
-        dtype = torch.get_autocast_dtype("cpu")
         x, weight, bias = (t.to(dtype) if t is not None and t.dtype == torch.float32 else t for t in (x, weight, bias))
-    if h == 1 and w == 1:
-        out = F.linear(x.reshape(n, c), weight[:, :, 1, 1], bias)
-        return out.reshape(n, -1, 1, 1)
     return _PatchConv.apply(x, weight, bias)
+
+
+def _takes_patch_grad_route(x: torch.Tensor) -> bool:
+    """bf16 autocast training on CPU, a map of SMALL_MAP < H*W <= PATCH_GRAD_MAP (stage 3's 6x6)."""
+    return (
+        x.device.type == "cpu" and x.dim() == 4 and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16 and SMALL_MAP < x.shape[2] * x.shape[3] <= PATCH_GRAD_MAP
+    )
+
+
+class _PatchGradConv(torch.autograd.Function):
+    """A 3x3 pad-1 conv through oneDNN, forward and input gradient, whose weight gradient is one
+    matrix product over the input's 3x3 patches: on 6x6 bf16 maps oneDNN's weight gradient took
+    9.0 ms at batch 128 (256 to 256 channels), the product 5.3 ms, the patches included."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, padding=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        n, c, h, w = x.shape
+        g = grad.permute(0, 2, 3, 1).reshape(n * h * w, -1)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
+            )[0]
+        if ctx.needs_input_grad[1]:
+            grad_w = (g.t() @ patches(x)).reshape(-1, 3, 3, c).permute(0, 3, 1, 2)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+class _CentreTap(torch.autograd.Function):
+    """A 3x3 pad-1 conv over 1x1 maps, (N, C) -> (N, Co): the centre tap as a linear layer.
+
+    Only the centre tap is cast (under autocast) and multiplied, and the weight's gradient,
+    zero but for that tap, is written straight into a tensor laid out like the weight.
+    Through autograd's slicing the whole weight was cast each step and its gradient made
+    in NCHW order, then copied again into the channels_last parameter's layout.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, dtype):
+        dtype = dtype or x.dtype
+        centre = weight[:, :, 1, 1].to(dtype)
+        x = x.to(dtype)
+        ctx.save_for_backward(x, centre, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(x, centre, None if bias is None else bias.to(dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, centre, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad @ centre
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros_like(weight)
+            grad_w[:, :, 1, 1] = grad.t() @ x
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(0)
+        return grad_x, grad_w, grad_b, None
 
 
 def patches(x: torch.Tensor) -> torch.Tensor:

@@ -174,12 +174,13 @@ def test_conv2d_small_map_route_computes_the_same_conv_and_gradients(size, chann
     assert (size * size <= SMALL_MAP) == (size < 4)
 
 
-def test_conv2d_small_map_route_under_bf16_autocast_stays_close_to_fp32():
+@pytest.mark.parametrize("size", [1, 3])
+def test_conv2d_small_map_route_under_bf16_autocast_stays_close_to_fp32(size):
     from gtsrb.model import Conv2d
 
     torch.manual_seed(0)
     conv = Conv2d(64, 32, 3, padding=1, bias=False)
-    x = torch.randn(4, 64, 3, 3)
+    x = torch.randn(4, 64, size, size)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = conv(x)
     assert low.dtype == torch.bfloat16
@@ -193,6 +194,102 @@ def test_conv2d_small_map_route_under_bf16_autocast_stays_close_to_fp32():
     assert xb.grad.dtype == torch.bfloat16 and conv.weight.grad.dtype == torch.float32
     ref_w = torch.autograd.grad(torch.nn.functional.conv2d(x, conv.weight, padding=1).sum(), conv.weight)[0]
     assert (conv.weight.grad - ref_w).abs().max() < 0.02 * ref_w.abs().max()
+
+
+def test_patch_grad_conv_computes_the_conv_and_its_gradients():
+    """The weight gradient as a product over patches, input gradient and forward through
+    oneDNN: the same conv and gradients (float64, so only a wrong formula can fail)."""
+    from gtsrb.model import _PatchGradConv
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 16, 6, 5, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(8, 16, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    out = _PatchGradConv.apply(x, w, b)
+    ref = torch.nn.functional.conv2d(x, w, b, padding=1)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(out, ref)
+    for a, c in zip(torch.autograd.grad(out, (x, w, b), g), torch.autograd.grad(ref, (x, w, b), g)):
+        torch.testing.assert_close(a, c)
+
+
+@pytest.mark.parametrize("size", [3, 6, 13])
+def test_conv2d_takes_the_patch_grad_route_on_6x6_maps_in_bf16_training_only(size):
+    from gtsrb.model import Conv2d
+
+    torch.manual_seed(0)
+    conv = Conv2d(32, 16, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 32, size, size).to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x)
+        with torch.no_grad():
+            frozen = conv(x)
+    assert (type(out.grad_fn).__name__ == "_PatchGradConvBackward") == (size == 6)
+    assert frozen.grad_fn is None and type(conv(x).grad_fn).__name__ != "_PatchGradConvBackward"  # fp32
+    out.float().square().sum().backward()
+    ref = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+    ref_w = torch.autograd.grad(ref.square().sum(), conv.weight)[0]
+    assert (out.float() - ref).abs().max() < 0.02 * ref.abs().max()
+    assert (conv.weight.grad - ref_w).abs().max() < 0.03 * ref_w.abs().max()
+
+
+def test_conv2d_on_1x1_maps_casts_only_the_centre_tap_and_grads_in_the_weights_layout():
+    """Under bf16 autocast, with a channels_last weight as in training: no op but the gradient's
+    zeros touches a weight-sized tensor (the whole weight was cast in forward, and its gradient
+    made in NCHW and copied again)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from gtsrb.model import Conv2d
+
+    torch.manual_seed(0)
+    conv = Conv2d(64, 32, 3, padding=1, bias=True).to(memory_format=torch.channels_last)
+    x = torch.randn(5, 64, 1, 1, dtype=torch.bfloat16, requires_grad=True)
+    weight_sized = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() == conv.weight.numel() and not func.is_view:
+                weight_sized.append(func.__name__)
+            return out
+
+    with Record():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = conv(x)
+        out.float().square().sum().backward()
+    assert weight_sized == ["zeros_like.default"]
+    assert conv.weight.grad.stride() == conv.weight.stride() and conv.weight.grad.dtype == torch.float32
+    ref = torch.autograd.grad(
+        torch.nn.functional.conv2d(x.detach().float(), conv.weight, conv.bias, padding=1).square().sum(),
+        (conv.weight, conv.bias),
+    )
+    assert (conv.weight.grad - ref[0]).abs().max() < 0.02 * ref[0].abs().max()
+    assert (conv.bias.grad - ref[1]).abs().max() < 0.02 * ref[1].abs().max()
+
+
+def test_se_squeeze_is_adaptive_avg_pool_with_a_broadcast_gradient():
+    """Same module, values and gradients as nn.AdaptiveAvgPool2d(1) (float64); its gradient is
+    a stride-0 view, so autograd adds it to the product's gradient in that gradient's layout."""
+    from gtsrb.model import AdaptiveAvgPool2d
+
+    torch.manual_seed(0)
+    se = SqueezeExcitation(32, reduction=4).double()
+    assert isinstance(se.squeeze, nn.AdaptiveAvgPool2d) and repr(se.squeeze) == "AdaptiveAvgPool2d(output_size=1)"
+    x = torch.randn(3, 32, 5, 4, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    stock = SqueezeExcitation(32, reduction=4).double()
+    stock.load_state_dict(se.state_dict())
+    stock.squeeze = nn.AdaptiveAvgPool2d(1)
+    g = torch.randn(3, 32, 5, 4, dtype=torch.float64).to(memory_format=torch.channels_last)
+    ours = torch.autograd.grad(se(x), (x, se.fc1.weight, se.fc2.weight), g)
+    theirs = torch.autograd.grad(stock(x), (x, stock.fc1.weight, stock.fc2.weight), g)
+    torch.testing.assert_close(se(x), stock(x))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+    assert ours[0].is_contiguous(memory_format=torch.channels_last)
+    grad = torch.autograd.grad(se.squeeze(x), x, torch.ones(3, 32, 1, 1, dtype=torch.float64))[0]
+    assert grad.stride()[2:] == (0, 0) and torch.all(grad == 1 / 20)
+    other = AdaptiveAvgPool2d(2)  # any other output size is the stock module
+    torch.testing.assert_close(other(x), nn.functional.adaptive_avg_pool2d(x, 2))
 
 
 def test_dropout_is_identity_in_eval_and_zeroes_about_p_in_training():
