@@ -20,7 +20,9 @@ uint8; no DataLoader; no host sync per step (metrics are computed from the
 predictions every ``log_every`` steps, and the augmentation draws its random
 parameters on the device); fused AdamW; bf16 autocast with channels_last on
 CUDA and on CPUs with AMX or AVX-512-BF16; on CPU the convs of the 3x3 and 1x1
-maps run as matrix products (``gtsrb.model.Conv2d``).
+maps run as matrix products, and in bf16 those of the 6x6 maps take their
+weight gradient as one (``gtsrb.model.Conv2d``); the SE squeeze's gradient is a
+broadcast view, never a full-size map (``gtsrb.model.AdaptiveAvgPool2d``).
 
 Outputs under ``out_dir``: TensorBoard event files, ``last.pt`` (every epoch,
 atomic), ``best.pt`` (best val accuracy), ``history.json``.

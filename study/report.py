@@ -503,6 +503,15 @@ def precision_table(record: dict) -> str:
                 text += (f" {path} − fp32 over {len(gaps)} seeds: mean {gaps.mean():+.2f} points (standard error "
                          f"{se:.2f}; 95% interval {gaps.mean() - half:+.2f} to {gaps.mean() + half:+.2f}), within 0.3 "
                          f"points on {int((abs(gaps) <= 0.3).sum())}, below on {int((gaps < 0).sum())}.")
+    for path, why in record.get("superseded", {}).items():
+        old = {(r["epochs"], r["seed"]): r["final_val_accuracy"] for r in runs if r["path"] == path}
+        fp32 = {(r["epochs"], r["seed"]): r["final_val_accuracy"] for r in runs if r["path"] == "fp32"}
+        parts = []
+        for epochs in sorted({e for e, _ in old}):
+            gaps = [(old[k] - fp32[k]) * 100 for k in sorted(old) if k[0] == epochs and k in fp32]
+            if gaps:
+                parts.append(f"at {epochs} epochs {path} − fp32 averaged {np.mean(gaps):+.2f} points over {len(gaps)} seeds")
+        text += f"\n\nNot in the table: {why} (path `{path}` in the JSON)" + "".join(f"; {p}" for p in parts) + "."
     if any(r.get("relabelled_from") for r in runs):
         text += ("\n\n†: recorded as path fp32 before a layout fix; its activations were channels_last (the step "
                  "passed the augmented NHWC batch on) with the weights stored NCHW, so it is listed by its activation "

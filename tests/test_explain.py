@@ -239,6 +239,13 @@ def test_report_precision_table_pairs_each_path_with_fp32_by_seed():
     assert ("bf16 − fp32 over 2 seeds: mean -3.00 points (standard error 2.00; 95% interval -28.41 to +22.41), "
             "within 0.3 points on 0, below on 2.") in lines[-3]
     assert "fp32_channels_last − fp32 over" not in lines[-3]  # one seed only
+    # Runs of a superseded step stay out of the table and get one line.
+    record["runs"] += [run("bf16_old", 0, 0.78), run("bf16_old", 1, 0.77), run("bf16_old", 1, 0.9, epochs=10)]
+    record["superseded"] = {"bf16_old": "bf16 before a change"}
+    lines = precision_table(record).splitlines()
+    assert "| 0 | 3 | 80.00 | 82.00 † | 79.00 | +2.00 | -1.00 | 200 / 200 / 200 |" in lines
+    assert lines[-3] == ("Not in the table: bf16 before a change (path `bf16_old` in the JSON); at 3 epochs "
+                         "bf16_old − fp32 averaged +0.00 points over 2 seeds.")  # -2 and +2; no fp32 at 10 epochs
 
 
 @pytest.mark.skipif(not has_packed_bf16_ops(), reason="this torch build lacks oneDNN's packed conv")
