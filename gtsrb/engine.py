@@ -7,7 +7,8 @@ cheaper operations:
 - the input normalisation is folded into the first conv (it has no padding, so
   this is exact);
 - each BatchNorm is folded into the conv before it, or, where the seed puts SE
-  between conv and BN, into the per-channel scale and shift that SE applies;
+  between conv and BN, into the SE block's outputs: its MLP emits the
+  per-image scale and shift with BN already in them;
 - dropout disappears;
 - on CPU, convs over maps of at most ``gtsrb.model.SMALL_MAP`` pixels are one matrix
   product over their 3x3 patches, and a conv over a 1x1 map uses its centre tap
@@ -17,8 +18,9 @@ cheaper operations:
 but the first (3 input channels, where bf16 gains nothing), in bf16 through
 oneDNN, with each weight packed on first use (one packing for single images,
 one for batches) and the ReLU fused where nothing sits between them: the op
-``torch.compile`` itself emits on CPU. The SE squeeze and MLP, the first conv,
-the 1x1-map convs and the classifier stay fp32, and so do the outputs. On CPUs
+``torch.compile`` itself emits on CPU. The SE squeeze and MLP, the per-image
+scale and shift (so the maps after an SE block are fp32), the first conv, the
+1x1-map convs and the classifier stay fp32, and so do the outputs. On CPUs
 that multiply bf16 natively (AMX, AVX-512-BF16) this is 1.3-1.4x faster at batch 1 (``gtsrb bench``: infer_ms_p50 against
 infer_fp32_ms_p50); the outputs move by bf16 rounding (``make report`` measures
 how far on the real test split), so ``gtsrb.inference.Classifier`` uses it only

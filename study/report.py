@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("results/report"))
     p.add_argument("--report", type=Path, default=Path("results/REPORT.md"))
     p.add_argument("--readme", type=Path, default=Path("README.md"))
-    p.add_argument("--bench", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run12.json"))
+    p.add_argument("--bench", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run13.json"))
     p.add_argument("--bench-before", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run2.json"))
     p.add_argument("--precision", type=Path, default=Path("results/bench/precision.json"))
     p.add_argument("--bench-gpu", type=Path, default=Path("results/bench/2026-11-26-h200-run3.json"))
