@@ -63,9 +63,7 @@ class _Unit:
     bias: torch.Tensor  # (Co,)
     padding: int
     se: _SE | None
-    se_pre_bn: bool
-    bn_scale: torch.Tensor | None  # only for SE before BN: BN's per-channel a and c, (1, Co, 1, 1)
-    bn_shift: torch.Tensor | None
+    se_pre_bn: bool  # BN's scale and shift are then in ``se`` (bn_scale, shift_b)
     # The weight as the right-hand matrix of a product, for small maps on CPU (built on first use):
     # (9*Ci, Co) over 3x3 patches, and (Ci, Co) for the centre tap of a 1x1 map.
     patch_matrix: torch.Tensor | None = None
@@ -88,7 +86,7 @@ def packed_bf16_available() -> bool:
     try:
         x = torch.rand(1, 8, 5, 5).contiguous(memory_format=torch.channels_last)
         w, b = torch.rand(16, 8, 3, 3) - 0.5, torch.rand(16)
-        unit = _Unit(w, b, 1, None, False, None, None, packed={})
+        unit = _Unit(w, b, 1, None, False, packed={})
         out = _conv(x, unit, relu=False).float()
         return bool(torch.allclose(out, F.conv2d(x, w, b, padding=1), atol=0.05, rtol=0.02))
     except (AttributeError, RuntimeError, NotImplementedError):
@@ -182,10 +180,7 @@ class InferenceEngine:
             b = b - (w * (mean / std)[None, :, None, None]).sum((1, 2, 3))
             w = w / std[None, :, None, None]
         a, c = _bn_affine(bn)
-        bn_scale = bn_shift = None
-        if se_pre_bn:
-            bn_scale, bn_shift = a.view(1, -1, 1, 1).clone(), c.view(1, -1, 1, 1).clone()
-        else:
+        if not se_pre_bn:
             w, b = w * a[:, None, None, None], b * a + c
         se = None
         if se_block is not None:
@@ -204,8 +199,7 @@ class InferenceEngine:
                 c.view(1, -1).clone() if se_pre_bn else None,
                 a.view(1, -1).clone() if se_pre_bn else None,
             )
-        return _Unit(w.contiguous(memory_format=torch.channels_last), b, conv.padding[0], se, se_pre_bn,
-                     bn_scale, bn_shift)
+        return _Unit(w.contiguous(memory_format=torch.channels_last), b, conv.padding[0], se, se_pre_bn)
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, se: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -226,7 +220,7 @@ class InferenceEngine:
                 scale, shift = _excite(y, u.se, gates)
                 x = y * scale if shift is None else torch.addcmul(shift, y, scale)
             elif u.se_pre_bn:
-                x = torch.addcmul(u.bn_shift, y, u.bn_scale)
+                x = torch.addcmul(_as_map(u.se.shift_b), y, _as_map(u.se.bn_scale))
             else:
                 x = y
             if u.se_pre_bn:
@@ -248,8 +242,12 @@ def _excite(y: torch.Tensor, se: _SE, gates: dict) -> tuple[torch.Tensor, torch.
         shift = torch.mm(h, se.shift_w)
     else:
         shift = torch.addmm(se.shift_b, h, se.shift_w)
-    n, c = scale.shape
-    return scale.view(n, c, 1, 1), None if shift is None else shift.view(shift.shape[0], c, 1, 1)
+    return _as_map(scale), None if shift is None else _as_map(shift)
+
+
+def _as_map(v: torch.Tensor) -> torch.Tensor:
+    """(N, C) -> (N, C, 1, 1), to broadcast over a map."""
+    return v.view(v.shape[0], v.shape[1], 1, 1)
 
 
 def _conv(x: torch.Tensor, u: _Unit, relu: bool) -> torch.Tensor:
@@ -259,12 +257,12 @@ def _conv(x: torch.Tensor, u: _Unit, relu: bool) -> torch.Tensor:
         # input shape; any batch size runs with it, so one for single images and one for batches.
         x = x.to(torch.bfloat16)
         key = (n == 1, c, h, w)
+        pad = [u.padding] * 2
         weight = u.packed.get(key)
         if weight is None:
             weight = u.packed[key] = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                u.weight.to(torch.bfloat16).contiguous().to_mkldnn(), [u.padding] * 2, [1, 1], [1, 1], 1, list(x.shape)
+                u.weight.to(torch.bfloat16).contiguous().to_mkldnn(), pad, [1, 1], [1, 1], 1, list(x.shape)
             )
-        pad = [u.padding] * 2
         # The bias stays fp32 (BatchNorm is folded into it); oneDNN adds it before rounding to bf16.
         return torch.ops.mkldnn._convolution_pointwise(x, weight, u.bias, pad, [1, 1], [1, 1], 1,
                                                        "relu" if relu else "none", [], "")

@@ -134,8 +134,7 @@ class Conv2d(nn.Conv2d):
         if plain_3x3 and takes_small_map_route(input, 1):
             return small_map_conv3x3(input, weight, bias)
         if plain_3x3 and weight.requires_grad and _takes_patch_grad_route(input):
-            dtype = torch.get_autocast_dtype("cpu")
-            return _PatchGradConv.apply(*(t.to(dtype) if t is not None else t for t in (input, weight, bias)))
+            return _PatchGradConv.apply(*(t.to(torch.bfloat16) if t is not None else t for t in (input, weight, bias)))
         return super()._conv_forward(input, weight, bias)
 
 

@@ -503,9 +503,9 @@ def precision_table(record: dict) -> str:
                 text += (f" {path} − fp32 over {len(gaps)} seeds: mean {gaps.mean():+.2f} points (standard error "
                          f"{se:.2f}; 95% interval {gaps.mean() - half:+.2f} to {gaps.mean() + half:+.2f}), within 0.3 "
                          f"points on {int((abs(gaps) <= 0.3).sum())}, below on {int((gaps < 0).sum())}.")
+    fp32 = {(r["epochs"], r["seed"]): r["final_val_accuracy"] for r in runs if r["path"] == "fp32"}
     for path, why in record.get("superseded", {}).items():
         old = {(r["epochs"], r["seed"]): r["final_val_accuracy"] for r in runs if r["path"] == path}
-        fp32 = {(r["epochs"], r["seed"]): r["final_val_accuracy"] for r in runs if r["path"] == "fp32"}
         parts = []
         for epochs in sorted({e for e, _ in old}):
             gaps = [(old[k] - fp32[k]) * 100 for k in sorted(old) if k[0] == epochs and k in fp32]
