@@ -28,7 +28,7 @@ def cmd_pack(a: argparse.Namespace) -> int:
     out = a.out or Path("data") / f"gtsrb{a.size}.h5"
     summary = pack(
         sources, out, size=a.size, split=a.split, seed=a.seed, roi=a.roi, skip_bad=a.skip_bad,
-        workers=a.workers, keep_splits=a.keep_splits.split(",") if a.keep_splits else None, compress=a.compress,
+        keep_splits=a.keep_splits.split(",") if a.keep_splits else None, compress=a.compress,
     )
     print(summary)
     return 0
@@ -117,7 +117,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_predict(a: argparse.Namespace) -> int:
     from gtsrb.inference import Classifier
 
-    clf = Classifier.load(a.checkpoint, device=a.device, precision=a.precision)
+    clf = Classifier.load(a.checkpoint, device=a.device)
     results = []
     for path in a.images:
         pred = clf.predict([path])
@@ -194,7 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--roi", action="store_true", help="crop each image to its annotated region first")
     s.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of failing")
-    s.add_argument("--workers", type=int, help="decode processes (default: all cores)")
     s.add_argument("--keep-splits", help="comma list of splits to keep, e.g. train,val (a small pack)")
     s.add_argument("--compress", action="store_true",
                    help="gzip the images: smaller (to carry), slower to write and to load")
@@ -214,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-augment", action="store_true")
     s.add_argument("--precision", choices=("auto", "bf16", "fp32"),
                    help="auto (default): bf16 autocast on CUDA and on CPUs with AMX or AVX-512-BF16, "
-                        "fp32 elsewhere")
+                        "where it was measured faster; fp32 elsewhere")
     s.add_argument("--compile", action="store_true", help="torch.compile the model")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
@@ -236,8 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+")
     s.add_argument("--top", type=int, default=5)
     s.add_argument("--device", default="cpu")
-    s.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="auto: bf16 on CPUs that multiply bf16 natively, else fp32 (evaluation always uses fp32)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
 

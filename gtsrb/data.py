@@ -16,21 +16,18 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import lzma
 import os
 import re
 import time
 import warnings
-import weakref
 import zipfile
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import Iterable, Sequence
 
-import deflate
 import h5py
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence
@@ -79,39 +76,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-class Member(NamedTuple):
-    """One stored or deflated zip member's place in its archive (picklable)."""
-
-    offset: int  # of its local header
-    compressed_size: int
-    size: int
-    crc: int
-    method: int
-
-
-def read_member(fd: int, m: Member, where: str) -> bytes | bytearray:
-    """A zip member's bytes from an open archive: two preads and one libdeflate call
-    (half zlib's time on GTSRB's small members, a sixth of ``ZipFile.read``'s),
-    checked against the CRC-32. Thread-safe (no seek)."""
-    head = os.pread(fd, 30, m.offset)
-    if len(head) < 30 or head[:4] != b"PK\x03\x04":
-        raise DataError(f"{where}: corrupt zip member (bad local header)")
-    skip = 30 + int.from_bytes(head[26:28], "little") + int.from_bytes(head[28:30], "little")
-    raw = os.pread(fd, m.compressed_size, m.offset + skip)
-    try:
-        if m.method != zipfile.ZIP_DEFLATED:
-            data = raw
-        elif m.size < 2**32:  # libdeflate's size argument is 32-bit
-            data = deflate.deflate_decompress(raw, m.size)
-        else:
-            data = zlib.decompress(raw, -15)
-    except (deflate.DeflateError, zlib.error) as e:
-        raise DataError(f"{where}: corrupt zip member ({e})") from e
-    if len(data) != m.size or zlib.crc32(data) != m.crc:
-        raise DataError(f"{where}: corrupt zip member (size or CRC-32 mismatch)")
-    return data
-
-
 class Source:
     """Files of one folder or one zip, addressed by posix paths relative to it."""
 
@@ -120,7 +84,6 @@ class Source:
         if not self.path.exists():
             raise DataError(f"{self.path}: no such file or folder")
         self._zip: zipfile.ZipFile | None = None
-        self._fd: int | None = None
         if self.path.is_dir():
             self.kind = "folder"
             self.names = sorted(
@@ -133,26 +96,15 @@ class Source:
         else:
             raise DataError(f"{self.path}: not a folder or a zip archive")
 
-    def read(self, name: str) -> bytes | bytearray:
+    def read(self, name: str) -> bytes:
+        """A file's bytes; a zip member that fails its CRC or does not inflate is a DataError."""
         if self._zip is None:
             return (self.path / name).read_bytes()
-        member = self.member(name)
-        if member is None:
+        try:
             return self._zip.read(name)
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-            self._fd_finalizer = weakref.finalize(self, os.close, self._fd)  # if close() is never called
-        return read_member(self._fd, member, self.describe(name))
-
-    def member(self, name: str) -> "Member | None":
-        """Where a zip member's bytes lie, for ``read_member``; None for a folder's file
-        or a member that only ``zipfile`` can read (encrypted, bzip2, ...)."""
-        if self._zip is None:
-            return None
-        info = self._zip.getinfo(name)
-        if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            return None
-        return Member(info.header_offset, info.compress_size, info.file_size, info.CRC, info.compress_type)
+        # what zipfile's CRC check and its inflate, bzip2 and lzma decoders raise on bad data
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, lzma.LZMAError) as e:
+            raise DataError(f"{self.describe(name)}: corrupt zip member ({e})") from e
 
     def describe(self, name: str) -> str:
         """A path a person can find: the zip and the member, or the file."""
@@ -170,9 +122,6 @@ class Source:
         if self._zip is not None:
             self._zip.close()
             self._zip = None
-        if self._fd is not None:
-            self._fd_finalizer()  # closes the fd, once
-            self._fd = None
 
 
 @dataclass
@@ -440,148 +389,22 @@ def plain_ppm(data: bytes, max_pixels: int | None = None) -> np.ndarray | None:
     return np.frombuffer(data, np.uint8, n, start).reshape(h, w, 3)
 
 
-def _pil_resizes_vertically_first(shape: tuple[int, int], size: int) -> bool:
-    """Pillow's Image.resize takes the vertical pass first for images over 100 times
-    taller than wide (and rounds in between), which ``resize_batch`` does not copy."""
-    h, w = shape
-    return h > 100 * w and size < h
-
-
-def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, size, size, 3): ``preprocess`` without ROI, for many
-    images of one shape in two Pillow calls instead of N.
-
-    Pillow's bilinear resize is separable: a horizontal pass, rounded to uint8,
-    then a vertical one, each row (column) on its own. So the horizontal pass
-    runs once over the images stacked top to bottom, and the vertical pass
-    once over them side by side, with the same coefficients and the same C
-    code as one image at a time: the result is identical, bit for bit (tested
-    against ``preprocess`` on every image of the real archive), except for
-    images over 100 times taller than wide, which ``_decode_chunk`` leaves to
-    ``preprocess``.
-    """
-    n, h, w, _ = images.shape
-    if n == 0:
-        return np.zeros((0, size, size, 3), np.uint8)
-    tall = Image.fromarray(np.ascontiguousarray(images).reshape(n * h, w, 3))
-    rows = np.asarray(tall.resize((size, n * h), Image.Resampling.BILINEAR)).reshape(n, h, size, 3)
-    wide = Image.fromarray(np.ascontiguousarray(rows.transpose(1, 0, 2, 3)).reshape(h, n * size, 3))
-    out = np.asarray(wide.resize((n * size, size), Image.Resampling.BILINEAR)).reshape(size, n, size, 3)
-    return out.transpose(1, 0, 2, 3)
-
-
-# A decode job: (source index, member name, where (for errors), member locator or None,
-# CSV width, CSV height, ROI). Workers get the locators, so they never re-read an
-# archive's directory (0.4 s for GTSRB's 39k members).
-_worker_paths: list[Path] = []
-_worker_fds: dict[int, int] = {}
-_worker_zips: dict[int, zipfile.ZipFile] = {}
-
-
-def _init_worker(paths: list[Path]) -> None:
-    global _worker_paths
-    _worker_paths = paths
-
-
-def _worker_read(src: int, name: str, where: str, member: Member | None) -> bytes | bytearray:
-    path = _worker_paths[src]
-    if member is not None:
-        if src not in _worker_fds:
-            _worker_fds[src] = os.open(path, os.O_RDONLY)  # closed when the worker exits
-        return read_member(_worker_fds[src], member, where)
-    if path.is_dir():
-        return (path / name).read_bytes()
-    if src not in _worker_zips:  # a member only zipfile can read (encrypted, bzip2, ...)
-        _worker_zips[src] = zipfile.ZipFile(path)
-    return _worker_zips[src].read(name)
-
-
-def _decode_chunk(jobs: list[tuple], size: int, roi: bool, read: Callable | None = None):
-    read = read or _worker_read
-    out = np.zeros((len(jobs), size, size, 3), np.uint8)
-    errors: list[tuple[int, str]] = []
-    plain: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}  # PPMs by shape, resized together
-    for k, (src, name, where, member, w, h, box) in enumerate(jobs):
+def decode_records(layout: Layout, size: int, roi: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``preprocess`` of every record's image, and a bool mask of those that decoded;
+    the others' messages are added to ``layout.bad``. One image at a time, in this
+    process: packing runs once per machine, and a pool of decoding processes was not
+    worth its code (results/SPEED.md has the pack time)."""
+    images = np.zeros((len(layout.records), size, size, 3), np.uint8)
+    ok = np.ones(len(layout.records), bool)
+    for k, r in enumerate(layout.records):
+        source = layout.sources[r.source]
         try:
-            data = read(src, name, where, member)
-            pixels = None if roi else plain_ppm(data)
-            if pixels is not None and not _pil_resizes_vertically_first(pixels.shape[:2], size):
-                plain.setdefault(pixels.shape[:2], []).append((k, pixels))
-            else:
-                out[k] = preprocess(decode(data, where), size, box if roi else None, (w, h))
+            img = decode(source.read(r.name), source.describe(r.name))
+            images[k] = preprocess(img, size, r.roi if roi else None, (r.width, r.height))
         except DataError as e:
-            errors.append((k, str(e)))
-    for group in plain.values():
-        out[[k for k, _ in group]] = resize_batch(np.stack([p for _, p in group]), size)
-    return out, errors
-
-
-def _warm_worker() -> None:
-    """Nothing: submitted once per worker to start the pool's processes early."""
-
-
-def _decode_pool(paths: Sequence[Path], workers: int) -> ProcessPoolExecutor:
-    """A pool of decoding processes, already starting (their interpreters and imports take
-    a few tenths of a second, which can overlap reading the archive's index)."""
-    ctx = get_context("spawn")  # never fork a process that may hold torch threads
-    pool = ProcessPoolExecutor(workers, ctx, _init_worker, (list(paths),))
-    for _ in range(workers):
-        pool.submit(_warm_worker)
-    return pool
-
-
-# Fewer jobs than this decode in this process: a pool costs more than it saves.
-_POOL_MIN_JOBS = 2000
-# Zips of at least this many bytes hold enough images for a pool (GTSRB's are 2.7 KB each).
-_EARLY_POOL_BYTES = 4 * 2**20
-
-
-def decode_records(
-    layout: Layout,
-    size: int,
-    roi: bool,
-    workers: int | None = None,
-    meanwhile: Callable[[], object] | None = None,
-    pool: ProcessPoolExecutor | None = None,
-) -> tuple[np.ndarray, np.ndarray, object]:
-    """Decode every record, in ``workers`` processes for large inputs: in ``pool`` if
-    given (a ``_decode_pool`` on exactly the layout's source paths, which the caller
-    shuts down), else in a pool of its own.
-
-    Returns the images, a bool mask of those that decoded, and what
-    ``meanwhile()`` returned: it runs in this process while the workers decode.
-    """
-    sources = layout.sources
-    jobs = [
-        (r.source, r.name, sources[r.source].describe(r.name), sources[r.source].member(r.name), r.width, r.height, r.roi)
-        for r in layout.records
-    ]
-    workers = workers or os.cpu_count() or 1
-    images = np.zeros((len(jobs), size, size, 3), np.uint8)
-    ok = np.ones(len(jobs), bool)
-    errors: list[tuple[int, str]] = []
-    if workers == 1 or len(jobs) < _POOL_MIN_JOBS:
-        images[:], errors = _decode_chunk(jobs, size, roi, lambda src, name, _where, _m: sources[src].read(name))
-        extra = meanwhile() if meanwhile else None
-    else:
-        own_pool = pool is None
-        pool = _decode_pool([s.path for s in sources], workers) if own_pool else pool
-        try:
-            chunk = max(256, len(jobs) // (workers * 8))
-            starts = list(range(0, len(jobs), chunk))
-            futures = [pool.submit(_decode_chunk, jobs[s : s + chunk], size, roi) for s in starts]
-            extra = meanwhile() if meanwhile else None
-            for s, fut in zip(starts, futures):
-                arr, errs = fut.result()
-                images[s : s + len(arr)] = arr
-                errors += [(s + k, e) for k, e in errs]
-        finally:
-            if own_pool:
-                pool.shutdown(cancel_futures=True)
-    for k, _ in errors:
-        ok[k] = False
-    layout.bad += [e for _, e in errors]
-    return images, ok, extra
+            ok[k] = False
+            layout.bad.append(str(e))
+    return images, ok
 
 
 # --------------------------------------------------------------------------- packing
@@ -616,18 +439,17 @@ def default_source() -> Path:
     )
 
 
-def _early_pool(sources: Sequence[Path | str], workers: int) -> ProcessPoolExecutor | None:
-    """A decoding pool started before the archive's index is read, where the zips are
-    large enough (``_EARLY_POOL_BYTES``) that one will almost surely be used (it idles
-    if the layout turns out to hold too few images). Else None, and ``decode_records``
-    decides once it knows the number of images. Its paths are ``_source_paths``, the
-    same that ``find_layout`` opens, in the same order."""
-    paths = _source_paths(sources)
+def _split_codes(layout: Layout, labels: np.ndarray, tracks: np.ndarray, kind: str, seed: int) -> np.ndarray:
+    """The split of the images that decoded: all test for the official test layout."""
+    if layout.kind != "train":
+        return np.full(len(labels), SPLIT_NAMES.index("test"), np.uint8)
+    empty = sorted(set(range(NUM_CLASSES)) - set(labels.tolist()))
+    if empty:
+        raise DataError(f"{layout.sources[0].path}: class(es) {empty} have no usable images")
     try:
-        zipped = sum(p.stat().st_size for p in paths if p.is_file())
-    except OSError:
-        return None  # find_layout names the file it cannot read
-    return _decode_pool(paths, workers) if workers > 1 and zipped >= _EARLY_POOL_BYTES else None
+        return make_split(labels, track_groups(labels, tracks), kind=kind, seed=seed)
+    except ValueError as e:  # e.g. a class with fewer tracks than folds
+        raise DataError(f"{layout.sources[0].path}: cannot make a {kind} split ({e})") from e
 
 
 def pack(
@@ -638,7 +460,6 @@ def pack(
     seed: int = 0,
     roi: bool = False,
     skip_bad: bool = False,
-    workers: int | None = None,
     keep_splits: Iterable[str] | None = None,
     compress: bool = False,
 ) -> PackSummary:
@@ -652,44 +473,18 @@ def pack(
     out = Path(out)
     if size < 8:
         raise DataError(f"--size {size}: images must be at least 8 pixels wide")
-    workers = workers or os.cpu_count() or 1
-    pool = _early_pool(sources, workers)
     layout = None
     try:
         layout = find_layout(sources, skip_bad=skip_bad)
-        all_labels = np.array([r.label for r in layout.records], np.int16)
-        all_tracks = np.array([r.track for r in layout.records], np.int32)
-
-        def split_of(labels: np.ndarray, tracks: np.ndarray) -> np.ndarray:
-            if layout.kind != "train":
-                return np.full(len(labels), SPLIT_NAMES.index("test"), np.uint8)
-            empty = sorted(set(range(NUM_CLASSES)) - set(labels.tolist()))
-            if empty:
-                raise DataError(f"{layout.sources[0].path}: class(es) {empty} have no usable images")
-            try:
-                return make_split(labels, track_groups(labels, tracks), kind=split, seed=seed)
-            except ValueError as e:  # e.g. a class with fewer tracks than folds
-                raise DataError(f"{layout.sources[0].path}: cannot make a {split} split ({e})") from e
-
-        def meanwhile() -> tuple[np.ndarray | DataError, list[str]]:
-            try:
-                split = split_of(all_labels, all_tracks)
-            except DataError as e:
-                split = e
-            return split, [s.sha256() for s in layout.sources]
-
-        # The split needs only the CSVs, the hashes only the files: both are made while the workers decode.
-        images, ok, (split_codes, digests) = decode_records(layout, size, roi, workers, meanwhile, pool)
-        records, labels, tracks = layout.records, all_labels, all_tracks
-        if not ok.all():
-            if not skip_bad:
-                raise DataError(layout.bad[0])
-            # Some images were skipped: split what is left.
-            records = [r for r, good in zip(records, ok) if good]
-            images, labels, tracks = images[ok], labels[ok], tracks[ok]
-            split_codes = split_of(labels, tracks)
-        if isinstance(split_codes, DataError):
-            raise split_codes
+        images, ok = decode_records(layout, size, roi)
+        if not ok.all() and not skip_bad:
+            raise DataError(layout.bad[0])
+        records = [r for r, good in zip(layout.records, ok) if good]
+        labels = np.array([r.label for r in records], np.int16)
+        tracks = np.array([r.track for r in records], np.int32)
+        images = images if ok.all() else images[ok]
+        split_codes = _split_codes(layout, labels, tracks, split, seed)
+        digests = [s.sha256() for s in layout.sources]
         if keep_splits is not None:
             keep = np.isin(split_codes, [SPLIT_NAMES.index(s) for s in keep_splits])
             records = [r for r, k in zip(records, keep) if k]
@@ -709,8 +504,6 @@ def pack(
         }
         write_pack(out, images, labels, tracks, [r.filename for r in records], split_codes, attrs, compress)
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
         for s in layout.sources if layout is not None else []:
             s.close()
     counts = {name: int((split_codes == i).sum()) for i, name in enumerate(SPLIT_NAMES)}

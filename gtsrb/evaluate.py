@@ -26,7 +26,7 @@ def official_test_arrays(paths: Sequence[str | os.PathLike], size: int, roi: boo
                 f"{', '.join(str(p) for p in paths)}: this is the training layout; "
                 "--official-test needs Final_Test/Images and GT-final_test.csv"
             )
-        images, ok, _ = decode_records(layout, size, roi)
+        images, ok = decode_records(layout, size, roi)
         if not ok.all():
             raise DataError(layout.bad[0])
     finally:
@@ -44,7 +44,7 @@ def evaluate(
     device: str = "cpu",
 ) -> dict:
     """Accuracy, macro P/R/F1, per-class table and confusion matrix; files go to ``out_dir``."""
-    clf = Classifier.load(checkpoint, device=device, precision="fp32")
+    clf = Classifier.load(checkpoint, device=device)
     size = clf.config.image_size
     roi = bool(clf.meta.get("data", {}).get("roi", False))
     if official_test:

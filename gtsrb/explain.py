@@ -92,7 +92,7 @@ def compute_excitations_file(checkpoint: str | os.PathLike, data: str | os.PathL
     from gtsrb.inference import Classifier
 
     checkpoint = Path(checkpoint)
-    clf = Classifier.load(checkpoint, precision="fp32")
+    clf = Classifier.load(checkpoint)
     if not clf.se_names:
         raise DataError(f"{checkpoint}: the model has no SE block, so there are no excitations to average")
     packed = load_pack(data, split)

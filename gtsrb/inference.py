@@ -2,17 +2,18 @@
 
 Images of any size and mode (paths, PIL images or arrays; RGBA, L, P, I;16,
 CMYK, ...) are preprocessed by ``gtsrb.data.preprocess``, exactly as packing
-does it. The forward pass is ``gtsrb.engine.InferenceEngine``: the model's own
-function, folded into fewer operations. ``precision="auto"`` (the default) runs
-its convs in bf16 on CPUs that multiply bf16 natively, where that is faster at
-batch 1 and moves probabilities and gates by bf16 rounding only (the README's
-"Speed" section has both, measured); ``precision="fp32"`` is the model's function
-to float rounding, and what evaluation, the report and the excitations use.
+does it. The forward pass is the checkpoint's own ``gtsrb.model`` network in
+``eval()`` mode under ``torch.inference_mode()``, in fp32: what evaluation, the
+report and the demo all run. Each SE block's gate output is read by a forward
+hook that writes to the calling request's own capture, so concurrent requests
+on one shared Classifier keep their excitations apart.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,11 @@ from typing import Iterator, Sequence, Union
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from gtsrb.checkpoint import load_checkpoint
 from gtsrb.classes import CLASS_NAMES
 from gtsrb.data import DataError, decode, preprocess
-from gtsrb.engine import InferenceEngine, serving_precision
 from gtsrb.model import ModelConfig, SEVGG, build_model, to_float_images
 
 ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
@@ -77,30 +78,34 @@ def _array_to_image(a: np.ndarray) -> Image.Image:
     return Image.fromarray(a)
 
 
+# The capture of the request running in this thread or task: stage name -> gate outputs.
+_capture: contextvars.ContextVar[dict[str, list[torch.Tensor]] | None] = contextvars.ContextVar("capture", default=None)
+# True within ``Classifier.se_disabled()``: every SE block passes its input through.
+_se_off: contextvars.ContextVar[bool] = contextvars.ContextVar("se_off", default=False)
+
+
 class Classifier:
     """A trained SE-VGG in eval mode, with the checkpoint's metadata."""
 
-    def __init__(self, model: SEVGG, meta: dict, device: torch.device, precision: str = "auto"):
-        # channels_last: the input arrives as NHWC already (for Grad-CAM and hooks).
-        self.model = model.eval().to(memory_format=torch.channels_last)
+    def __init__(self, model: SEVGG, meta: dict, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
         self.meta = meta
-        self.device = device = torch.device(device)
         self.config: ModelConfig = model.config
         self.se_names = [name for name, _ in model.se_blocks()]
-        # Predictions run through the folded engine: self.model's function in fewer operations,
-        # in fp32 or, where "auto" picks it, with bf16 convs (`gtsrb bench`: infer_ms_p50).
-        self.precision = serving_precision(precision, device, next(model.parameters()).dtype)
-        self.engine = InferenceEngine(self.model, self.precision)
-        self._se_on = True
+        # Hooks stay for the Classifier's life and do nothing outside a capture or se_disabled().
+        for name, block in model.se_blocks():
+            block.gate.register_forward_hook(functools.partial(_record_gate, name))
+            block.register_forward_hook(_skip_if_se_off)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "cpu", precision: str = "auto") -> "Classifier":
+    def load(cls, path: str | os.PathLike, device: str = "cpu") -> "Classifier":
         device = torch.device(device)
         ckpt = load_checkpoint(path, map_location=device)
         model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
         meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "rng")}
-        return cls(model.to(device), meta, device, precision)
+        return cls(model, meta, device)
 
     def preprocess(self, images: Sequence[ImageLike] | ImageLike) -> np.ndarray:
         """Images -> (N, S, S, 3) uint8, as packing makes them."""
@@ -113,28 +118,36 @@ class Classifier:
 
     @torch.inference_mode()
     def predict_arrays(self, arrays: np.ndarray, batch_size: int = 512) -> Prediction:
-        """Preprocessed uint8 (N, S, S, 3) -> probabilities and excitations."""
+        """Preprocessed uint8 (N, S, S, 3) -> probabilities and excitations (none with SE off)."""
         probs, excite = [], {n: [] for n in self.se_names}
-        for i in range(0, len(arrays), batch_size):
-            x = to_float_images(torch.from_numpy(np.ascontiguousarray(arrays[i : i + batch_size])).to(self.device))
-            logits, gates = self.engine(x, se=self._se_on)
-            probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
-            for n, g in gates.items():
-                excite[n].append(g.float().cpu().numpy())
+        token = _capture.set(None if _se_off.get() else excite)
+        try:
+            for i in range(0, len(arrays), batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(arrays[i : i + batch_size])).to(self.device)
+                probs.append(torch.softmax(self.model(to_float_images(batch)), 1).cpu().numpy())
+        finally:
+            _capture.reset(token)
         return Prediction(
             np.concatenate(probs) if probs else np.zeros((0, self.config.num_classes), np.float32),
-            {n: np.concatenate(v) for n, v in excite.items() if v},
+            {n: torch.cat(v).flatten(1).cpu().numpy() for n, v in excite.items() if v},
         )
 
     @contextlib.contextmanager
     def se_disabled(self) -> Iterator[None]:
-        """Within the block, every SE block is the identity (the 'SE off' counterfactual),
-        in predictions (which then carry no excitations) and in ``self.model``."""
-        handles = [b.register_forward_hook(lambda _m, inp, _out: inp[0]) for _, b in self.model.se_blocks()]
-        before, self._se_on = self._se_on, False
+        """Within the block, every SE block is the identity (the 'SE off' counterfactual), in
+        predictions (which then carry no excitations) and in ``self.model``, for this thread only."""
+        token = _se_off.set(True)
         try:
             yield
         finally:
-            self._se_on = before  # blocks nest
-            for h in handles:
-                h.remove()
+            _se_off.reset(token)
+
+
+def _record_gate(name: str, _module: nn.Module, _inputs, gate: torch.Tensor) -> None:
+    capture = _capture.get()
+    if capture is not None:
+        capture[name].append(gate.detach())
+
+
+def _skip_if_se_off(_module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+    return inputs[0] if _se_off.get() else output

@@ -19,10 +19,8 @@ Speed (``gtsrb bench`` measures each choice): the data sit on the device as
 uint8; no DataLoader; no host sync per step (metrics are computed from the
 predictions every ``log_every`` steps, and the augmentation draws its random
 parameters on the device); fused AdamW; bf16 autocast with channels_last on
-CUDA and on CPUs with AMX or AVX-512-BF16; on CPU the convs of the 3x3 and 1x1
-maps run as matrix products, and in bf16 those of the 6x6 maps take their
-weight gradient as one (``gtsrb.model.Conv2d``); the SE squeeze's gradient is a
-broadcast view, never a full-size map (``gtsrb.model.AdaptiveAvgPool2d``).
+CUDA and on CPUs that multiply bf16 natively (AMX or AVX-512-BF16); on CPU, the
+routes of ``gtsrb.cpu_routes`` that the bench showed faster than stock modules.
 
 Outputs under ``out_dir``: TensorBoard event files, ``last.pt`` (every epoch,
 atomic), ``best.pt`` (best val accuracy), ``history.json``.
@@ -50,7 +48,8 @@ from gtsrb.augment import BatchAugment
 from gtsrb.checkpoint import load_checkpoint, save_checkpoint
 from gtsrb.data import Packed, load_pack
 from gtsrb.metrics import classification_metrics, confusion
-from gtsrb.model import ModelConfig, build_model, cpu_has_native_bf16, to_float_images
+from gtsrb.cpu_routes import apply_routes, default_routes
+from gtsrb.model import ModelConfig, build_model, to_float_images
 from gtsrb.splits import track_subset
 
 METRIC_NAMES = ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall")
@@ -77,6 +76,8 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | None = None  # NHWC activations; None: on with bf16, where it pays off
     compile: bool = False  # torch.compile the model (falls back to eager where it cannot)
+    # gtsrb.cpu_routes to switch on for a CPU step; None: default_routes(bf16), (): stock torch.nn.
+    cpu_routes: tuple[str, ...] | None = None
 
 
 
@@ -105,6 +106,19 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 512
             out.append(model(x).float())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, model.config.num_classes, device=device)
+
+
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX-512-BF16: oneDNN multiplies bf16 in hardware (elsewhere bf16 is emulated, and slow).
+
+    The rule behind ``precision="auto"`` on CPU, backed by `gtsrb bench` runs on three CPU
+    kinds (results/SPEED.md): bf16 trained faster than fp32 on an Intel Xeon with AMX and on
+    an AMD EPYC with AVX-512-BF16, and slower on an AMD EPYC with AVX2 only.
+    """
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except (AttributeError, RuntimeError):  # private API: absent in some torch builds
+        return False
 
 
 def use_bf16(config: "TrainConfig", device: torch.device) -> bool:
@@ -210,6 +224,9 @@ def make_train_step(
     random.seed(config.seed)
     np.random.seed(config.seed)
     model = build_model(model_config).to(device)
+    if device.type == "cpu":
+        routes = default_routes(use_bf16(config, device)) if config.cpu_routes is None else config.cpu_routes
+        apply_routes(model, routes)
     if use_channels_last(config, device):
         model = model.to(memory_format=torch.channels_last)
     augment = make_augment().to(device) if config.augment else nn.Identity()

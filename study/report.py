@@ -35,6 +35,8 @@ ARM_LABELS = {"seed": "seed preset (SE on all 5 stages)", "no_se": "no SE (plain
               "best": "study best config", "seed_random": "seed preset, random split"}
 ARM_COLORS = {"seed": "tab:orange", "no_se": "tab:gray", "best": "tab:blue"}
 THRESHOLDS = (0.80, 0.90, 0.95, 0.98)
+# The cited CPU bench run (results/SPEED.md): `make bench` on the development machine.
+BENCH_CPU = "results/bench/2026-12-01-cpu-2core-amd-avx2.json"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -235,7 +237,7 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
     from gtsrb.metrics import calibration, classification_metrics, confused_pairs, confusion
 
     t0 = time.perf_counter()
-    clf = Classifier.load(checkpoint, precision="fp32")
+    clf = Classifier.load(checkpoint)
     test = load_pack(data, "test")
     exact = clf.predict_arrays(test.images)
     probs = exact.probs
@@ -269,35 +271,8 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
                "se_off_accuracy": float((off == test.labels).mean()),
                "se_off_changed": float((off != pred).mean()),
                "seconds": round(time.perf_counter() - t0, 1)}
-    summary["bf16_serving"] = bf16_serving(checkpoint, test, exact)
     (out / "best_test.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary, pairs_md
-
-
-def bf16_serving(checkpoint: Path, test, exact) -> dict | None:
-    """How far what ``precision="auto"`` serves on bf16-capable CPUs (the bf16 engine) lands from the
-    fp32 predictions ``exact`` on the test split; None where this torch build cannot run it."""
-    from gtsrb.engine import packed_bf16_available
-    from gtsrb.inference import Classifier
-
-    if not packed_bf16_available():
-        return None
-    served = Classifier.load(checkpoint, precision="bf16").predict_arrays(test.images)
-    top_exact, top_served = exact.probs.argmax(1), served.probs.argmax(1)
-    return {"n": int(len(test.labels)), "top1_changed": int((top_served != top_exact).sum()),
-            "accuracy_fp32": float((top_exact == test.labels).mean()),
-            "accuracy_bf16": float((top_served == test.labels).mean()),
-            "max_prob_change": float(np.abs(served.probs - exact.probs).max()),
-            "max_gate_change": max((float(np.abs(served.excitations[k] - g).max()) for k, g in exact.excitations.items()),
-                                   default=0.0)}
-
-
-def bf16_serving_text(b: dict) -> str:
-    return (f"Served in bf16 (what `precision=\"auto\"` serves on CPUs with AMX or AVX-512-BF16) instead of fp32, "
-            f"the best model's top-1 prediction "
-            f"changes on {b['top1_changed']} of {b['n']:,} test images, its test accuracy goes from "
-            f"{b['accuracy_fp32'] * 100:.2f}% to {b['accuracy_bf16'] * 100:.2f}%, no probability moves by more than "
-            f"{b['max_prob_change']:.3f} and no SE gate by more than {b['max_gate_change']:.3f}.")
 
 
 def best_run_text(m: dict, hist: list[dict]) -> str:
@@ -378,58 +353,74 @@ def _n(v, digits: int = 0) -> str:
     return "–" if v is None else f"{v:,.{digits}f}"
 
 
-def speed_table(now: dict, before: dict | None, now_name: str, before_name: str) -> str:
-    """The bench's headline figures, before and after the speed work, with the issue's targets."""
-    b = before or {}
-    t = now.get("targets", {})
+def _rate(d: dict | None) -> str:
+    """A bench figure with its spread: median [slowest–fastest round]."""
+    return "–" if not d else f"{d['median']:,.0f} [{d['min']:,.0f}–{d['max']:,.0f}]"
 
-    def target(key: str) -> str:
-        return f"{t[key]['target']}: {'met' if t[key]['met'] else '**not met**'}" if key in t else ""
 
-    def variants(r: dict) -> str:
-        return "; ".join(f"{k} {v:,.0f}" if v else f"{k} (fell back)" for k, v in r.get("train_variants_img_s", {}).items()) or "–"
+ROUTE_NOTES = {
+    "stock": "plain `torch.nn` modules: no CPU route",
+    "default_twin": "the default's options spelled out (a check of the method)",
+    "fp32": "precision forced to fp32", "bf16": "precision forced to bf16 (autocast, channels_last)",
+}
 
-    def precision(r: dict) -> str:
-        return "bf16 + channels_last" if r.get("ceiling_bf16_img_s") else "fp32"
 
-    rows = [
-        ["matmul GFLOP/s: fp32 / bf16", f"{_n(b.get('matmul_gflops'))} / {_n(b.get('matmul_bf16_gflops'))}",
-         f"{_n(now['matmul_gflops'])} / {_n(now.get('matmul_bf16_gflops'))}", ""],
-        ["ceiling, img/s (fp32 matmul ÷ 0.492 GFLOP)", _n(b.get("ceiling_img_s")), _n(now["ceiling_img_s"]), ""],
-        ["`train_img_s`, the default path, batch 128", f"{_n(b.get('train_img_s'))} (fp32)" if b else "–",
-         f"{_n(now['train_img_s'])} ({precision(now)})", ""],
-        ["`ratio_to_ceiling`", _n(b.get("ratio_to_ceiling"), 2), _n(now["ratio_to_ceiling"], 2), target("ratio_to_ceiling")],
-        ["the same, counting executed FLOP (0.467 G)", _n(b.get("ratio_to_ceiling_executed"), 2),
-         _n(now.get("ratio_to_ceiling_executed"), 2), ""],
-        ["ratio to the bf16 matmul ceiling", _n(b.get("ratio_to_bf16_ceiling"), 2), _n(now.get("ratio_to_bf16_ceiling"), 2), ""],
-        ["one option changed, img/s", variants(b), variants(now), ""],
-        ["`naive_img_s` (torchvision GTSRB + PIL + DataLoader)", _n(b.get("naive_img_s")), _n(now.get("naive_img_s")), ""],
-        ["`speedup_vs_naive`", _n(b.get("speedup_vs_naive"), 2), _n(now.get("speedup_vs_naive"), 2), target("speedup_vs_naive")],
-        ["`infer_ms_p50` / `p99`, one image with excitations",
-         f"{_n(b.get('infer_ms_p50'), 2)} / {_n(b.get('infer_ms_p99'), 2)} ({b.get('infer_precision', 'fp32')})" if b else "–",
-         f"{_n(now['infer_ms_p50'], 2)} / {_n(now['infer_ms_p99'], 2)} ({now.get('infer_precision', 'fp32')})", ""],
-        ["the same in fp32 (`infer_fp32_ms_p50` / `p99`)",
-         f"{_n(b.get('infer_fp32_ms_p50'), 2)} / {_n(b.get('infer_fp32_ms_p99'), 2)}",
-         f"{_n(now.get('infer_fp32_ms_p50'), 2)} / {_n(now.get('infer_fp32_ms_p99'), 2)}", ""],
-        ["its FLOP ceiling / weight-read floor, ms", f"{_n(b.get('infer_ceiling_ms'), 2)} / {_n(b.get('infer_memory_floor_ms'), 2)}",
-         f"{_n(now['infer_ceiling_ms'], 2)} / {_n(now.get('infer_memory_floor_ms'), 2)}", ""],
-        ["`infer_ms_p50` ÷ FLOP ceiling", _n(b.get("infer_ratio_to_ceiling"), 1), _n(now["infer_ratio_to_ceiling"], 1),
-         target("infer_ratio_to_ceiling")],
-        ["the same in fp32 (`infer_fp32_ratio_to_ceiling`)", _n(b.get("infer_fp32_ratio_to_ceiling"), 1),
-         _n(now.get("infer_fp32_ratio_to_ceiling"), 1), ""],
-        ["operations one forward dispatches, served / fp32",
-         f"{_n(b.get('infer_ops_per_forward'))} / {_n(b.get('infer_fp32_ops_per_forward'))}",
-         f"{_n(now.get('infer_ops_per_forward'))} / {_n(now.get('infer_fp32_ops_per_forward'))}", ""],
-        ["one small op (an SE product), µs: warm / right after reading the weights",
-         f"{_n(b.get('infer_op_warm_us'), 1)} / {_n(b.get('infer_op_after_read_us'), 1)}",
-         f"{_n(now.get('infer_op_warm_us'), 1)} / {_n(now.get('infer_op_after_read_us'), 1)}", ""],
-        ["`pack_s` / `pack_naive_s` (39,209 images)", f"{_n(b.get('pack_s'), 1)} / {_n(b.get('pack_naive_s'), 1)}",
-         f"{_n(now.get('pack_s'), 1)} / {_n(now.get('pack_naive_s'), 1)}", ""],
-        ["`pack_ratio`", _n(b.get("pack_ratio"), 2), _n(now.get("pack_ratio"), 2), target("pack_ratio")],
+def speed_table(now: dict, name: str) -> str:
+    """One `gtsrb bench --json` run: the training step and its variants (median and spread over
+    alternating rounds, each against the stock step), the naive pipeline, inference and packing."""
+    m = now["machine"]
+    stock = now["train_variants_img_s"]["stock"]["median"]
+    rows = [["default training step (`train_img_s`)", _rate(now["train_img_s_spread"]),
+             f"{now['train_img_s'] / stock:.2f}", "what `gtsrb train`, the study and train-best run"]]
+    for key, d in now["train_variants_img_s"].items():
+        note = ROUTE_NOTES.get(key) or f"`gtsrb.cpu_routes`: only `{key.removeprefix('route_')}`"
+        rows.append([f"variant `{key}`", _rate(d), f"{d['median'] / stock:.2f}", note])
+    rows.append(["naive: torchvision GTSRB + PIL + DataLoader, fp32", _rate(now.get("naive_img_s_spread")),
+                 _n(now.get("naive_img_s", 0) / stock, 2) if now.get("naive_img_s") else "–", ""])
+    table = md_table(["training, seed preset, batch 128", "img/s, median [min–max]", "÷ stock", ""], rows)
+    t = now.get("targets", {}).get("speedup_vs_naive")
+    lines = [
+        f"- `speedup_vs_naive` {_n(now.get('speedup_vs_naive'), 2)}"
+        + (f" (target {t['target']}: {'met' if t['met'] else '**not met**'})" if t else ""),
+        f"- the default and its twin agree within the spread: {'yes' if now.get('default_agrees') else '**no**'}",
+        f"- fp32 matrix products: {now['matmul_gflops']:,.0f} GFLOP/s, so a ceiling of {now['ceiling_img_s']:,.0f} "
+        f"img/s at {now['train_gflop_per_image']:.3f} GFLOP per training image; `ratio_to_ceiling` "
+        f"{now['ratio_to_ceiling']:.2f}",
+        f"- one image through `Classifier.predict` with its excitations: {now['infer_ms_p50']:.1f} ms at p50, "
+        f"{now['infer_ms_p99']:.1f} ms at p99; evaluation (`predict_arrays`, batches of 512): "
+        f"{now['eval_img_s']:,.0f} img/s",
     ]
-    table = md_table(["figure", f"before (`{before_name}`)", f"now (`{now_name}`)", "target"], rows)
-    return table + (f"\n\nBoth on {machine_text(now['machine'])}; each column is one run of `gtsrb bench --json` "
-                    f"(`make bench`), `{now_name}` in `results/bench/`.")
+    if "pack_s" in now:
+        lines.append(f"- packing the archive (39,209 images): {now['pack_s']:.1f} s, against {now['pack_naive_s']:.1f} s "
+                     "for a plain sequential decode loop")
+    flags = ", ".join(m.get("cpu_flags", [])) or "none of AVX2, AVX-512, AVX-512-BF16, AMX"
+    return (table + "\n\n" + "\n".join(lines) + f"\n\nOne run of `gtsrb bench --json` (`make bench`), `{name}` in "
+            f"`results/bench/`: {machine_text(m)}; CPU flags: {flags}; {now['train_variants_img_s']['stock']['rounds']} "
+            "rounds, the variants in turn.")
+
+
+# Bench runs behind the precision rule, one per CPU kind (results/SPEED.md).
+PRECISION_RULE_RUNS = ("results/bench/2026-11-26-cpu-2core-run13.json", BENCH_CPU)
+
+
+def precision_rule_table(runs: list[tuple[str, dict]]) -> str:
+    """fp32 against bf16 training on each CPU kind a bench ran on, and what "auto" picks there."""
+    def rate(d: dict, *keys: str) -> float | None:
+        for k in keys:  # the current bench's {"median": ...} or an older run's plain figure
+            v = d.get("train_variants_img_s", {}).get(k)
+            if v is not None:
+                return v["median"] if isinstance(v, dict) else v
+        return None
+
+    rows = []
+    for name, r in runs:
+        fp32, bf16 = rate(r, "fp32"), rate(r, "bf16", "bf16_channels_last")
+        m = r["machine"]
+        flags = ", ".join(m.get("cpu_flags", [])) or "not recorded"
+        rows.append([f"{m['cpu']} ({m.get('cpu_capability', '?')}; flags: {flags})", _n(fp32), _n(bf16),
+                     _n(bf16 / fp32, 2) if fp32 and bf16 else "–",
+                     r.get("train_precision") or ("bf16" if r.get("ceiling_bf16_img_s") else "fp32"), f"`{name}`"])
+    return md_table(["CPU", "fp32 img/s", "bf16 img/s", "bf16 ÷ fp32", "`auto` picks", "bench run"], rows)
 
 
 def gpu_table(now: dict, before: dict | None, now_name: str, before_name: str) -> str:
@@ -530,8 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("results/report"))
     p.add_argument("--report", type=Path, default=Path("results/REPORT.md"))
     p.add_argument("--readme", type=Path, default=Path("README.md"))
-    p.add_argument("--bench", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run13.json"))
-    p.add_argument("--bench-before", type=Path, default=Path("results/bench/2026-11-26-cpu-2core-run2.json"))
+    p.add_argument("--speed", type=Path, default=Path("results/SPEED.md"))
+    p.add_argument("--bench", type=Path, default=Path(BENCH_CPU))
     p.add_argument("--precision", type=Path, default=Path("results/bench/precision.json"))
     p.add_argument("--bench-gpu", type=Path, default=Path("results/bench/2026-11-26-h200-run3.json"))
     p.add_argument("--bench-gpu-before", type=Path, default=Path("results/bench/2026-11-26-h200-run1-kornia.json"))
@@ -585,9 +576,6 @@ def main(argv: list[str] | None = None) -> int:
                                  f"evaluation pass plus one with SE off, {best['seconds']:.0f} s on "
                                  f"{machine_text(machine())}); no training.")
         blocks["confused"] = pairs_md
-        blocks["served"] = (bf16_serving_text(best["bf16_serving"]) if best.get("bf16_serving") else
-                            "Not measured: this torch build cannot run the bf16 engine, so it serves fp32.") + (
-            f" Made by `make report` on {machine_text(machine())}.")
         blocks["se_off"] = (f"With every SE block replaced by the identity (same weights otherwise), the best model's "
                             f"test accuracy goes from {best['accuracy'] * 100:.2f}% to "
                             f"{best['se_off_accuracy'] * 100:.2f}%, and {best['se_off_changed'] * 100:.1f}% of the "
@@ -618,8 +606,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"split than the track split ({lk['random_test'] * 100:.2f}% vs {lk['track_test'] * 100:.2f}%).")
         blocks["headline"] = h
     if a.bench.is_file():
-        before = json.loads(a.bench_before.read_text()) if a.bench_before.is_file() else None
-        blocks["speed"] = speed_table(json.loads(a.bench.read_text()), before, a.bench.name, a.bench_before.name)
+        blocks["speed"] = speed_table(json.loads(a.bench.read_text()), a.bench.name)
+    rule_runs = [(Path(f).name, json.loads(Path(f).read_text())) for f in PRECISION_RULE_RUNS if Path(f).is_file()]
+    if rule_runs:
+        blocks["precision_rule"] = precision_rule_table(rule_runs)
     if a.bench_gpu.is_file():
         before = json.loads(a.bench_gpu_before.read_text()) if a.bench_gpu_before.is_file() else None
         blocks["gpu"] = gpu_table(json.loads(a.bench_gpu.read_text()), before, a.bench_gpu.name, a.bench_gpu_before.name)
@@ -627,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         blocks["precision"] = precision_table(json.loads(a.precision.read_text()))
     (a.out / "headline.json").write_text(json.dumps(headline, indent=1, default=str) + "\n")
     for name, text in blocks.items():
-        placed = [str(f) for f in (a.report, a.readme) if fill(f, name, text)]
+        placed = [str(f) for f in (a.report, a.readme, a.speed) if fill(f, name, text)]
         print(f"{name}: {'written to ' + ', '.join(placed) if placed else 'no marker found'}")
     print(f"figures and CSVs in {a.out}")
     return 0

@@ -452,71 +452,49 @@ def test_ppm_decoding_gives_what_pil_gives(header, w, h, depth):
     assert np.array_equal(preprocess(ours, 28), preprocess(Image.open(io.BytesIO(data)), 28))
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_resize_batch_is_preprocess_image_by_image(seed):
-    """Shrinking, enlarging, non-square and tiny shapes; noise and smooth ramps."""
-    from gtsrb.data import resize_batch
-
-    rng = np.random.default_rng(seed)
-    for _ in range(8):
-        h, w = (int(v) for v in rng.integers(1, 200, 2))
-        size = int(rng.choice([28, 32, 9]))
-        images = rng.integers(0, 256, (int(rng.integers(1, 5)), h, w, 3), dtype=np.uint8)
-        if seed % 2:
-            images = np.broadcast_to(np.linspace(0, 255, w).astype(np.uint8)[None, None, :, None], images.shape).copy()
-        expected = np.stack([preprocess(Image.fromarray(im), size) for im in images])
-        assert np.array_equal(resize_batch(images, size), expected), (h, w, size)
-    assert resize_batch(np.zeros((0, 5, 5, 3), np.uint8), 28).shape == (0, 28, 28, 3)
-
-
 def test_ppm_header_with_absurd_numbers_is_a_data_error_not_a_crash():
     data = b"P6 " + b"9" * 5000 + b" 1 255\n" + bytes(30)
     with pytest.raises(DataError, match="upload"):
         decode(data, "upload")
 
 
-def test_very_tall_images_are_resized_like_preprocess_does():
-    """Pillow resizes images over 100x taller than wide vertically first; the pack path must too."""
-    from gtsrb.data import _decode_chunk
+def _odd_shapes(r: Path) -> None:
+    """Images of other shapes than the tree's 32x32, each a case of Pillow's resize."""
+    shapes = {(1, 0, 0): (250, 2), (1, 0, 1): (2, 250), (2, 3, 0): (17, 50), (3, 1, 2): (101, 100), (4, 2, 1): (7, 5)}
+    for (cls, track, frame), (h, w) in shapes.items():
+        pixels = np.random.default_rng(cls).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(_ppm(r, cls, track, frame), format="PPM")
 
-    data = _ppm_bytes(b"P6\n2 250\n255\n", 2, 250)
-    out, errors = _decode_chunk([(0, "t.ppm", "t.ppm", None, 2, 250, None)], 28, False, lambda *_: data)
-    assert errors == [] and np.array_equal(out[0], preprocess(decode(data, "t.ppm"), 28))
+
+def test_packed_pixels_are_preprocess_of_each_image(broken, tmp_path):
+    """Packing, from a folder and from a zip, resizes exactly as ``preprocess`` does (so as
+    inference does), on square, very tall, very wide and enlarged images."""
+    root = broken("odd_shapes", _odd_shapes)
+    zipped = zip_tree(root, tmp_path / "GTSRB_Final_Training_Images.zip")
+    for source in (root, zipped):
+        p = load_pack(pack([source], tmp_path / "p.h5").path)
+        for i, name in enumerate(p.filenames):
+            expected = preprocess(Image.open(root / IMAGES / name), 28)
+            assert np.array_equal(p.images[i], expected), (source, name)
+    assert {Image.open(_ppm(root, 1, 0, k)).size for k in (0, 1)} == {(2, 250), (250, 2)}
 
 
-def test_pack_workers_read_deflated_and_zipfile_only_members_of_one_zip(tmp_path):
-    from gtsrb.data import Source, _init_worker, _worker_read
+@pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_source_reads_zip_members_of_each_method_and_names_a_corrupt_one(method, tmp_path):
+    from gtsrb.data import Source
 
-    path = tmp_path / "mixed.zip"
-    payloads = {f"m{i}.bin": bytes([i]) * (100 + i) for i in range(4)}
-    methods = [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_STORED, zipfile.ZIP_LZMA]
+    path, payload = tmp_path / "m.zip", np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
     with zipfile.ZipFile(path, "w") as z:
-        for (name, data), method in zip(payloads.items(), methods):
-            z.writestr(name, data, compress_type=method)
+        z.writestr("a/m.ppm", payload, compress_type=method)
     source = Source(path)
-    _init_worker([path])
-    for name, data in payloads.items():
-        assert source.read(name) == data
-        assert _worker_read(0, name, source.describe(name), source.member(name)) == data
-    assert [source.member(n) is None for n in payloads] == [False, True, False, True]
+    assert source.read("a/m.ppm") == payload
     source.close()
-
-
-def test_pack_in_an_early_started_pool_gives_the_in_process_pack(train_zip, tmp_path, packs, monkeypatch):
-    """Large zips are decoded by worker processes started before the index is read."""
-    import gtsrb.data as data
-
-    started = []
-    real_pool = data._decode_pool
-    monkeypatch.setattr(data, "_decode_pool", lambda *a: started.append(a) or real_pool(*a))
-    monkeypatch.setattr(data, "_EARLY_POOL_BYTES", 1)
-    monkeypatch.setattr(data, "_POOL_MIN_JOBS", 1)
-    pack([train_zip], tmp_path / "pooled.h5", workers=2)
-    assert started == [([train_zip], 2)]  # one pool, started early, used for decoding
-    a, b = load_pack(packs["zip"][1]), load_pack(tmp_path / "pooled.h5")
-    for k in ("images", "labels", "tracks", "split", "filenames"):
-        assert np.array_equal(getattr(a, k), getattr(b, k)), k
-    assert a.attrs["source_sha256"] == b.attrs["source_sha256"]
+    _corrupt_member(path, "a/m.ppm", tmp_path / "bad.zip")
+    source = Source(tmp_path / "bad.zip")
+    with pytest.raises(DataError, match="corrupt zip member") as e:
+        source.read("a/m.ppm")
+    assert f"{tmp_path / 'bad.zip'}:a/m.ppm" in str(e.value)
+    source.close()
 
 
 def test_keep_splits_keeps_exactly_those_rows_of_the_full_pack(train_tree, tmp_path, packs):

@@ -34,7 +34,7 @@ def test_evaluate_on_a_pack_split_matches_the_classifier(checkpoint, synthetic_p
     r = evaluate(checkpoint, synthetic_pack, "test", out_dir=tmp_path)
     test = load_pack(synthetic_pack, "test")
     # Evaluation is the model's fp32 function, whatever precision serving would pick here.
-    pred = Classifier.load(checkpoint, precision="fp32").predict_arrays(test.images).probs.argmax(1)
+    pred = Classifier.load(checkpoint).predict_arrays(test.images).probs.argmax(1)
     assert r["n"] == len(test.labels)
     assert r["accuracy"] == classification_metrics(test.labels, pred)["accuracy"]
     for name in ("confusion_matrix.png", "per_class.csv", "metrics.json", "confusion_matrix.csv"):

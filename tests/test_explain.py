@@ -19,7 +19,6 @@ from gtsrb.data import DataError, load_pack, sha256_file  # noqa: E402
 from gtsrb.explain import (  # noqa: E402
     class_excitations, compute_excitations_file, gradcam, gradcam_layer, load_excitations, save_excitations,
 )
-from gtsrb.engine import has_packed_bf16_ops  # noqa: E402
 from gtsrb.inference import Classifier  # noqa: E402
 from gtsrb.metrics import calibration, confused_pairs  # noqa: E402
 from gtsrb.model import PRESETS, build_model  # noqa: E402
@@ -84,7 +83,7 @@ def test_excitations_command_writes_the_file_beside_the_checkpoint(tmp_path, syn
     assert set(stats) == {f"stage{i}" for i in range(1, 6)}
     val = load_pack(synthetic_pack, "val")
     # the class means are those of the classifier's own (fp32) excitations on the val split
-    pred = Classifier.load(ckpt, precision="fp32").predict_arrays(val.images)
+    pred = Classifier.load(ckpt).predict_arrays(val.images)
     c = int(val.labels[0])
     np.testing.assert_allclose(stats["stage3"]["class_mean"][c],
                                pred.excitations["stage3"][val.labels == c].mean(0), atol=1e-5)
@@ -246,21 +245,3 @@ def test_report_precision_table_pairs_each_path_with_fp32_by_seed():
     assert "| 0 | 3 | 80.00 | 82.00 † | 79.00 | +2.00 | -1.00 | 200 / 200 / 200 |" in lines
     assert lines[-3] == ("Not in the table: bf16 before a change (path `bf16_old` in the JSON); at 3 epochs "
                          "bf16_old − fp32 averaged +0.00 points over 2 seeds.")  # -2 and +2; no fp32 at 10 epochs
-
-
-@pytest.mark.skipif(not has_packed_bf16_ops(), reason="this torch build lacks oneDNN's packed conv")
-def test_report_bf16_serving_compares_the_served_predictions_with_fp32(tmp_path, synthetic_pack):
-    from study.report import bf16_serving, bf16_serving_text
-
-    ckpt = _checkpoint(tmp_path / "best.pt")
-    test = load_pack(synthetic_pack, "test")
-    exact = Classifier.load(ckpt, precision="fp32").predict_arrays(test.images)
-    b = bf16_serving(ckpt, test, exact)
-    assert b["n"] == len(test.labels) and 0 <= b["top1_changed"] <= b["n"]
-    assert b["accuracy_fp32"] == (exact.probs.argmax(1) == test.labels).mean()
-    assert 0 < b["max_gate_change"] < 0.01 and 0 < b["max_prob_change"] < 0.05  # bf16 ran, and only rounded
-    # A prediction changed on purpose shows up.
-    exact.probs[0] = np.roll(exact.probs[0], 1)
-    assert bf16_serving(ckpt, test, exact)["top1_changed"] >= 1
-    text = bf16_serving_text(b)
-    assert f"{b['top1_changed']} of {b['n']:,} test images" in text

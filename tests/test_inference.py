@@ -272,6 +272,7 @@ def test_vgg11_preset_has_no_excitations_and_still_predicts(ckpt_dir, sign):
 def test_se_disabled_changes_the_output_and_restores_it_afterwards(clf, sign):
     x = to_float_images(torch.from_numpy(clf.preprocess([sign, 255 - sign])))
     m = clf.model
+    hooks = [len(b._forward_hooks) for _, b in m.se_blocks()]
 
     def run():  # logits, and the features before the classifier (whose bias dominates untrained logits)
         return m(x), m.features((x - m.mean) / m.std)
@@ -288,7 +289,7 @@ def test_se_disabled_changes_the_output_and_restores_it_afterwards(clf, sign):
     torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
     torch.testing.assert_close(feat_after, feat_before, rtol=0, atol=1e-6)
     np.testing.assert_allclose(off_pred.probs, torch.softmax(off, 1).numpy(), atol=1e-6)
-    assert all(len(b._forward_hooks) == 0 for _, b in clf.model.se_blocks())
+    assert [len(b._forward_hooks) for _, b in m.se_blocks()] == hooks  # nothing added per call
 
 
 def test_se_disabled_blocks_nest_and_predictions_then_carry_no_excitations(clf, sign):
@@ -391,22 +392,58 @@ def test_cli_predict_missing_image_exits_2_naming_it(seed_ckpt, tmp_path, capsys
     assert err.startswith("gtsrb: error: ") and str(img) in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_classifier_serves_the_precision_asked_and_auto_follows_the_cpu(seed_ckpt, sign, monkeypatch, native):
-    import gtsrb.engine as engine_module
+def test_predictions_are_the_models_own_eval_forward_and_gates(clf, sign):
+    """No second definition: the probabilities are softmax(model(x)) of the eval-mode model, and each
+    stage's excitation is that SE block's gate output, computed here by hand from its input."""
+    array = clf.preprocess(sign)
+    pred = clf.predict_arrays(array)
+    x = to_float_images(torch.from_numpy(array))
+    inputs = {}
+    handles = [b.register_forward_hook(lambda m, i, o, n=n: inputs.__setitem__(n, i[0])) for n, b in clf.model.se_blocks()]
+    with torch.no_grad():
+        logits = clf.model(x)
+    for h in handles:
+        h.remove()
+    np.testing.assert_allclose(pred.probs, torch.softmax(logits, 1).numpy(), rtol=0, atol=1e-6)
+    for name, block in clf.model.se_blocks():
+        with torch.no_grad():
+            s = block.fc2(block.act(block.fc1(inputs[name].mean((2, 3), keepdim=True))))
+            w = s.chunk(2, dim=1)[0] if block.form == "scale_shift" else s
+        np.testing.assert_allclose(pred.excitations[name], torch.sigmoid(w).flatten(1).numpy(), rtol=0, atol=1e-6)
+    assert not clf.model.training
 
-    monkeypatch.setattr(engine_module, "cpu_has_native_bf16", lambda: native)
-    exact = Classifier.load(seed_ckpt, precision="fp32")
-    assert exact.precision == exact.engine.precision == "fp32"
-    auto = Classifier.load(seed_ckpt)
-    want = "bf16" if native and engine_module.packed_bf16_available() else "fp32"
-    assert auto.precision == auto.engine.precision == want
-    with pytest.raises(ValueError, match="fp16"):
-        Classifier.load(seed_ckpt, precision="fp16")
-    # "auto" leaves a model in another dtype alone; a device may be given as a string.
-    model = build_model("seed").double()
-    assert Classifier(model, {}, "cpu").precision == "fp32"
-    if want == "bf16":  # the served top class is the model's
-        a, b = auto.predict(sign), exact.predict(sign)
-        assert a.top(1)[0][0] == b.top(1)[0][0]
-        assert 0 < np.abs(a.probs - b.probs).max() < 0.02
+
+def test_an_injected_gate_reaches_the_predictions(seed_ckpt, sign):
+    """What the removed inference engine ignored: the model as it is, whatever its SE block holds."""
+    base = Classifier.load(seed_ckpt)
+    model = Classifier.load(seed_ckpt).model
+    name, block = model.se_blocks()[0]
+    block.gate = torch.nn.Hardsigmoid()
+    changed = Classifier(model, {})
+    a, b = base.predict(sign), changed.predict(sign)
+    assert np.abs(a.excitations[name] - b.excitations[name]).max() > 1e-3
+    assert np.abs(a.probs - b.probs).max() > 0
+
+
+def test_concurrent_requests_keep_their_excitations_and_se_off_apart(clf, sign):
+    """Many threads share one Classifier, half of them with SE off: each gets its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    on = clf.predict(sign)
+    with clf.se_disabled():
+        off = clf.predict(sign)
+    assert np.abs(on.probs - off.probs).max() > 0 and off.excitations == {}
+
+    def request(i):
+        if i % 2:
+            with clf.se_disabled():
+                return i, clf.predict(sign)
+        return i, clf.predict(sign)
+
+    with ThreadPoolExecutor(8) as pool:
+        for i, pred in pool.map(request, range(32)):
+            want = off if i % 2 else on
+            np.testing.assert_allclose(pred.probs, want.probs, rtol=0, atol=1e-6)
+            assert pred.excitations.keys() == want.excitations.keys()
+            for k in want.excitations:
+                np.testing.assert_allclose(pred.excitations[k], want.excitations[k], rtol=0, atol=1e-6)

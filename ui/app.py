@@ -80,9 +80,9 @@ def describe_input(img: Image.Image) -> str:
 class Demo:
     """The served checkpoint, its class-average excitations and model card."""
 
-    def __init__(self, checkpoint: str | os.PathLike, precision: str = "auto"):
+    def __init__(self, checkpoint: str | os.PathLike):
         self.path = resolve_checkpoint(checkpoint)
-        self.clf = Classifier.load(self.path, precision=precision)
+        self.clf = Classifier.load(self.path)
         self.sha256 = sha256_file(self.path)
         self.cam_stage, self.cam_layer = gradcam_layer(self.clf.model)
         self.stats, self.stats_note = self._load_stats()
@@ -176,9 +176,7 @@ class Demo:
                 m = f"{m.get('cpu', '?')} ({m.get('cores', '?')} cores), torch {m.get('torch', '?')}"
             lines.append(f"- **Trained:** {self.metrics.get('epochs', '?')} epochs in "
                          f"{self.metrics.get('train_seconds', 0) / 60:.0f} min on {m}")
-        lines.append(f"- **Served in:** {self.clf.precision}"
-                     + (" (bf16 convs on this CPU's bf16 units: probabilities and gates move by bf16 rounding; "
-                        "metrics above are fp32)" if self.clf.precision == "bf16" else ""))
+        lines.append("- **Served in:** fp32, the same network and precision as the metrics above")
         lines.append(f"- **SE class averages:** {self.stats_note}")
         lines.append(f"- **Grad-CAM layer:** end of {self.cam_stage} (the deepest stage whose map is at least "
                      "4×4 at this input size)")
@@ -336,11 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="checkpoint file or run folder")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="auto: bf16 on CPUs that multiply bf16 natively, else fp32")
     a = p.parse_args(argv)
     try:
-        demo = Demo(a.checkpoint, a.precision)
+        demo = Demo(a.checkpoint)
     except (CheckpointError, DataError, ValueError) as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 2
