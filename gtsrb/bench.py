@@ -12,7 +12,8 @@ fastest round beside it as its spread.
   depend on their values).
 - train_variants_img_s: the same step with one option changed. ``stock`` runs
   plain ``torch.nn`` modules (no ``gtsrb.cpu_routes``); ``route_<name>`` one
-  route alone; ``fp32`` and ``bf16`` a precision forced. The variant whose
+  route alone; ``nchw`` the NCHW layout; ``fp32`` and ``bf16`` a precision
+  forced. The variant whose
   options are the default's, spelled out (``default_twin``), is a check of the
   method: it must agree with train_img_s within the spread (default_agrees).
 - naive_img_s: what most tutorials run, measured in the same rounds:
@@ -31,6 +32,7 @@ fastest round beside it as its spread.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import tempfile
@@ -43,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gtsrb.cpu_routes import ROUTES, default_routes
+from gtsrb.cpu_routes import ROUTES
 from gtsrb.model import PRESETS, ModelConfig, build_model
 
 
@@ -139,18 +141,26 @@ def _time(step: Callable[[], None], warmup: int, steps: int) -> float:
     return time.perf_counter() - t
 
 
-def alternate(runners: dict[str, Callable[[], None]], steps: int, rounds: int, batch: int, warmup: int = 3) -> dict:
+def alternate(runners: dict[str, Callable[[], None]], steps: int, rounds: int, batch: int, warmup: int = 3,
+              round_seconds: float | None = None) -> dict:
     """Warm every runner up, then time ``steps`` steps of each, in turn, for ``rounds`` rounds
-    (the order reversed every other round) -> {name: {"median", "min", "max"}} in images/s."""
-    for step in runners.values():
-        for _ in range(warmup):
+    (the order reversed every other round) -> {name: {"median", "min", "max", "rounds", "steps"}}
+    in images/s. With ``round_seconds``, a runner whose warm-up step was slow takes fewer steps
+    (at least 2), so one slow variant (bf16 where it is emulated) does not hold the bench up."""
+    counts = {}
+    for name, step in runners.items():
+        for _ in range(warmup - 1):
             step()
+        t = time.perf_counter()
+        step()
+        once = time.perf_counter() - t
+        counts[name] = steps if round_seconds is None else max(2, min(steps, math.ceil(round_seconds / once)))
     rates: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            rates[name].append(steps * batch / _time(runners[name], 0, steps))
-    return {name: spread(v) for name, v in rates.items()}
+            rates[name].append(counts[name] * batch / _time(runners[name], 0, counts[name]))
+    return {name: {**spread(v), "steps": counts[name]} for name, v in rates.items()}
 
 
 def spread(values: list[float]) -> dict:
@@ -323,11 +333,11 @@ def cpu_variants() -> dict[str, dict]:
     variants: dict[str, dict] = {
         "default": {},
         # The default's resolved options spelled out: must measure as the default does.
-        "default_twin": {"precision": "bf16" if bf16 else "fp32", "cpu_routes": default_routes(bf16)},
+        "default_twin": {"precision": "bf16" if bf16 else "fp32", "channels_last": True, "cpu_routes": ROUTES},
         "stock": {"cpu_routes": ()},
     }
     variants |= {f"route_{name}": {"cpu_routes": (name,)} for name in ROUTES}
-    variants |= {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}}
+    variants |= {"nchw": {"channels_last": False}, "fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}}
     return variants
 
 
@@ -352,7 +362,7 @@ def run(source: Path | None, quick: bool = False) -> dict:
             if source is not None:
                 images = batch * (steps * rounds + 4)
                 runners["naive"] = stack.enter_context(naive_runner(source, images, batch))
-            timed = alternate(runners, steps, rounds, batch)
+            timed = alternate(runners, steps, rounds, batch, round_seconds=None if quick else 12.0)
         default = timed.pop("default")
         naive = timed.pop("naive", None)
         twin_options = cpu_variants()["default_twin"]

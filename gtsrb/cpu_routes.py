@@ -9,8 +9,8 @@ project knows about them.
 
 Each route has a name, and ``gtsrb bench`` times the training step with every
 route off (the ``stock`` variant) and with each route alone, so a route stays
-only where it makes the step faster on the machine at hand
-(:data:`DEFAULT_ROUTES` says on which CPUs that was measured).
+only where it makes the step faster (:data:`ROUTES` says on which CPUs that was
+measured).
 
 - ``small_map_conv``: a 3x3/pad-1 conv over a map of at most ``SMALL_MAP``
   pixels (the 3x3 and 1x1 maps of stages 4 and 5 at 28 px) is one matrix
@@ -23,8 +23,6 @@ only where it makes the step faster on the machine at hand
   matrix product over patches.
 - ``squeeze_view_grad``: the SE squeeze's gradient is a broadcast view, not a
   full-size map that autograd then adds across memory layouts.
-- ``rand_dropout``: dropout masks drawn with ``torch.rand`` instead of
-  ``bernoulli_`` (same distribution).
 """
 
 from __future__ import annotations
@@ -38,12 +36,12 @@ SMALL_MAP = 9
 # Largest map whose bf16 weight gradient runs as one matrix product.
 PATCH_GRAD_MAP = 36
 
-ROUTES = ("small_map_conv", "patch_grad_conv", "squeeze_view_grad", "rand_dropout")
-
-
-def default_routes(bf16: bool) -> tuple[str, ...]:
-    """The routes the training step turns on by default on CPU (fill in from the bench)."""
-    return ROUTES if bf16 else ROUTES
+# Every route, and the CPU training step's default (``TrainConfig.cpu_routes``). Where each was
+# measured faster than stock: small_map_conv and squeeze_view_grad in fp32 on an AMD EPYC with
+# AVX2 only (`gtsrb bench`, results/SPEED.md) and, with patch_grad_conv, in bf16 on an Intel Xeon
+# with AMX (one change at a time, against the stock module, in the speed issue's notes).
+# patch_grad_conv acts under bf16 autocast only.
+ROUTES = ("small_map_conv", "patch_grad_conv", "squeeze_view_grad")
 
 
 def apply_routes(model: nn.Module, routes: tuple[str, ...] | list[str] = ROUTES) -> nn.Module:
@@ -65,8 +63,6 @@ def apply_routes(model: nn.Module, routes: tuple[str, ...] | list[str] = ROUTES)
             m.__class__ = conv_class
         elif "squeeze_view_grad" in routes and type(m) is nn.AdaptiveAvgPool2d and m.output_size in (1, (1, 1)):
             m.__class__ = ViewGradSqueeze
-        elif "rand_dropout" in routes and type(m) is nn.Dropout:
-            m.__class__ = RandMaskDropout
     return model
 
 
@@ -248,17 +244,3 @@ class _SpatialMean(torch.autograd.Function):
     def backward(ctx, grad):
         n, c, h, w = ctx.shape
         return (grad / (h * w)).expand(n, c, h, w)
-
-
-# --- rand_dropout --------------------------------------------------------------------------
-
-
-class RandMaskDropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU mask is drawn by ``torch.rand`` (same distribution as
-    ``F.dropout``'s ``bernoulli_``); other devices keep ``F.dropout``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or not self.training or self.p in (0.0, 1.0):
-            return super().forward(x)
-        mask = (torch.rand(x.shape, device=x.device) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
-        return x.mul_(mask) if self.inplace else x * mask

@@ -18,8 +18,8 @@ Recipe, and why:
 Speed (``gtsrb bench`` measures each choice): the data sit on the device as
 uint8; no DataLoader; no host sync per step (metrics are computed from the
 predictions every ``log_every`` steps, and the augmentation draws its random
-parameters on the device); fused AdamW; bf16 autocast with channels_last on
-CUDA and on CPUs that multiply bf16 natively (AMX or AVX-512-BF16); on CPU, the
+parameters on the device); fused AdamW; channels_last; bf16 autocast on CUDA
+and on CPUs that multiply bf16 natively (AMX or AVX-512-BF16); on CPU, the
 routes of ``gtsrb.cpu_routes`` that the bench showed faster than stock modules.
 
 Outputs under ``out_dir``: TensorBoard event files, ``last.pt`` (every epoch,
@@ -48,7 +48,7 @@ from gtsrb.augment import BatchAugment
 from gtsrb.checkpoint import load_checkpoint, save_checkpoint
 from gtsrb.data import Packed, load_pack
 from gtsrb.metrics import classification_metrics, confusion
-from gtsrb.cpu_routes import apply_routes, default_routes
+from gtsrb.cpu_routes import ROUTES, apply_routes
 from gtsrb.model import ModelConfig, build_model, to_float_images
 from gtsrb.splits import track_subset
 
@@ -74,10 +74,12 @@ class TrainConfig:
     # "auto": bf16 autocast on CUDA and on CPUs that multiply bf16 natively (AMX or
     # AVX-512-BF16), fp32 elsewhere; "bf16" or "fp32" to force one.
     precision: str = "auto"
-    channels_last: bool | None = None  # NHWC activations; None: on with bf16, where it pays off
+    # NHWC activations and weights: faster than NCHW in every precision on every machine the bench
+    # compared them on (results/SPEED.md: variant nchw); False for NCHW.
+    channels_last: bool = True
     compile: bool = False  # torch.compile the model (falls back to eager where it cannot)
-    # gtsrb.cpu_routes to switch on for a CPU step; None: default_routes(bf16), (): stock torch.nn.
-    cpu_routes: tuple[str, ...] | None = None
+    # gtsrb.cpu_routes to switch on for a CPU step; (): stock torch.nn modules.
+    cpu_routes: tuple[str, ...] = ROUTES
 
 
 
@@ -129,11 +131,6 @@ def use_bf16(config: "TrainConfig", device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
 
 
-def use_channels_last(config: "TrainConfig", device: torch.device) -> bool:
-    """NHWC activations: as asked, or by default wherever bf16 is on (where it pays off)."""
-    return use_bf16(config, device) if config.channels_last is None else config.channels_last
-
-
 def _autocast(device: torch.device, bf16: bool | None = None):
     """bf16 autocast (by default on CUDA only); a no-op context otherwise."""
     bf16 = device.type == "cuda" if bf16 is None else bf16
@@ -170,11 +167,13 @@ class TrainStep:
     Returns the detached loss and logits (no host sync).
     """
 
-    def __init__(self, model, optimizer, scheduler, augment, device: torch.device, config: TrainConfig):
+    def __init__(self, model, optimizer, scheduler, augment, device: torch.device, config: TrainConfig,
+                 cpu_routes: tuple[str, ...] = ()):
         self.model, self.optimizer, self.scheduler, self.augment = model, optimizer, scheduler, augment
         self.device = device
+        self.cpu_routes = cpu_routes  # the gtsrb.cpu_routes applied to the model
         self.bf16 = use_bf16(config, device)
-        self.channels_last = use_channels_last(config, device)
+        self.channels_last = config.channels_last
         self.forward = model
         if config.compile:
             self.forward = _compiled(model)
@@ -224,10 +223,11 @@ def make_train_step(
     random.seed(config.seed)
     np.random.seed(config.seed)
     model = build_model(model_config).to(device)
+    routes: tuple[str, ...] = ()
     if device.type == "cpu":
-        routes = default_routes(use_bf16(config, device)) if config.cpu_routes is None else config.cpu_routes
+        routes = tuple(config.cpu_routes)
         apply_routes(model, routes)
-    if use_channels_last(config, device):
+    if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     augment = make_augment().to(device) if config.augment else nn.Identity()
     # fused: one kernel over all parameters; on CPU the default per-tensor loop took
@@ -237,7 +237,7 @@ def make_train_step(
         optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
         pct_start=config.pct_start,
     )
-    return TrainStep(model, optimizer, scheduler, augment, device, config)
+    return TrainStep(model, optimizer, scheduler, augment, device, config, routes)
 
 
 def fit(
@@ -313,6 +313,7 @@ def fit(
             "device": str(device),
             "precision": "bf16" if train_step.bf16 else "fp32",
             "channels_last": train_step.channels_last,
+            "cpu_routes": list(train_step.cpu_routes),
         },
     }
 

@@ -361,7 +361,8 @@ def _rate(d: dict | None) -> str:
 ROUTE_NOTES = {
     "stock": "plain `torch.nn` modules: no CPU route",
     "default_twin": "the default's options spelled out (a check of the method)",
-    "fp32": "precision forced to fp32", "bf16": "precision forced to bf16 (autocast, channels_last)",
+    "nchw": "NCHW activations instead of channels_last",
+    "fp32": "precision forced to fp32", "bf16": "precision forced to bf16 (autocast)",
 }
 
 

@@ -21,7 +21,7 @@ def test_train_bench_runs_the_real_training_step():
 
 def test_train_step_runner_builds_the_step_each_variant_asks_for():
     """stock is plain torch.nn; a route variant switches on that route alone."""
-    from gtsrb.cpu_routes import RandMaskDropout, SmallMapConv2d
+    from gtsrb.cpu_routes import SmallMapConv2d, ViewGradSqueeze
 
     def types(runner):
         return {type(m) for m in runner.train_step.model.modules()}
@@ -29,9 +29,11 @@ def test_train_step_runner_builds_the_step_each_variant_asks_for():
     variants = bench.cpu_variants()
     assert list(variants)[:3] == ["default", "default_twin", "stock"]
     stock = bench.train_step_runner(8, **variants["stock"])
-    assert not types(stock) & {SmallMapConv2d, RandMaskDropout}
-    only_dropout = bench.train_step_runner(8, **variants["route_rand_dropout"])
-    assert RandMaskDropout in types(only_dropout) and SmallMapConv2d not in types(only_dropout)
+    assert not types(stock) & {SmallMapConv2d, ViewGradSqueeze}
+    only_squeeze = bench.train_step_runner(8, **variants["route_squeeze_view_grad"])
+    assert ViewGradSqueeze in types(only_squeeze) and SmallMapConv2d not in types(only_squeeze)
+    nchw = bench.train_step_runner(8, **variants["nchw"])
+    assert nchw.train_step.channels_last is False and stock.train_step.channels_last is True
     stock()  # one real step
 
 
@@ -60,7 +62,7 @@ def test_naive_loader_bench_reads_torchvision_gtsrb_from_the_archive(synthetic_z
 def test_bench_cli_quick_json_has_the_reported_keys(synthetic_zip, capsys, tmp_path, monkeypatch):
     rates = {"default": 100.0, "default_twin": 100.0, "stock": 80.0, "naive": 50.0}
 
-    def fake_alternate(runners, steps, rounds, batch, warmup=3):
+    def fake_alternate(runners, steps, rounds, batch, warmup=3, round_seconds=None):
         return {name: bench.spread([rates.get(name, 90.0)] * rounds) for name in runners}
 
     monkeypatch.setattr(bench, "train_step_runner", lambda batch=128, **kw: (lambda: None))

@@ -217,6 +217,42 @@ def test_report_gpu_table_shows_each_variant_its_peak_share_and_fallbacks():
     assert "NVIDIA H200" in text and "after.json" in text and "before.json" in text
 
 
+def _bench_run(default: float, stock: float, naive: float, fp32: float, bf16: float) -> dict:
+    from gtsrb.bench import spread
+
+    variants = {"default_twin": spread([default] * 3), "stock": spread([stock - 1, stock, stock + 1]),
+                "route_squeeze_view_grad": spread([stock] * 3), "fp32": spread([fp32] * 3), "bf16": spread([bf16] * 3)}
+    return {"machine": {"cpu": "AMD EPYC", "cores": 2, "torch": "2.14.1", "cpu_flags": ["avx2"], "cpu_capability": "AVX2"},
+            "train_img_s": default, "train_img_s_spread": spread([default - 5, default, default + 5]),
+            "train_variants_img_s": variants, "naive_img_s": naive, "naive_img_s_spread": spread([naive] * 3),
+            "speedup_vs_naive": default / naive, "default_agrees": True, "matmul_gflops": 100.0, "ceiling_img_s": 203.0,
+            "train_gflop_per_image": 0.492, "ratio_to_ceiling": default / 203.0, "infer_ms_p50": 9.0,
+            "infer_ms_p99": 12.0, "eval_img_s": 700.0, "train_precision": "fp32",
+            "targets": {"speedup_vs_naive": {"value": default / naive, "target": ">= 2.0", "met": default / naive >= 2}}}
+
+
+def test_report_speed_table_shows_each_variant_with_its_spread_against_stock():
+    from study.report import speed_table
+
+    text = speed_table(_bench_run(120.0, 100.0, 50.0, 120.0, 40.0), "run.json")
+    lines = text.splitlines()
+    assert "| default training step (`train_img_s`) | 120 [115–125] | 1.20 | what `gtsrb train`, the study and train-best run |" in lines
+    assert any(line.startswith("| variant `stock` | 100 [99–101] | 1.00 |") for line in lines)
+    assert any(line.startswith("| variant `route_squeeze_view_grad` | 100 [100–100] | 1.00 | `gtsrb.cpu_routes`: only `squeeze_view_grad`") for line in lines)
+    assert "- `speedup_vs_naive` 2.40 (target >= 2.0: met)" in lines
+    assert "run.json" in text and "AMD EPYC" in text and "avx2" in text
+
+
+def test_report_precision_rule_table_reads_old_and_new_bench_runs():
+    from study.report import precision_rule_table
+
+    old = {"machine": {"cpu": "Intel Xeon", "cores": 2, "torch": "2.14.1"}, "ceiling_bf16_img_s": 1.0,
+           "train_variants_img_s": {"fp32": 379.0, "bf16_channels_last": 829.0}}
+    lines = precision_rule_table([("old.json", old), ("new.json", _bench_run(120.0, 100.0, 50.0, 120.0, 40.0))]).splitlines()
+    assert lines[2].startswith("| Intel Xeon (?; flags: not recorded) | 379 | 829 | 2.19 | bf16 | `old.json` |")
+    assert lines[3] == "| AMD EPYC (AVX2; flags: avx2) | 120 | 40 | 0.33 | fp32 | `new.json` |"
+
+
 def test_report_precision_table_pairs_each_path_with_fp32_by_seed():
     from study.report import precision_table
 
