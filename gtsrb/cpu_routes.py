@@ -37,10 +37,11 @@ SMALL_MAP = 9
 PATCH_GRAD_MAP = 36
 
 # Every route, and the CPU training step's default (``TrainConfig.cpu_routes``). Where each was
-# measured faster than stock: small_map_conv and squeeze_view_grad in fp32 on an AMD EPYC with
-# AVX2 only (`gtsrb bench`, results/SPEED.md) and, with patch_grad_conv, in bf16 on an Intel Xeon
-# with AMX (one change at a time, against the stock module, in the speed issue's notes).
-# patch_grad_conv acts under bf16 autocast only.
+# measured faster than stock: small_map_conv in fp32 on an AMD EPYC with AVX2 only (`gtsrb bench`,
+# results/SPEED.md) and in bf16 on an Intel Xeon with AMX; squeeze_view_grad and patch_grad_conv in
+# bf16 on that Intel Xeon (one change at a time, against the stock module, in the speed issue's
+# notes). In fp32 on the AVX2 EPYC squeeze_view_grad measured within the noise of stock, and
+# patch_grad_conv does nothing (it acts under bf16 autocast only).
 ROUTES = ("small_map_conv", "patch_grad_conv", "squeeze_view_grad")
 
 
