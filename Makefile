@@ -93,7 +93,7 @@ $(RANDOM_DATA): | $(STAMP)
 ablation: $(DATA) $(RANDOM_DATA)
 	$(BIN)/python -m study.ablation --data $(DATA) --random-data $(RANDOM_DATA) --config $(CONFIG)
 
-# Every table and plot of results/REPORT.md from stored run outputs (no training).
+# Every table and plot of results/REPORT.md and results/SPEED.md from stored run outputs (no training).
 report: $(DATA)
 	$(BIN)/python -m study.report --data $(DATA) --study results/study/$(STUDY)
 
