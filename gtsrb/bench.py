@@ -242,12 +242,6 @@ def naive_runner(source: Path, images: int, batch: int = 128, workers: int = 2):
             it = loader = None  # stops the loader's worker processes
 
 
-def bench_naive(source: Path, steps: int, batch: int = 128, workers: int = 2) -> float:
-    """Images/s of the usual recipe on its own (a smoke check; ``run`` times it in the rounds)."""
-    with naive_runner(source, batch * (steps + 2), batch, workers) as step:
-        return steps * batch / _time(step, warmup=2, steps=steps)
-
-
 def bench_infer(requests: int, eval_images: int = 2048) -> dict:
     """p50 and p99 ms of a single-image ``Classifier.predict`` with its excitations, and the
     images/s of ``predict_arrays`` over ``eval_images`` images (evaluation's path)."""
@@ -302,17 +296,16 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 def machine() -> dict:
     """The CPU (model and the flags that matter here), cores, torch; the GPU where there is one."""
-    cpu, flags = platform.processor(), set()
+    fields: dict[str, str] = {}  # the first core's entries of /proc/cpuinfo
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == platform.processor():
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    flags = set(fields.get("flags", "").split())
     info = {
-        "cpu": cpu,
+        "cpu": fields.get("model name") or platform.processor(),
         "cpu_flags": [f for f in CPU_FLAGS if f in flags],
         "cores": os.cpu_count(),
         "torch": torch.__version__,
@@ -358,15 +351,16 @@ def run(source: Path | None, quick: bool = False) -> dict:
         result.update(_gpu_rows(steps, train_flop))
     else:
         with contextlib.ExitStack() as stack:
-            runners = {name: train_step_runner(batch, **opts) for name, opts in cpu_variants().items()}
+            variants = cpu_variants()
+            runners = {name: train_step_runner(batch, **opts) for name, opts in variants.items()}
             if source is not None:
                 images = batch * (steps * rounds + 4)
                 runners["naive"] = stack.enter_context(naive_runner(source, images, batch))
             timed = alternate(runners, steps, rounds, batch, round_seconds=None if quick else 12.0)
         default = timed.pop("default")
         naive = timed.pop("naive", None)
-        twin_options = cpu_variants()["default_twin"]
-        result["train_precision"], result["train_routes"] = twin_options["precision"], list(twin_options["cpu_routes"])
+        resolved = variants["default_twin"]  # what the default resolved to on this machine
+        result["train_precision"], result["train_routes"] = resolved["precision"], list(resolved["cpu_routes"])
         result["train_img_s"] = default["median"]
         result["train_img_s_spread"] = default
         result["train_variants_img_s"] = timed
