@@ -52,3 +52,21 @@ CLASS_NAMES: tuple[str, ...] = (
 
 NUM_CLASSES = len(CLASS_NAMES)
 assert NUM_CLASSES == 43
+
+# What a horizontal mirror does to each class, for the class-aware flip of the training
+# augmentation (TrainConfig.mirror): a symmetric sign stays itself, the pairs swap
+# (curve left <-> right, turn right <-> left, straight-or-right <-> straight-or-left,
+# keep right <-> left), and every other class has no mirror image in the set
+# (a flipped "30" is not a sign), so it is never flipped.
+MIRROR_SELF: tuple[int, ...] = (11, 12, 13, 15, 17, 18, 22, 26, 30, 35)
+MIRROR_PAIRS: tuple[tuple[int, int], ...] = ((19, 20), (33, 34), (36, 37), (38, 39))
+
+
+def mirror_table() -> list[int]:
+    """Class id -> the class of its mirror image, or -1 where the mirror is no GTSRB class."""
+    table = [-1] * NUM_CLASSES
+    for c in MIRROR_SELF:
+        table[c] = c
+    for a, b in MIRROR_PAIRS:
+        table[a], table[b] = b, a
+    return table

@@ -88,6 +88,10 @@ class ModelConfig:
     # (28x28, full frame); the model normalises its [0, 1] input with them.
     input_mean: tuple[float, float, float] = (0.331, 0.304, 0.315)
     input_std: tuple[float, float, float] = (0.264, 0.253, 0.260)
+    # "dataset": normalise with input_mean/std (the seed); "image": per-image contrast
+    # normalisation, each image to zero mean and unit variance over its pixels and channels,
+    # so a dark or washed-out photo reaches the first conv like a well-lit one.
+    input_norm: Literal["dataset", "image"] = "dataset"
 
     def __post_init__(self):
         # JSON and checkpoints hand back lists; keep the dataclass hashable and exact.
@@ -101,6 +105,8 @@ class ModelConfig:
             raise ValueError(f"se_form {self.se_form!r}: expected 'gate' or 'scale_shift'")
         if self.se_position not in ("pre_bn", "post_act"):
             raise ValueError(f"se_position {self.se_position!r}: expected 'pre_bn' or 'post_act'")
+        if self.input_norm not in ("dataset", "image"):
+            raise ValueError(f"input_norm {self.input_norm!r}: expected 'dataset' or 'image'")
         if self.pool not in ("max", "avg"):
             raise ValueError(f"pool {self.pool!r}: expected 'max' or 'avg'")
         if self.se_reduction < 1:
@@ -180,7 +186,11 @@ class SEVGG(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
+        if self.config.input_norm == "image":
+            var, mean = torch.var_mean(x, dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) * torch.rsqrt(var + 1e-3)  # the floor keeps a flat image finite
+        else:
+            x = (x - self.mean) / self.std
         return self.classifier(torch.flatten(self.features(x), 1))
 
     def se_blocks(self) -> list[tuple[str, SqueezeExcitation]]:

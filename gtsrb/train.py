@@ -42,15 +42,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from gtsrb.augment import BatchAugment
+from gtsrb.classes import mirror_table
 from gtsrb.checkpoint import load_checkpoint, save_checkpoint
 from gtsrb.data import Packed, load_pack
 from gtsrb.metrics import classification_metrics, confusion
 from gtsrb.cpu_routes import ROUTES, apply_routes
 from gtsrb.model import ModelConfig, build_model, to_float_images
-from gtsrb.splits import track_subset
+from gtsrb.splits import SPLIT_NAMES, track_subset
 
 METRIC_NAMES = ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall")
 
@@ -80,6 +82,14 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (falls back to eager where it cannot)
     # gtsrb.cpu_routes to switch on for a CPU step; (): stock torch.nn modules.
     cpu_routes: tuple[str, ...] = ROUTES
+    # The accuracy recipe's pieces (results/REPORT.md: recipe ablation); all off is the old recipe.
+    label_smoothing: float = 0.0  # of the training loss (val and test loss stay plain cross-entropy)
+    mirror: bool = False  # class-aware horizontal flip, p = 0.5 (gtsrb.classes.mirror_table)
+    ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights
+    balanced: bool = False  # draw each epoch's batches class-balanced (with replacement)
+    # The pack splits to train on. ("train", "val", "test") is the official protocol: all
+    # 39,209 images, nothing held out, and best.pt is the last epoch's weights.
+    train_splits: tuple[str, ...] = ("train",)
 
 
 
@@ -174,6 +184,11 @@ class TrainStep:
         self.cpu_routes = cpu_routes  # the gtsrb.cpu_routes applied to the model
         self.bf16 = use_bf16(config, device)
         self.channels_last = config.channels_last
+        self.label_smoothing = config.label_smoothing
+        # The EMA copy (BN statistics included) is what fit() evaluates and saves.
+        self.ema = None
+        if config.ema_decay > 0:
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
         self.forward = model
         if config.compile:
             self.forward = _compiled(model)
@@ -198,12 +213,25 @@ class TrainStep:
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         with _autocast(self.device, self.bf16):
             logits = self.forward(x)
-            loss = F.cross_entropy(logits.float(), labels)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return loss.detach(), logits.detach()
+
+
+def mirror_batch(images: torch.Tensor, labels: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-aware horizontal flip of a uint8 (N, H, W, 3) batch, p = 0.5 per image.
+
+    ``table`` maps a class to the class of its mirror image (-1: none, never flipped), so a
+    symmetric sign keeps its label and "keep right" becomes "keep left"."""
+    target = table[labels]
+    flip = (target >= 0) & (torch.rand(len(labels), device=labels.device) < 0.5)
+    images = torch.where(flip.view(-1, 1, 1, 1), images.flip(2), images)
+    return images, torch.where(flip, target, labels)
 
 
 def _compiled(model: nn.Module):
@@ -273,7 +301,12 @@ def fit(
     if not isinstance(data, Packed):
         pack_path = Path(data).resolve()
         data = load_pack(pack_path)
-    train, val = data.subset("train"), data.subset("val")
+    unknown = set(config.train_splits) - set(SPLIT_NAMES)
+    if unknown or not config.train_splits:
+        raise ValueError(f"train_splits {config.train_splits!r}: expected some of {', '.join(SPLIT_NAMES)}")
+    train = data.take(np.isin(data.split, [SPLIT_NAMES.index(s) for s in config.train_splits]))
+    # Validate on val unless it is trained on; with nothing held out, best.pt is the last epoch.
+    val = data.subset("val") if "val" not in config.train_splits else data.take(np.zeros(0, np.int64))
     train = train.take(track_subset(train.labels, train.groups, config.train_fraction, config.seed))
     val = val.take(track_subset(val.labels, val.groups, config.val_fraction, config.seed))
     if len(train.labels) == 0:
@@ -288,13 +321,19 @@ def fit(
     steps_per_epoch = max(1, len(y_train) // config.batch_size)  # drop the ragged last batch
     train_step = make_train_step(model_config, config, steps_per_epoch, device)
     model, optimizer, scheduler = train_step.model, train_step.optimizer, train_step.scheduler
+    ema = train_step.ema
+    eval_model = ema.module if ema is not None else model  # what is validated and saved as "model"
+    mirror = torch.tensor(mirror_table(), device=device) if config.mirror else None
+    class_weight = 1.0 / torch.bincount(y_train, minlength=model_config.num_classes).clamp_min(1).double()
 
     start_epoch, history, best_acc = 1, [], -1.0
     if resume and (ckpt_dir / "last.pt").exists():
         ckpt = load_checkpoint(ckpt_dir / "last.pt", map_location=device)
         if ModelConfig.from_dict(ckpt["model_config"]) != model_config:
             raise ValueError(f"{ckpt_dir / 'last.pt'}: its model config differs from this run's")
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["train_model"] if ema is not None else ckpt["model"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         _set_rng_state(ckpt["rng"], device)
@@ -322,14 +361,20 @@ def fit(
         model.train()
         # A fresh permutation per epoch from (seed, epoch): nothing to save for resume.
         gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        order = torch.randperm(len(y_train), generator=gen)[: steps_per_epoch * config.batch_size].to(device)
+        n = steps_per_epoch * config.batch_size
+        if config.balanced:  # every class equally likely per draw, with replacement
+            order = torch.multinomial(class_weight[y_train.cpu()], n, replacement=True, generator=gen).to(device)
+        else:
+            order = torch.randperm(len(y_train), generator=gen)[:n].to(device)
         window_loss, window_pred, window_true = [], [], []
         epoch_loss, epoch_pred = [], []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False)
         for i in bar:
             idx = order[i * config.batch_size : (i + 1) * config.batch_size]
-            y = y_train[idx]
-            loss, logits = train_step(x_train[idx], y)
+            x, y = x_train[idx], y_train[idx]
+            if mirror is not None:
+                x, y = mirror_batch(x, y, mirror)
+            loss, logits = train_step(x, y)
             step += 1
             # Keep metrics on the device; sync only when a window is logged.
             window_loss.append(loss)
@@ -351,7 +396,7 @@ def fit(
             "loss": torch.cat(epoch_loss).mean().item(),
             **classification_metrics(np.concatenate([t for _, t in epoch_pred]), np.concatenate([p for p, _ in epoch_pred])),
         }
-        val_m, _ = evaluate_arrays(model, x_val, y_val) if len(y_val) else ({k: 0.0 for k in METRIC_NAMES}, None)
+        val_m, _ = evaluate_arrays(eval_model, x_val, y_val) if len(y_val) else ({k: 0.0 for k in METRIC_NAMES}, None)
         seconds = time.perf_counter() - t0
         _log(writer, "train/epoch", train_m, epoch)
         _log(writer, "val/epoch", val_m, epoch)
@@ -376,7 +421,8 @@ def fit(
         # Checkpoint: last every epoch, best kept apart; both atomic.
         state = {
             **meta,
-            "model": model.state_dict(),
+            "model": eval_model.state_dict(),
+            **({"train_model": model.state_dict(), "ema": ema.state_dict()} if ema is not None else {}),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": _rng_state(device),
@@ -384,9 +430,9 @@ def fit(
             "history": history,
         }
         save_checkpoint(state, ckpt_dir / "last.pt")
-        if row["val_accuracy"] > best_acc:
+        if row["val_accuracy"] > best_acc or not len(y_val):
             best_acc = row["val_accuracy"]
-            save_checkpoint({**meta, "model": model.state_dict(), "epoch": epoch, "history": history}, ckpt_dir / "best.pt")
+            save_checkpoint({**meta, "model": eval_model.state_dict(), "epoch": epoch, "history": history}, ckpt_dir / "best.pt")
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
         writer.flush()
         if progress:
@@ -399,7 +445,7 @@ def fit(
             on_epoch(row, ckpt_dir)
 
     if history and start_epoch <= config.epochs:
-        _final_logs(writer, ckpt_dir, model, x_val, y_val, data.class_names, meta, history)
+        _final_logs(writer, ckpt_dir, eval_model, x_val, y_val, data.class_names, meta, history)
     writer.close()
     return history
 

@@ -1,0 +1,118 @@
+"""`make recipe`: the accuracy recipe, measured piece by piece (paired seeds, leave-one-out).
+
+    python -m study.recipe --data data/gtsrb28-roi.h5 --full-frame-data data/gtsrb28.h5 \
+        [--preset best] [--arms recipe old ...] [--seeds 0 1 2] [--epochs 8]
+
+Every arm trains the same network (``--preset seed``, or ``best``: the study's
+best_config.json) on the track split's whole train part for the same number
+of epochs, with the same one-cycle schedule, and is scored at its LAST epoch:
+the schedule is fixed, nothing is chosen on val. Arms:
+
+- ``recipe``: everything in RECIPE, on the ROI-cropped pack;
+- ``old``: none of it (the recipe before this ablation), on the same pack;
+- ``no_<piece>``: the recipe without one piece (``no_roi`` trains on the
+  full-frame pack instead);
+- ``balanced``: the recipe plus class-balanced sampling (a candidate it does not hold).
+
+Seed k of every arm shares the initial weights' seed and the data order's seed, so
+arms are compared as paired differences. Each finished run writes
+``<results>/<preset>/<arm>-seed<k>.json``; a run with that file is skipped, and a
+killed run resumes from its ``last.pt`` (checkpoints stay under ``runs/recipe``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from gtsrb.bench import machine
+from gtsrb.cli import split_config
+from gtsrb.data import write_text_atomic
+from gtsrb.evaluate import evaluate
+from gtsrb.train import TrainConfig, fit
+
+# The recipe: ModelConfig and TrainConfig fields on top of a preset or a study's config,
+# plus the ROI crop, which is a property of the pack (`gtsrb pack --roi`).
+RECIPE: dict = {"input_norm": "image", "mirror": True, "label_smoothing": 0.1, "ema_decay": 0.998}
+PIECES = {"norm": "input_norm", "mirror": "mirror", "smoothing": "label_smoothing", "ema": "ema_decay"}
+ARMS = ("recipe", "old", "no_roi", *(f"no_{p}" for p in PIECES), "balanced")
+
+
+def arm_spec(arm: str) -> tuple[dict, bool]:
+    """(config overrides on top of the preset, whether the arm trains on the ROI pack)."""
+    if arm == "recipe":
+        return dict(RECIPE), True
+    if arm == "old":
+        return {}, True
+    if arm == "no_roi":
+        return dict(RECIPE), False
+    if arm == "balanced":
+        return {**RECIPE, "balanced": True}, True
+    if arm.startswith("no_") and arm[3:] in PIECES:
+        return {k: v for k, v in RECIPE.items() if k != PIECES[arm[3:]]}, True
+    raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+
+
+def base_config(preset: str, best_config: Path) -> dict:
+    return json.loads(best_config.read_text()) if preset == "best" else {"preset": preset}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m study.recipe", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="track-split pack made with --roi")
+    p.add_argument("--full-frame-data", type=Path, help="the same split without --roi (for no_roi)")
+    p.add_argument("--preset", default="seed", choices=("seed", "best"))
+    p.add_argument("--config", type=Path, default=Path("results/study/cpu/best_config.json"),
+                   help="the study's best config, for --preset best")
+    p.add_argument("--arms", nargs="+", default=["recipe", "old"], choices=ARMS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--train-fraction", type=float, default=1.0, help="whole tracks; 1.0 for the real ablation")
+    p.add_argument("--runs", type=Path, default=Path("runs/recipe"))
+    p.add_argument("--results", type=Path, default=Path("results/recipe"))
+    a = p.parse_args(argv)
+
+    results = a.results / a.preset
+    results.mkdir(parents=True, exist_ok=True)
+    for seed in a.seeds:  # seed-major: an interrupted ablation still has every arm at the first seeds
+        for arm in a.arms:
+            done = results / f"{arm}-seed{seed}.json"
+            if done.exists():
+                print(f"{a.preset} {arm} seed {seed}: done, skipped", flush=True)
+                continue
+            overrides, roi = arm_spec(arm)
+            pack = a.data if roi else a.full_frame_data
+            if pack is None:
+                print(f"recipe: error: arm {arm} needs --full-frame-data", file=sys.stderr)
+                return 2
+            model_config, train_over = split_config({**base_config(a.preset, a.config), **overrides})
+            train_config = TrainConfig(**{**train_over, "epochs": a.epochs, "seed": seed,
+                                              "train_fraction": a.train_fraction, "histograms": False})
+            out = a.runs / a.preset / arm / f"seed{seed}"
+            print(f"{a.preset} {arm} seed {seed}: training -> {out}", flush=True)
+            t0 = time.perf_counter()
+            history = fit(model_config, pack, out, train_config, resume=(out / "last.pt").exists(), progress=False)
+            seconds = time.perf_counter() - t0
+            # The last epoch's weights (the EMA where the arm keeps one): no selection on val.
+            test = evaluate(out / "last.pt", pack, "test")
+            test.pop("per_class", None)
+            record = {
+                "preset": a.preset, "arm": arm, "seed": seed, "pack": str(pack), "roi": roi,
+                "overrides": overrides, "model_config": model_config.to_dict(),
+                "train_config": train_config.__dict__, "history": history,
+                "val_accuracy": history[-1]["val_accuracy"], "test": test,
+                "wall_seconds": round(seconds, 1), "train_seconds": round(sum(h["seconds"] for h in history), 1),
+                "machine": machine(),
+                "command": "python -m study.recipe " + " ".join(argv or sys.argv[1:]),
+            }
+            write_text_atomic(done, json.dumps(record, indent=1) + "\n")
+            print(f"{a.preset} {arm} seed {seed}: val {history[-1]['val_accuracy']:.4f} "
+                  f"test {test['accuracy']:.4f} ({seconds:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
