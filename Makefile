@@ -80,7 +80,7 @@ tune-summary: $(STAMP)
 
 # The study's best config at full budget -> results/best/ (CONFIG=..., OFFICIAL_TEST=...).
 CONFIG       ?= results/study/$(STUDY)/best_config.json
-BEST_EPOCHS  ?= 10
+BEST_EPOCHS  ?= 8
 OFFICIAL_TEST ?=
 train-best: $(DATA)
 	$(BIN)/python -m study.train_best --config $(CONFIG) --data $(DATA) --epochs $(BEST_EPOCHS) \

@@ -308,7 +308,8 @@ def fit(
     # Validate on val unless it is trained on; with nothing held out, best.pt is the last epoch.
     val = data.subset("val") if "val" not in config.train_splits else data.take(np.zeros(0, np.int64))
     train = train.take(track_subset(train.labels, train.groups, config.train_fraction, config.seed))
-    val = val.take(track_subset(val.labels, val.groups, config.val_fraction, config.seed))
+    if len(val.labels):
+        val = val.take(track_subset(val.labels, val.groups, config.val_fraction, config.seed))
     if len(train.labels) == 0:
         raise ValueError("the pack has no train split")
 
