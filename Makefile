@@ -26,7 +26,7 @@ GPUS_PER_TRIAL ?=
 TRAIN_FRACTION ?=
 STUDY          ?= $(if $(NAME),$(NAME),$(if $(SMOKE),smoke,cpu))
 
-.PHONY: venv pack train test tune tune-summary train-best bench precision-check tensorboard demo loadtest ablation report clean-venv
+.PHONY: venv pack train test tune tune-summary train-best evaluate-official recipe bench precision-check tensorboard demo loadtest ablation report clean-venv
 
 venv: $(STAMP)
 
@@ -85,6 +85,12 @@ OFFICIAL_TEST ?=
 train-best: $(DATA)
 	$(BIN)/python -m study.train_best --config $(CONFIG) --data $(DATA) --epochs $(BEST_EPOCHS) \
 		--out results/best $(if $(OFFICIAL_TEST),--official-test $(OFFICIAL_TEST))
+
+# Score CKPT on the official GTSRB test set (12,630 images): fetches the two zips into data/ once
+# (needs internet; BASE_URL=... for a mirror), then prints the metrics. Nothing is written into results/.
+BASE_URL ?=
+evaluate-official: $(STAMP)
+	$(BIN)/gtsrb evaluate $(CKPT) --official-test $(if $(BASE_URL),--base-url $(BASE_URL))
 
 # SE ablation (seed preset, no SE, study best; 3 seeds each) plus the random-split leakage run.
 RANDOM_DATA ?= data/gtsrb28-random.h5

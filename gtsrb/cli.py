@@ -98,10 +98,15 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from gtsrb.evaluate import evaluate
 
-    if not a.official_test and not a.data:
-        raise DataError("evaluate needs --data FILE (with --split) or --official-test PATH")
-    out = a.out or (Path(a.checkpoint).parent / f"eval-{'official-test' if a.official_test else a.split}")
-    result = evaluate(a.checkpoint, a.data, a.split, a.official_test, out, device=a.device)
+    official = a.official_test
+    if official is None and not a.data:
+        raise DataError("evaluate needs --data FILE (with --split) or --official-test [PATH...]")
+    if official == []:  # no paths: fetch the official test set first (once; needs internet)
+        from gtsrb.fetch import BASE_URL, fetch
+
+        official = fetch(a.dir, test=True, base_url=a.base_url or BASE_URL)
+    # Files only where asked: evaluating a shipped checkpoint must not write into results/.
+    result = evaluate(a.checkpoint, a.data, a.split, official, a.out, device=a.device)
     table = result.pop("per_class")
     if a.json:
         print(json.dumps(result, indent=1))
@@ -110,7 +115,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
               f"macro F1 {result['macro_f1']:.4f} P {result['macro_precision']:.4f} R {result['macro_recall']:.4f}")
         worst = sorted(table, key=lambda r: r["f1"])[:5]
         print("lowest F1: " + "; ".join(f"{r['class_id']} {r['name']} {r['f1']:.3f}" for r in worst))
-        print(f"per-class table and confusion matrix in {result['out_dir']}")
+        if a.out:
+            print(f"per-class table and confusion matrix in {result['out_dir']}")
     return 0
 
 
@@ -223,9 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", type=Path)
     s.add_argument("--data", type=Path)
     s.add_argument("--split", default="test", choices=SPLIT_NAMES)
-    s.add_argument("--official-test", nargs="+", type=Path, metavar="PATH",
-                   help="folder with Final_Test/Images and GT-final_test.csv, or the images zip and the GT zip")
-    s.add_argument("--out", type=Path, help="folder for per_class.csv and confusion_matrix.png")
+    s.add_argument("--official-test", nargs="*", type=Path, metavar="PATH",
+                   help="folder with Final_Test/Images and GT-final_test.csv, or the images zip and the GT zip; "
+                        "with no PATH, fetch the two zips into --dir first")
+    s.add_argument("--dir", type=Path, default=Path("data"), help="where --official-test fetches to")
+    s.add_argument("--base-url", help="mirror for --official-test to fetch from")
+    s.add_argument("--out", type=Path, help="folder for per_class.csv, confusion_matrix.png and metrics.json")
     s.add_argument("--device", default="cpu")
     s.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     s.set_defaults(func=cmd_evaluate)

@@ -188,7 +188,8 @@ class SEVGG(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.input_norm == "image":
             var, mean = torch.var_mean(x, dim=(1, 2, 3), keepdim=True)
-            x = (x - mean) * torch.rsqrt(var + 1e-3)  # the floor keeps a flat image finite
+            # The floor (a std of 8/255) caps the gain on near-flat images, whose noise it would blow up.
+            x = (x - mean) * torch.rsqrt(var + 1e-3)
         else:
             x = (x - self.mean) / self.std
         return self.classifier(torch.flatten(self.features(x), 1))

@@ -223,6 +223,16 @@ class TrainStep:
         return loss.detach(), logits.detach()
 
 
+def epoch_order(labels: np.ndarray, n: int, config: TrainConfig, epoch: int) -> torch.Tensor:
+    """The ``n`` training indices of one epoch, drawn from (seed, epoch) alone: nothing to save for
+    resume. A permutation; with ``config.balanced``, draws in which every class is equally likely."""
+    gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    if config.balanced:
+        weight = 1.0 / np.bincount(labels)[labels]
+        return torch.multinomial(torch.from_numpy(weight), n, replacement=True, generator=gen)
+    return torch.randperm(len(labels), generator=gen)[:n]
+
+
 def mirror_batch(images: torch.Tensor, labels: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-aware horizontal flip of a uint8 (N, H, W, 3) batch, p = 0.5 per image.
 
@@ -325,7 +335,6 @@ def fit(
     ema = train_step.ema
     eval_model = ema.module if ema is not None else model  # what is validated and saved as "model"
     mirror = torch.tensor(mirror_table(), device=device) if config.mirror else None
-    class_weight = 1.0 / torch.bincount(y_train, minlength=model_config.num_classes).clamp_min(1).double()
 
     start_epoch, history, best_acc = 1, [], -1.0
     if resume and (ckpt_dir / "last.pt").exists():
@@ -360,13 +369,7 @@ def fit(
     for epoch in range(start_epoch, config.epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        # A fresh permutation per epoch from (seed, epoch): nothing to save for resume.
-        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        n = steps_per_epoch * config.batch_size
-        if config.balanced:  # every class equally likely per draw, with replacement
-            order = torch.multinomial(class_weight[y_train.cpu()], n, replacement=True, generator=gen).to(device)
-        else:
-            order = torch.randperm(len(y_train), generator=gen)[:n].to(device)
+        order = epoch_order(train.labels, steps_per_epoch * config.batch_size, config, epoch).to(device)
         window_loss, window_pred, window_true = [], [], []
         epoch_loss, epoch_pred = [], []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False)

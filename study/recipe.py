@@ -12,7 +12,10 @@ the schedule is fixed, nothing is chosen on val. Arms:
 - ``old``: none of it (the recipe before this ablation), on the same pack;
 - ``no_<piece>``: the recipe without one piece (``no_roi`` trains on the
   full-frame pack instead);
-- ``balanced``: the recipe plus class-balanced sampling (a candidate it does not hold).
+- ``balanced``, ``ema``: the recipe plus class-balanced sampling, or plus an EMA of
+  the weights (candidates it does not hold). The EMA does not change the training
+  trajectory, so the ``ema`` record also scores the run's raw weights (``raw``):
+  the EMA's effect is an exactly paired difference within one run.
 
 Seed k of every arm shares the initial weights' seed and the data order's seed, so
 arms are compared as paired differences. Each finished run writes
@@ -29,6 +32,7 @@ import time
 from pathlib import Path
 
 from gtsrb.bench import machine
+from gtsrb.checkpoint import load_checkpoint, save_checkpoint
 from gtsrb.cli import split_config
 from gtsrb.data import write_text_atomic
 from gtsrb.evaluate import evaluate
@@ -36,9 +40,11 @@ from gtsrb.train import TrainConfig, fit
 
 # The recipe: ModelConfig and TrainConfig fields on top of a preset or a study's config,
 # plus the ROI crop, which is a property of the pack (`gtsrb pack --roi`).
-RECIPE: dict = {"input_norm": "image", "mirror": True, "label_smoothing": 0.1, "ema_decay": 0.998}
-PIECES = {"norm": "input_norm", "mirror": "mirror", "smoothing": "label_smoothing", "ema": "ema_decay"}
-ARMS = ("recipe", "old", "no_roi", *(f"no_{p}" for p in PIECES), "balanced")
+RECIPE: dict = {"input_norm": "image", "mirror": True, "label_smoothing": 0.1}
+PIECES = {"norm": "input_norm", "mirror": "mirror", "smoothing": "label_smoothing"}
+# Candidates the recipe does not hold, each added to it.
+EXTRAS: dict[str, dict] = {"balanced": {"balanced": True}, "ema": {"ema_decay": 0.998}}
+ARMS = ("recipe", "old", "no_roi", *(f"no_{p}" for p in PIECES), *EXTRAS)
 
 
 def arm_spec(arm: str) -> tuple[dict, bool]:
@@ -49,11 +55,22 @@ def arm_spec(arm: str) -> tuple[dict, bool]:
         return {}, True
     if arm == "no_roi":
         return dict(RECIPE), False
-    if arm == "balanced":
-        return {**RECIPE, "balanced": True}, True
+    if arm in EXTRAS:
+        return {**RECIPE, **EXTRAS[arm]}, True
     if arm.startswith("no_") and arm[3:] in PIECES:
         return {k: v for k, v in RECIPE.items() if k != PIECES[arm[3:]]}, True
     raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+
+
+def raw_weights_metrics(last: Path, pack: Path) -> dict:
+    """Val and test accuracy of an EMA run's raw (trained) weights, from its last.pt."""
+    ckpt = load_checkpoint(last)
+    tmp = last.with_name("raw.pt")
+    save_checkpoint({**ckpt, "model": ckpt["train_model"]}, tmp)
+    try:
+        return {f"{split}_accuracy": evaluate(tmp, pack, split)["accuracy"] for split in ("val", "test")}
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def base_config(preset: str, best_config: Path) -> dict:
@@ -97,19 +114,21 @@ def main(argv: list[str] | None = None) -> int:
             history = fit(model_config, pack, out, train_config, resume=(out / "last.pt").exists(), progress=False)
             seconds = time.perf_counter() - t0
             # The last epoch's weights (the EMA where the arm keeps one): no selection on val.
-            test = evaluate(out / "last.pt", pack, "test")
+            val, test = (evaluate(out / "last.pt", pack, split) for split in ("val", "test"))
             test.pop("per_class", None)
+            raw = raw_weights_metrics(out / "last.pt", pack) if train_config.ema_decay > 0 else None
             record = {
                 "preset": a.preset, "arm": arm, "seed": seed, "pack": str(pack), "roi": roi,
                 "overrides": overrides, "model_config": model_config.to_dict(),
                 "train_config": train_config.__dict__, "history": history,
-                "val_accuracy": history[-1]["val_accuracy"], "test": test,
+                "val_accuracy": val["accuracy"], "test": test,
                 "wall_seconds": round(seconds, 1), "train_seconds": round(sum(h["seconds"] for h in history), 1),
                 "machine": machine(),
                 "command": "python -m study.recipe " + " ".join(argv or sys.argv[1:]),
+                **({"raw": raw} if raw else {}),
             }
             write_text_atomic(done, json.dumps(record, indent=1) + "\n")
-            print(f"{a.preset} {arm} seed {seed}: val {history[-1]['val_accuracy']:.4f} "
+            print(f"{a.preset} {arm} seed {seed}: val {val['accuracy']:.4f} "
                   f"test {test['accuracy']:.4f} ({seconds:.0f} s)", flush=True)
     return 0
 

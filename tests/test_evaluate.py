@@ -66,3 +66,35 @@ def test_official_test_rejects_the_training_layout(checkpoint, synthetic_zip):
 def test_evaluate_cli_needs_data_or_official_test(checkpoint, capsys):
     assert main(["evaluate", str(checkpoint)]) == 2
     assert "--official-test" in capsys.readouterr().err
+
+
+def test_evaluate_official_fetches_the_test_set_then_scores_it(checkpoint, official, tmp_path, monkeypatch, capsys):
+    """`make evaluate-official`: `gtsrb evaluate CKPT --official-test` with no paths downloads the two
+    official zips (verified by md5) from a local HTTP server, then scores the checkpoint on them."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    import gtsrb.fetch as fetch_mod
+
+    zips, _ = official
+    archives = tuple((z.name, hashlib.md5(z.read_bytes()).hexdigest()) for z in zips)
+    monkeypatch.setattr(fetch_mod, "TEST_ARCHIVES", archives)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(zips[0].parent))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+        dest = tmp_path / "data"
+        args = ["evaluate", str(checkpoint), "--official-test", "--dir", str(dest), "--base-url", url, "--json"]
+        assert main(args) == 0
+        assert sorted(p.name for p in dest.iterdir()) == sorted(name for name, _ in archives)
+        out = json.loads(capsys.readouterr().out)
+        assert out["n"] == 86 and out["data"] == "official test set"
+        # Nothing is written beside the checkpoint unless --out asks for it.
+        assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["best.pt"]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
