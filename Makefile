@@ -9,9 +9,9 @@ STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 
 DATA    ?= data/gtsrb28.h5
 SOURCE  ?=
-EPOCHS  ?= 10
-PRESET  ?= seed
-RUN     ?= runs/$(PRESET)
+EPOCHS  ?= 8
+PRESET  ?=
+RUN     ?= runs/$(if $(PRESET),$(PRESET),train)
 export GRADIO_ANALYTICS_ENABLED := False
 export RAY_USAGE_STATS_ENABLED  := 0
 
@@ -43,10 +43,16 @@ $(DATA): | $(STAMP)
 
 pack: $(DATA)
 
-# The main job: pack the archive (once) and train the seed preset.
-train: $(DATA)
-	$(BIN)/gtsrb train --data $(DATA) --preset $(PRESET) --epochs $(EPOCHS) --out $(RUN) \
-		$(if $(wildcard $(RUN)/last.pt),--resume,)
+# The same split, each image cropped to its annotated sign first: what the recipe trains on.
+DATA_ROI ?= data/gtsrb28-roi.h5
+$(DATA_ROI): | $(STAMP)
+	$(BIN)/gtsrb pack $(SOURCE) --roi --out $(DATA_ROI)
+
+# The main job: pack the archive with ROI crops (once) and train the study's best config with the
+# accuracy recipe on the train split: the release model's split twin (PRESET=seed trains a preset instead).
+train: $(DATA_ROI)
+	$(BIN)/gtsrb train --data $(DATA_ROI) $(if $(PRESET),--preset $(PRESET),--config $(CONFIG)) --recipe \
+		--epochs $(EPOCHS) --out $(RUN) $(if $(wildcard $(RUN)/last.pt),--resume,)
 
 # The browser tests drive Debian's Chromium (never a Playwright download).
 CHROMIUM ?= /usr/bin/chromium
@@ -78,13 +84,23 @@ tune: $(DATA)
 tune-summary: $(STAMP)
 	$(BIN)/python -m study.tune --summarize results/study/$(STUDY)
 
-# The study's best config at full budget -> results/best/ (CONFIG=..., OFFICIAL_TEST=...).
+# The release model: the study's best config with the recipe, on all 39,209 images (the official
+# protocol) -> results/best/; then its twin on the train split alone, scored on the held-out test
+# split -> results/best/split/ (CONFIG=..., OFFICIAL_TEST=...).
 CONFIG       ?= results/study/$(STUDY)/best_config.json
 BEST_EPOCHS  ?= 8
 OFFICIAL_TEST ?=
-train-best: $(DATA)
-	$(BIN)/python -m study.train_best --config $(CONFIG) --data $(DATA) --epochs $(BEST_EPOCHS) \
-		--out results/best $(if $(OFFICIAL_TEST),--official-test $(OFFICIAL_TEST))
+train-best: $(DATA_ROI)
+	$(BIN)/python -m study.train_best --config $(CONFIG) --data $(DATA_ROI) --epochs $(BEST_EPOCHS) \
+		--out results/best --run runs/release $(if $(OFFICIAL_TEST),--official-test $(OFFICIAL_TEST))
+	$(BIN)/python -m study.train_best --config $(CONFIG) --data $(DATA_ROI) --epochs $(BEST_EPOCHS) \
+		--protocol split --out results/best/split --run runs/release-split
+
+# The recipe ablation (study best config; recipe vs old recipe, then one piece off at a time; 3 seeds).
+RECIPE_ARMS ?= recipe old no_roi no_norm no_mirror no_smoothing ema balanced
+recipe: $(DATA) $(DATA_ROI)
+	$(BIN)/python -m study.recipe --data $(DATA_ROI) --full-frame-data $(DATA) --preset best \
+		--config $(CONFIG) --arms $(RECIPE_ARMS) --epochs $(BEST_EPOCHS)
 
 # Score CKPT on the official GTSRB test set (12,630 images): fetches the two zips into data/ once
 # (needs internet; BASE_URL=... for a mirror), then prints the metrics. Nothing is written into results/.
@@ -100,8 +116,8 @@ ablation: $(DATA) $(RANDOM_DATA)
 	$(BIN)/python -m study.ablation --data $(DATA) --random-data $(RANDOM_DATA) --config $(CONFIG)
 
 # Every table and plot of results/REPORT.md and results/SPEED.md from stored run outputs (no training).
-report: $(DATA)
-	$(BIN)/python -m study.report --data $(DATA) --study results/study/$(STUDY)
+report: $(DATA) $(DATA_ROI)
+	$(BIN)/python -m study.report --data $(DATA_ROI) --study results/study/$(STUDY)
 
 bench: $(STAMP)
 	$(BIN)/gtsrb bench --out results/bench/$(shell date +%Y-%m-%d)-$(shell hostname -s).json

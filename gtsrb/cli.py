@@ -68,13 +68,10 @@ def split_config(d: dict):
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from gtsrb.model import PRESETS
-    from gtsrb.train import TrainConfig, fit
+    from gtsrb.train import RECIPE, TrainConfig, fit
 
-    if a.config:
-        model_config, train_over = split_config(_load_config_arg(a.config))
-    else:
-        model_config, train_over = PRESETS[a.preset], {}
+    base = _load_config_arg(a.config) if a.config else {"preset": a.preset}
+    model_config, train_over = split_config({**base, **(RECIPE if a.recipe else {})})
     flags = {
         k: getattr(a, k)
         for k in ("epochs", "batch_size", "lr", "seed", "device", "threads", "precision")
@@ -217,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", help="auto (default), cpu or cuda")
     s.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     s.add_argument("--no-augment", action="store_true")
+    s.add_argument("--recipe", action="store_true",
+                   help="add the accuracy recipe (per-image norm, class-aware mirror, label smoothing); "
+                        "train it on a pack made with --roi")
     s.add_argument("--precision", choices=("auto", "bf16", "fp32"),
                    help="auto (default): bf16 autocast on CUDA and on CPUs with AMX or AVX-512-BF16, "
                         "where it was measured faster; fp32 elsewhere")

@@ -93,6 +93,12 @@ class TrainConfig:
 
 
 
+# The accuracy recipe (results/REPORT.md, section 2.1): ModelConfig and TrainConfig fields that
+# `gtsrb train --recipe` and `make train-best` put on top of a preset or a study's config. Train it on
+# a pack made with `gtsrb pack --roi`: the ROI crop is part of the recipe and a property of the pack.
+RECIPE: dict = {"input_norm": "image", "mirror": True, "label_smoothing": 0.1}
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

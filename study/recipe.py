@@ -8,7 +8,7 @@ best_config.json) on the track split's whole train part for the same number
 of epochs, with the same one-cycle schedule, and is scored at its LAST epoch:
 the schedule is fixed, nothing is chosen on val. Arms:
 
-- ``recipe``: everything in RECIPE, on the ROI-cropped pack;
+- ``recipe``: everything in ``gtsrb.train.RECIPE``, on the ROI-cropped pack;
 - ``old``: none of it (the recipe before this ablation), on the same pack;
 - ``no_<piece>``: the recipe without one piece (``no_roi`` trains on the
   full-frame pack instead);
@@ -36,11 +36,8 @@ from gtsrb.checkpoint import load_checkpoint, save_checkpoint
 from gtsrb.cli import split_config
 from gtsrb.data import write_text_atomic
 from gtsrb.evaluate import evaluate
-from gtsrb.train import TrainConfig, fit
+from gtsrb.train import RECIPE, TrainConfig, fit
 
-# The recipe: ModelConfig and TrainConfig fields on top of a preset or a study's config,
-# plus the ROI crop, which is a property of the pack (`gtsrb pack --roi`).
-RECIPE: dict = {"input_norm": "image", "mirror": True, "label_smoothing": 0.1}
 PIECES = {"norm": "input_norm", "mirror": "mirror", "smoothing": "label_smoothing"}
 # Candidates the recipe does not hold, each added to it.
 EXTRAS: dict[str, dict] = {"balanced": {"balanced": True}, "ema": {"ema_decay": 0.998}}

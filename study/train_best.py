@@ -37,8 +37,7 @@ from gtsrb.data import load_pack
 from gtsrb.evaluate import evaluate
 from gtsrb.explain import compute_excitations_file
 from gtsrb.inference import Classifier
-from gtsrb.train import TrainConfig, fit
-from study.recipe import RECIPE
+from gtsrb.train import RECIPE, TrainConfig, fit
 
 PROTOCOLS = {"official": ("train", "val", "test"), "split": ("train",)}
 # Artefacts of an earlier release in --out, removed when a fresh run starts (best.pt is replaced atomically).
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         if split in metrics:
             metrics[split].pop("per_class", None)
     (a.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    if any(model_config.se_stages):  # the demo draws each image's excitations against these val-split averages
+    if a.protocol == "official" and any(model_config.se_stages):  # the demo draws each image's excitations against these val-split averages
         compute_excitations_file(ckpt, a.data, "val")
     release = metrics["release"]
     print(f"{ckpt}: {release['weights']} weights, {release['bytes'] / 1e6:.1f} MB; "

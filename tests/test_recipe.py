@@ -180,3 +180,46 @@ def test_release_export_keeps_fp16_weights_that_predict_like_fp32(synthetic_pack
     clf = Classifier.load(out / "best.pt")  # loads back into the fp32 model
     assert next(clf.model.parameters()).dtype == torch.float32
     assert not list(out.glob(".*"))  # the temporary check file is gone
+
+
+def _record(folder, arm, seed, val, test, raw=None):
+    rec = {"preset": "best", "arm": arm, "seed": seed, "train_config": {"epochs": 8}, "train_seconds": 1200.0,
+           "val_accuracy": val, "test": {"accuracy": test, "n": 7860}, "machine": {"cpu": "X", "cores": 2},
+           "command": "python -m study.recipe ..."}
+    if raw:
+        rec["raw"] = raw
+    (folder / f"{arm}-seed{seed}.json").write_text(json.dumps(rec))
+
+
+def test_report_recipe_table_pairs_arms_by_seed_and_names_borrowed_rows(tmp_path):
+    from study.report import load_recipe, recipe_table
+
+    folder = tmp_path / "best"
+    folder.mkdir()
+    _record(folder, "recipe", 1, 0.98, 0.99)
+    _record(folder, "old", 0, 0.96, 0.97)
+    _record(folder, "old", 1, 0.95, 0.96)
+    _record(folder, "ema", 0, 0.97, 0.98, raw={"val_accuracy": 0.985, "test_accuracy": 0.995})
+    df = load_recipe(tmp_path)
+    rec = df[df["arm"] == "recipe"].set_index("seed")
+    assert rec.loc[0, "test"] == 0.995 and rec.loc[0, "from"].startswith("raw weights of")  # borrowed from ema
+    assert rec.loc[1, "from"] == ""
+    text = recipe_table(df)
+    old_row = next(line for line in text.splitlines() if line.startswith("| old recipe"))
+    # old − recipe on test: seed 0: 0.97 − 0.995, seed 1: 0.96 − 0.99 -> mean −2.75 points
+    assert "-2.75 ± 0.35 (n=2)" in old_row
+    ema_row = next(line for line in text.splitlines() if line.startswith("| recipe + EMA"))
+    assert "-1.50 (n=1)" in ema_row
+    assert "raw weights of `best/ema-seed0.json`" in text
+
+
+def test_gtsrb_train_recipe_adds_the_recipe_to_the_config(synthetic_pack, tmp_path):
+    from gtsrb.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--data", str(synthetic_pack), "--config", json.dumps({"cfg": list(TINY.cfg)}), "--recipe",
+            "--epochs", "1", "--batch-size", "64", "--out", str(out)]
+    assert main(args) == 0
+    ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt["model_config"]["input_norm"] == "image" and ckpt["model_config"]["cfg"] == list(TINY.cfg)
+    assert ckpt["train_config"]["mirror"] and ckpt["train_config"]["label_smoothing"] == 0.1
