@@ -103,7 +103,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
         official = fetch(a.dir, test=True, base_url=a.base_url or BASE_URL)
     # Files only where asked: evaluating a shipped checkpoint must not write into results/.
-    result = evaluate(a.checkpoint, a.data, a.split, official, a.out, device=a.device)
+    result = evaluate(a.checkpoint, a.data, a.split, official, a.out, device=a.device, tta=a.tta)
     table = result.pop("per_class")
     if a.json:
         print(json.dumps(result, indent=1))
@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--official-test", nargs="*", type=Path, metavar="PATH",
                    help="folder with Final_Test/Images and GT-final_test.csv, or the images zip and the GT zip; "
                         "with no PATH, fetch the two zips into --dir first")
+    s.add_argument("--tta", action="store_true", help="average over the image and its 4 one-pixel shifts")
     s.add_argument("--dir", type=Path, default=Path("data"), help="where --official-test fetches to")
     s.add_argument("--base-url", help="mirror for --official-test to fetch from")
     s.add_argument("--out", type=Path, help="folder for per_class.csv, confusion_matrix.png and metrics.json")

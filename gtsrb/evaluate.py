@@ -42,6 +42,7 @@ def evaluate(
     official_test: Sequence[str | os.PathLike] | None = None,
     out_dir: str | os.PathLike | None = None,
     device: str = "cpu",
+    tta: bool = False,
 ) -> dict:
     """Accuracy, macro P/R/F1, per-class table and confusion matrix; files go to ``out_dir``."""
     clf = Classifier.load(checkpoint, device=device)
@@ -57,10 +58,11 @@ def evaluate(
         images, labels, where = packed.images, packed.labels, f"{Path(data).name} {split} split"
     else:
         raise DataError("evaluate needs --data FILE (with --split) or --official-test PATH")
-    pred = clf.predict_arrays(images).probs.argmax(1)
+    pred = (clf.predict_tta(images) if tta else clf.predict_arrays(images).probs).argmax(1)
     result = {
         "checkpoint": str(checkpoint),
         "data": where,
+        "tta": tta,
         "n": int(len(labels)),
         **classification_metrics(labels, pred),
     }

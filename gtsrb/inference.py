@@ -78,6 +78,9 @@ def _array_to_image(a: np.ndarray) -> Image.Image:
     return Image.fromarray(a)
 
 
+# (dy, dx) of the views that Classifier.predict_tta averages.
+TTA_SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
+
 # The capture of the request running in this thread or task: stage name -> gate outputs.
 _capture: contextvars.ContextVar[dict[str, list[torch.Tensor]] | None] = contextvars.ContextVar("capture", default=None)
 # True within ``Classifier.se_disabled()``: every SE block passes its input through.
@@ -133,6 +136,14 @@ class Classifier:
             np.concatenate(probs) if probs else np.zeros((0, self.config.num_classes), np.float32),
             {n: torch.cat(v).flatten(1).cpu().numpy() for n, v in excite.items() if v},
         )
+
+    def predict_tta(self, arrays: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Test-time augmentation: class probabilities averaged over the image and its four one-pixel
+        shifts (edge pixels repeated). Five forward passes; off by default everywhere (`--tta`)."""
+        n, h, w, _ = arrays.shape
+        padded = np.pad(arrays, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+        views = [padded[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy, dx in TTA_SHIFTS]
+        return np.mean([self.predict_arrays(v, batch_size).probs for v in views], axis=0)
 
     @contextlib.contextmanager
     def se_disabled(self) -> Iterator[None]:

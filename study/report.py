@@ -343,6 +343,24 @@ def recipe_table(df: pd.DataFrame) -> str:
     return text
 
 
+def tta_text(checkpoint: Path, data: Path) -> str:
+    """Accuracy with and without test-time augmentation (Classifier.predict_tta), val and test splits."""
+    from gtsrb.data import load_pack
+    from gtsrb.inference import Classifier
+
+    clf = Classifier.load(checkpoint)
+    rows = []
+    for split in ("val", "test"):
+        p = load_pack(data, split)
+        plain = clf.predict_arrays(p.images).probs.argmax(1) == p.labels
+        tta = clf.predict_tta(p.images).argmax(1) == p.labels
+        rows.append([split, len(p.labels), f"{plain.mean() * 100:.2f}", f"{tta.mean() * 100:.2f}",
+                     int((tta & ~plain).sum()), int((plain & ~tta).sum())])
+    return (md_table(["split", "n", "accuracy %", "with TTA %", "errors TTA fixes", "errors TTA adds"], rows)
+            + f"\n\nModel: `{checkpoint}`; TTA averages the probabilities of the image and its four one-pixel "
+              f"shifts (`gtsrb evaluate --tta`, five forward passes). Same weights, so the counts are exact pairs.")
+
+
 def release_text(m: dict, hist: list[dict], split: dict | None) -> str:
     """The release run (official protocol) from its metrics.json, and its split twin's scores."""
     cfg = m["model_config"]
@@ -694,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         blocks["checkpoint"] = (f"`{a.checkpoint}`: {a.checkpoint.stat().st_size / 1e6:.1f} MB, weights only "
                                 f"(read with `torch.load(weights_only=True)`), sha256\n`{sha256_file(a.checkpoint)}`")
     if held_out_ckpt.is_file() and a.data.is_file():
+        blocks["tta"] = tta_text(held_out_ckpt, a.data)
         best, pairs_md = best_model_section(held_out_ckpt, a.data, a.out)
         headline["best_model"] = best
         blocks["calibration"] = (f"Model `{held_out_ckpt}` on the test split: accuracy "

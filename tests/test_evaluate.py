@@ -98,3 +98,23 @@ def test_evaluate_official_fetches_the_test_set_then_scores_it(checkpoint, offic
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_tta_averages_the_image_and_its_one_pixel_shifts(checkpoint, synthetic_pack):
+    import numpy as np
+
+    from gtsrb.data import load_pack
+
+    clf = Classifier.load(checkpoint)
+    images = load_pack(synthetic_pack, "test").images[:6]
+    probs = clf.predict_tta(images)
+    shifted = [np.roll(images, 1, axis=2), images]  # a one-pixel shift right, by hand (edge column repeated)
+    shifted[0][:, :, 0] = images[:, :, 0]
+    by_hand = np.mean([clf.predict_arrays(np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+                                          [:, 1 + dy : 29 + dy, 1 + dx : 29 + dx]).probs
+                       for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))], axis=0)
+    np.testing.assert_allclose(probs, by_hand, rtol=1e-6)
+    view = clf.predict_arrays(shifted[0]).probs  # the dx = -1 view is the image moved one pixel right
+    right = clf.predict_arrays(np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")[:, 1:29, 0:28]).probs
+    np.testing.assert_allclose(view, right, rtol=1e-6)
+    assert evaluate(checkpoint, synthetic_pack, "test", tta=True)["tta"] is True
