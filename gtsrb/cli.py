@@ -47,28 +47,8 @@ def _load_config_arg(text: str) -> dict:
         raise DataError(f"{path}: not valid JSON ({e})") from e
 
 
-def split_config(d: dict):
-    """A flat JSON dict -> (ModelConfig, TrainConfig overrides). Unknown keys are an error.
-
-    Keys may be ModelConfig fields, TrainConfig fields, or "preset" (the base).
-    A study's best_config.json has this shape.
-    """
-    from gtsrb.model import PRESETS, ModelConfig
-    from gtsrb.train import TrainConfig
-
-    d = dict(d)
-    base = PRESETS[d.pop("preset", "seed")]
-    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
-    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(d) - model_keys - train_keys
-    if unknown:
-        raise DataError(f"--config: unknown key(s) {', '.join(sorted(unknown))}")
-    model = dataclasses.replace(base, **{k: v for k, v in d.items() if k in model_keys})
-    return ModelConfig.from_dict(model.to_dict()), {k: v for k, v in d.items() if k in train_keys}
-
-
 def cmd_train(a: argparse.Namespace) -> int:
-    from gtsrb.train import RECIPE, TrainConfig, fit
+    from gtsrb.train import RECIPE, TrainConfig, fit, split_config
 
     base = _load_config_arg(a.config) if a.config else {"preset": a.preset}
     model_config, train_over = split_config({**base, **(RECIPE if a.recipe else {})})

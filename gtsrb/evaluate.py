@@ -14,7 +14,7 @@ from gtsrb.classes import CLASS_NAMES
 from gtsrb.data import DataError, decode_records, find_layout, load_pack
 from gtsrb.inference import Classifier
 from gtsrb.metrics import classification_metrics, confusion, per_class_table
-from gtsrb.report import confusion_figure, save_figure
+from gtsrb.plots import confusion_figure, save_figure
 
 
 def official_test_arrays(paths: Sequence[str | os.PathLike], size: int, roi: bool = False) -> tuple[np.ndarray, np.ndarray]:

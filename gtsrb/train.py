@@ -51,7 +51,7 @@ from gtsrb.checkpoint import load_checkpoint, save_checkpoint
 from gtsrb.data import Packed, load_pack
 from gtsrb.metrics import classification_metrics, confusion
 from gtsrb.cpu_routes import ROUTES, apply_routes
-from gtsrb.model import ModelConfig, build_model, to_float_images
+from gtsrb.model import PRESETS, ModelConfig, build_model, to_float_images
 from gtsrb.splits import SPLIT_NAMES, track_subset
 
 METRIC_NAMES = ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall")
@@ -97,6 +97,25 @@ class TrainConfig:
 # `gtsrb train --recipe` and `make train-best` put on top of a preset or a study's config. Train it on
 # a pack made with `gtsrb pack --roi`: the ROI crop is part of the recipe and a property of the pack.
 RECIPE: dict = {"input_norm": "image", "mirror": True, "label_smoothing": 0.1}
+
+
+def split_config(d: dict) -> tuple[ModelConfig, dict]:
+    """A flat config dict -> (ModelConfig, TrainConfig overrides). Unknown keys are an error.
+
+    Keys may be ModelConfig fields, TrainConfig fields, or "preset" (the base model, default
+    "seed"). A study's best_config.json and `gtsrb train --config` have this shape.
+    """
+    d = dict(d)
+    preset = d.pop("preset", "seed")
+    if preset not in PRESETS:
+        raise ValueError(f"config: unknown preset {preset!r}: expected one of {', '.join(PRESETS)}")
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(d) - model_keys - train_keys
+    if unknown:
+        raise ValueError(f"config: unknown key(s) {', '.join(sorted(unknown))}")
+    model = dataclasses.replace(PRESETS[preset], **{k: v for k, v in d.items() if k in model_keys})
+    return ModelConfig.from_dict(model.to_dict()), {k: v for k, v in d.items() if k in train_keys}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -462,7 +481,7 @@ def fit(
 
 def _final_logs(writer, ckpt_dir, model, x_val, y_val, class_names, meta, history) -> None:
     """hparams and a confusion-matrix figure of the best-by-val weights."""
-    from gtsrb.report import confusion_figure
+    from gtsrb.plots import confusion_figure
 
     best = load_checkpoint(ckpt_dir / "best.pt", map_location=x_val.device)
     model.load_state_dict(best["model"])

@@ -26,10 +26,9 @@ import time
 from pathlib import Path
 
 from gtsrb.bench import machine
-from gtsrb.cli import split_config
 from gtsrb.data import write_text_atomic
 from gtsrb.evaluate import evaluate
-from gtsrb.train import TrainConfig, fit
+from gtsrb.train import TrainConfig, fit, split_config
 
 ARMS = ("seed", "no_se", "best", "seed_random")
 

@@ -33,10 +33,9 @@ from pathlib import Path
 
 from gtsrb.bench import machine
 from gtsrb.checkpoint import load_checkpoint, save_checkpoint
-from gtsrb.cli import split_config
 from gtsrb.data import write_text_atomic
 from gtsrb.evaluate import evaluate
-from gtsrb.train import RECIPE, TrainConfig, fit
+from gtsrb.train import RECIPE, TrainConfig, fit, split_config
 
 PIECES = {"norm": "input_norm", "mirror": "mirror", "smoothing": "label_smoothing"}
 # Candidates the recipe does not hold, each added to it.

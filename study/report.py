@@ -29,7 +29,7 @@ import pandas as pd
 from gtsrb.bench import machine
 from gtsrb.classes import CLASS_NAMES
 from gtsrb.data import write_text_atomic
-from gtsrb.report import plt, save_figure
+from gtsrb.plots import plt, save_figure
 
 ARM_LABELS = {"seed": "seed preset (SE on all 5 stages)", "no_se": "no SE (plain VGG-11)",
               "best": "study best config", "seed_random": "seed preset, random split"}

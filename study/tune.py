@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, replace
@@ -27,9 +26,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STUDY_ROOT = REPO / "results" / "study"
 METRIC, MODE = "val_accuracy", "max"
-# Tests set this to a folder: the first trial to finish epoch 1 kills its own
-# process once (the folder remembers), to show the retry from its checkpoint.
-CRASH_ONCE_ENV = "STUDY_CRASH_ONCE_DIR"
 
 
 @dataclass(frozen=True)
@@ -102,7 +98,6 @@ def train_trial(config: dict, data: str, profile: dict) -> None:
             # A hard link, not a copy: Ray copies the file into storage itself.
             os.link(ckpt_dir / "last.pt", Path(tmp) / "last.pt")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-        _maybe_crash_once(row["epoch"])
 
     train_config = TrainConfig(
         epochs=profile["epochs"],
@@ -119,26 +114,13 @@ def train_trial(config: dict, data: str, profile: dict) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _maybe_crash_once(epoch: int) -> None:
-    marker_dir = os.environ.get(CRASH_ONCE_ENV)
-    if not marker_dir or epoch != 1:
-        return
-    try:  # exactly one trial wins the marker, exactly once
-        fd = os.open(Path(marker_dir) / "crashed", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 def init_ray(num_cpus: int | None = None) -> None:
     """Join RAY_ADDRESS's cluster, or start a small local Ray (no dashboard, no usage stats)."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    env_vars = {k: os.environ[k] for k in (CRASH_ONCE_ENV, "PYTHONPATH") if k in os.environ}
-    env_vars["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env_vars.get("PYTHONPATH")]))
+    # The trials import this repository's packages (and whatever else PYTHONPATH names).
+    env_vars = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     runtime_env = {"env_vars": env_vars}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=False)

@@ -13,10 +13,10 @@ import optuna
 import pandas as pd
 import pytest
 
-from gtsrb.cli import split_config
 from gtsrb.model import PRESETS
+from gtsrb.train import split_config
 from study.space import FIXED_POINTS, NO_SE_POINT, SEED_POINT, best_config_json, define_space, to_configs
-from study.tune import CRASH_ONCE_ENV, REPO
+from study.tune import REPO
 
 
 def test_fixed_points_are_the_seed_and_the_seed_without_se():
@@ -56,12 +56,63 @@ def _study_cmd(data: Path, name: str) -> list[str]:
             "--train-fraction", "1", "--num-cpus", "2"]
 
 
+# Loaded at start-up by every process of the study: the first trial to finish epoch 1 kills its own
+# process once (the marker file remembers), to show the retry from its checkpoint.
+CRASH_ONCE_HOOK = """
+import importlib.abc, importlib.machinery, os, signal, sys
+from pathlib import Path
+
+
+def _patch(train):
+    fit = train.fit
+
+    def fit_that_crashes_once(*args, on_epoch=None, **kwargs):
+        def crash_once(row, ckpt_dir):
+            on_epoch(row, ckpt_dir)
+            if row["epoch"] != 1:
+                return
+            try:  # exactly one trial wins the marker, exactly once
+                fd = os.open(Path(CRASH_DIR) / "crashed", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return
+            os.close(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        return fit(*args, on_epoch=crash_once if on_epoch else None, **kwargs)
+
+    train.fit = fit_that_crashes_once
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    # Patches gtsrb.train when a process imports it, so that no other process pays for torch.
+    def find_spec(self, name, path, target=None):
+        if name != "gtsrb.train":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _patch(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _PatchOnImport())
+"""
+
+
 @pytest.fixture(scope="module")
 def smoke_study(synthetic_pack, tmp_path_factory):
     """One real smoke study on local Ray; the first trial to finish epoch 1 kills itself once."""
     root = tmp_path_factory.mktemp("study")
     crash_dir = tmp_path_factory.mktemp("crash")
-    env = {**os.environ, "STUDY_ROOT": str(root), CRASH_ONCE_ENV: str(crash_dir), "RAY_USAGE_STATS_ENABLED": "0"}
+    # The crash is injected from here: a sitecustomize on the trials' PYTHONPATH wraps gtsrb.train.fit.
+    hook = tmp_path_factory.mktemp("hook")
+    (hook / "sitecustomize.py").write_text(CRASH_ONCE_HOOK.replace("CRASH_DIR", repr(str(crash_dir))))
+    pythonpath = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "STUDY_ROOT": str(root), "PYTHONPATH": pythonpath, "RAY_USAGE_STATS_ENABLED": "0"}
     r = subprocess.run(_study_cmd(synthetic_pack, "smoke"), env=env, capture_output=True, text=True, cwd=REPO,
                        timeout=600)
     return root / "smoke", r, crash_dir
