@@ -53,6 +53,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # no pickled class or function: garbage, not code
+            raise CheckpointError(f"{path}: not a readable checkpoint (not a file written by torch.save)") from e
         raise CheckpointError(f"{path}: refused, it holds more than weights and plain data ({_one_line(e)})") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({_one_line(e)})") from e

@@ -7,7 +7,6 @@ status 2; never a traceback from deep inside.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -21,15 +20,32 @@ def _fail(msg: str) -> int:
     return 2
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime in ns) of a file, None if there is none: a rename onto it changes both."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 def cmd_pack(a: argparse.Namespace) -> int:
     from gtsrb.data import default_source, pack
 
     sources = a.source or [default_source()]
     out = a.out or Path("data") / f"gtsrb{a.size}.h5"
-    summary = pack(
-        sources, out, size=a.size, split=a.split, seed=a.seed, roi=a.roi, skip_bad=a.skip_bad,
-        keep_splits=a.keep_splits.split(",") if a.keep_splits else None, compress=a.compress,
-    )
+    before = _identity(out)
+    try:
+        summary = pack(
+            sources, out, size=a.size, split=a.split, seed=a.seed, roi=a.roi, skip_bad=a.skip_bad,
+            keep_splits=a.keep_splits.split(",") if a.keep_splits else None, compress=a.compress,
+        )
+    except KeyboardInterrupt:
+        # Only the final rename puts a file at ``out``: a new file there is this run's, complete.
+        if out.is_file() and _identity(out) != before:
+            print(f"interrupted after {out} was written in full: it is complete", file=sys.stderr)
+            return 0
+        raise
     print(summary)
     return 0
 

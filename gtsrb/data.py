@@ -220,8 +220,8 @@ def _train_layout(sources: list[Source], all_names: set, skip_bad: bool) -> Layo
     missing = [f"{c:05d}" for c in range(NUM_CLASSES) if c not in class_dirs]
     if missing:
         raise DataError(
-            f"{sources[0].path}: class folder(s) {', '.join(missing)} missing "
-            f"(expected 00000-{NUM_CLASSES - 1:05d})"
+            f"{sources[0].path}: class folder(s) {', '.join(missing)} missing or empty (no images and no CSV; "
+            f"expected 00000-{NUM_CLASSES - 1:05d})"
         )
     records: list[Record] = []
     bad: list[str] = []
@@ -334,16 +334,25 @@ def preprocess(
     return np.asarray(out, dtype=np.uint8)
 
 
-def decode(data: bytes, where: str, max_pixels: int | None = None) -> Image.Image:
+# The largest image decode() accepts by default: far above any traffic-sign photo (GTSRB's
+# images are at most a few hundred pixels wide), far below what would exhaust memory.
+MAX_PIXELS = 40_000_000
+
+
+def decode(data: bytes, where: str, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """Bytes -> fully decoded PIL image, or DataError naming ``where``.
 
     ``max_pixels`` refuses larger images before their pixels are decoded (the
-    header alone gives the size), so a huge upload costs no memory.
+    header alone gives the size), so a huge file costs no memory; None: no cap.
     """
     if not data:
         raise DataError(f"{where}: empty file (0 bytes)")
-    pixels = plain_ppm(data, max_pixels)
+    pixels = plain_ppm(data)
     if pixels is not None:
+        h, w = pixels.shape[:2]
+        if max_pixels is not None and w * h > max_pixels:
+            raise DataError(f"{where}: image is {w}x{h} ({w * h / 1e6:.0f} megapixels); "
+                            f"the limit is {max_pixels / 1e6:.0f} megapixels, so downscale it first")
         return Image.fromarray(pixels)
     try:
         with warnings.catch_warnings():
@@ -375,7 +384,7 @@ _PPM_SEP = _PPM_WS + rb"+(?:#[^\r\n]*[\r\n]" + _PPM_WS + rb"*)*"
 _PPM_HEADER = re.compile(rb"P6" + _PPM_SEP + rb"(\d{1,9})" + _PPM_SEP + rb"(\d{1,9})" + _PPM_SEP + rb"255" + _PPM_WS)
 
 
-def plain_ppm(data: bytes, max_pixels: int | None = None) -> np.ndarray | None:
+def plain_ppm(data: bytes) -> np.ndarray | None:
     """The (H, W, 3) pixels of an 8-bit P6 file, read without PIL's format
     detection (which costs more than the pixels here); None for anything else
     (other depths, short data, ...), which takes PIL's path and its errors."""
@@ -384,7 +393,7 @@ def plain_ppm(data: bytes, max_pixels: int | None = None) -> np.ndarray | None:
         return None
     w, h = int(m[1]), int(m[2])
     start, n = m.end(), w * h * 3
-    if w == 0 or h == 0 or len(data) - start < n or (max_pixels is not None and w * h > max_pixels):
+    if w == 0 or h == 0 or len(data) - start < n:
         return None
     return np.frombuffer(data, np.uint8, n, start).reshape(h, w, 3)
 
@@ -473,6 +482,7 @@ def pack(
     out = Path(out)
     if size < 8:
         raise DataError(f"--size {size}: images must be at least 8 pixels wide")
+    check_writable(out)  # before the decoding, not after it
     layout = None
     try:
         layout = find_layout(sources, skip_bad=skip_bad)
@@ -508,6 +518,22 @@ def pack(
             s.close()
     counts = {name: int((split_codes == i).sum()) for i, name in enumerate(SPLIT_NAMES)}
     return PackSummary(out, layout.kind, counts, len(set(labels.tolist())), len(layout.bad), time.perf_counter() - t0)
+
+
+def check_writable(out: Path) -> None:
+    """DataError now, naming ``out``, if a file cannot be written there: a directory in the way, a
+    regular file where a folder should be, or a folder that is not writable."""
+    if out.is_dir():
+        raise DataError(f"{out}: a directory; give a file path such as {out / 'gtsrb28.h5'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next(p for p in [out.parent, *out.parent.parents] if p.exists())
+        raise DataError(f"{out}: cannot be written, {blocker} is a file, not a folder") from None
+    except OSError as e:
+        raise DataError(f"{out}: cannot create its folder ({e.strerror})") from None
+    if not os.access(out.parent, os.W_OK):
+        raise DataError(f"{out}: its folder {out.parent} is not writable")
 
 
 def write_pack(

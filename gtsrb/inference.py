@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from gtsrb.checkpoint import load_checkpoint
+from gtsrb.checkpoint import CheckpointError, load_checkpoint
 from gtsrb.classes import CLASS_NAMES
-from gtsrb.data import DataError, decode, preprocess
+from gtsrb.data import MAX_PIXELS, DataError, decode, preprocess
 from gtsrb.model import ModelConfig, SEVGG, build_model, to_float_images
 
 ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
@@ -43,7 +43,7 @@ class Prediction:
         return [(int(c), CLASS_NAMES[c], float(self.probs[i, c])) for c in order]
 
 
-def load_image(image: ImageLike, max_pixels: int | None = None) -> Image.Image:
+def load_image(image: ImageLike, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """A path, bytes, PIL image or array -> PIL image (DataError names a bad file).
 
     ``max_pixels`` refuses a larger encoded image before decoding its pixels.
@@ -52,6 +52,8 @@ def load_image(image: ImageLike, max_pixels: int | None = None) -> Image.Image:
         return image
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
+        if path.is_dir():
+            raise DataError(f"{path}: a directory, not an image file")
         if not path.is_file():
             raise DataError(f"{path}: no such image file")
         return decode(path.read_bytes(), str(path), max_pixels)
@@ -107,8 +109,12 @@ class Classifier:
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "Classifier":
         device = torch.device(device)
         ckpt = load_checkpoint(path, map_location=device)
-        model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
-        model.load_state_dict(ckpt["model"])
+        try:
+            model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
+            model.load_state_dict(ckpt["model"])
+        except (RuntimeError, ValueError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{path}: its weights do not fit its model config ({first})") from e
         meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "rng")}
         return cls(model, meta, device)
 

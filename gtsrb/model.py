@@ -105,6 +105,8 @@ class ModelConfig:
             raise ValueError(f"se_form {self.se_form!r}: expected 'gate' or 'scale_shift'")
         if self.se_position not in ("pre_bn", "post_act"):
             raise ValueError(f"se_position {self.se_position!r}: expected 'pre_bn' or 'post_act'")
+        if self.image_size < 8 or self.num_classes < 2:
+            raise ValueError(f"image_size {self.image_size}, num_classes {self.num_classes}: need >= 8 and >= 2")
         if self.input_norm not in ("dataset", "image"):
             raise ValueError(f"input_norm {self.input_norm!r}: expected 'dataset' or 'image'")
         if self.pool not in ("max", "avg"):

@@ -361,7 +361,9 @@ def fit(
     eval_model = ema.module if ema is not None else model  # what is validated and saved as "model"
     mirror = torch.tensor(mirror_table(), device=device) if config.mirror else None
 
-    start_epoch, history, best_acc = 1, [], -1.0
+    for orphan in ckpt_dir.glob(".*.pt.tmp-*"):  # left by a kill during a checkpoint write
+        orphan.unlink(missing_ok=True)
+    start_epoch, history, best_acc, ckpt = 1, [], -1.0, None
     if resume and (ckpt_dir / "last.pt").exists():
         ckpt = load_checkpoint(ckpt_dir / "last.pt", map_location=device)
         if ModelConfig.from_dict(ckpt["model_config"]) != model_config:
@@ -390,6 +392,10 @@ def fit(
             "cpu_routes": list(train_step.cpu_routes),
         },
     }
+    if ckpt is not None and not (ckpt_dir / "best.pt").is_file():
+        # Killed while best.pt was written (last.pt is written first): last.pt holds that epoch's weights.
+        save_checkpoint({**meta, "model": ckpt["model"], "epoch": ckpt["epoch"], "history": history}, ckpt_dir / "best.pt")
+        best_acc = history[-1]["val_accuracy"]
 
     for epoch in range(start_epoch, config.epochs + 1):
         t0 = time.perf_counter()

@@ -101,6 +101,7 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(synthetic_pack
     r = subprocess.run(_train_cmd(synthetic_pack, killed), env=env, capture_output=True, text=True)
     assert r.returncode == 2 and "--resume" in r.stderr
     subprocess.run(_train_cmd(synthetic_pack, killed, "--resume"), check=True, env=env, capture_output=True)
+    assert (killed / "best.pt").is_file() and not list(killed.glob(".*.tmp-*"))  # whenever the kill came
 
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(killed / "last.pt")
     assert a["epoch"] == b["epoch"] == 4
