@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import platform
 import tempfile
 import time
 import zipfile
@@ -47,6 +45,7 @@ import torch.nn.functional as F
 
 from gtsrb.cpu_routes import ROUTES
 from gtsrb.model import PRESETS, ModelConfig, build_model
+from gtsrb.util import machine
 
 
 def matmul_gflops(n: int = 2048, seconds: float = 2.0, dtype: torch.dtype = torch.float32) -> float:
@@ -288,34 +287,6 @@ def bench_pack(source: Path) -> tuple[float, float]:
     naive_s = time.perf_counter() - t
     assert len(out) > 0
     return pack_s, naive_s
-
-
-# The CPU flags that decide the precision and the kernels torch runs.
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def machine() -> dict:
-    """The CPU (model and the flags that matter here), cores, torch; the GPU where there is one."""
-    fields: dict[str, str] = {}  # the first core's entries of /proc/cpuinfo
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    flags = set(fields.get("flags", "").split())
-    info = {
-        "cpu": fields.get("model name") or platform.processor(),
-        "cpu_flags": [f for f in CPU_FLAGS if f in flags],
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "python": platform.python_version(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def cpu_variants() -> dict[str, dict]:

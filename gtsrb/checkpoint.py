@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from gtsrb.util import atomic_path
+
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be read safely. The message names the file."""
@@ -20,15 +22,8 @@ class CheckpointError(Exception):
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     """torch.save to a temp file beside ``path``, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _one_line(e: Exception) -> str:

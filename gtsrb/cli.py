@@ -153,7 +153,8 @@ def cmd_fetch(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from gtsrb.bench import run
-    from gtsrb.data import default_source, write_text_atomic
+    from gtsrb.data import default_source
+    from gtsrb.util import write_text_atomic
 
     source = a.source
     if source is None:

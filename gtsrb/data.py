@@ -35,6 +35,7 @@ from PIL import Image, ImageOps, ImageSequence
 from gtsrb import __version__
 from gtsrb.classes import CLASS_NAMES, NUM_CLASSES
 from gtsrb.splits import SPLIT_NAMES, make_split, track_groups
+from gtsrb.util import atomic_path, sha256_file
 
 FORMAT_VERSION = 1
 DEFAULT_SIZE = 28
@@ -55,25 +56,6 @@ class DataError(Exception):
 
 
 # --------------------------------------------------------------------------- sources
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path``, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file (archives, checkpoints), read in chunks."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class Source:
@@ -547,9 +529,7 @@ def write_pack(
     compress: bool = False,
 ) -> None:
     """Write the HDF5 schema (see README) to a temp file beside ``out``, then rename."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as f:
             n = len(labels)
             chunk = (min(max(n, 1), 1024), *images.shape[1:])
@@ -565,10 +545,6 @@ def write_pack(
             f.create_dataset("class_names", data=np.array(CLASS_NAMES, dtype=object), dtype=h5py.string_dtype())
             for k, v in attrs.items():
                 f.attrs[k] = v
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @dataclass

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from gtsrb.data import DataError, sha256_file
+from gtsrb.data import DataError
 from gtsrb.model import to_float_images
+from gtsrb.util import atomic_path, sha256_file
 
 EXCITATIONS_FILE = "excitations.npz"
 
@@ -61,13 +62,8 @@ def save_excitations(stats: dict[str, dict], path: str | os.PathLike, checkpoint
         for key in ("class_mean", "overall_mean", "count"):
             arrays[f"{name}/{key}"] = s[key]
         arrays[f"{name}/specificity"] = np.array(s["specificity"])
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-    try:
+    with atomic_path(path, suffix=".npz") as tmp:
         np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def load_excitations(path: str | os.PathLike) -> tuple[dict[str, dict], dict]:

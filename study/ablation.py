@@ -25,10 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-from gtsrb.bench import machine
-from gtsrb.data import write_text_atomic
 from gtsrb.evaluate import evaluate
 from gtsrb.train import TrainConfig, fit, split_config
+from gtsrb.util import machine, write_text_atomic
 
 ARMS = ("seed", "no_se", "best", "seed_random")
 

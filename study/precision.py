@@ -22,11 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from gtsrb.bench import machine
 from gtsrb.checkpoint import load_checkpoint
-from gtsrb.data import write_text_atomic
 from gtsrb.model import PRESETS
 from gtsrb.train import TrainConfig, fit
+from gtsrb.util import machine, write_text_atomic
 
 PATHS = {
     "fp32": {"precision": "fp32", "channels_last": False},

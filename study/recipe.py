@@ -31,11 +31,10 @@ import sys
 import time
 from pathlib import Path
 
-from gtsrb.bench import machine
 from gtsrb.checkpoint import load_checkpoint, save_checkpoint
-from gtsrb.data import write_text_atomic
 from gtsrb.evaluate import evaluate
 from gtsrb.train import RECIPE, TrainConfig, fit, split_config
+from gtsrb.util import machine, write_text_atomic
 
 PIECES = {"norm": "input_norm", "mirror": "mirror", "smoothing": "label_smoothing"}
 # Candidates the recipe does not hold, each added to it.

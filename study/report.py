@@ -26,10 +26,9 @@ import numpy as np
 import scipy.stats
 import pandas as pd
 
-from gtsrb.bench import machine
 from gtsrb.classes import CLASS_NAMES
-from gtsrb.data import write_text_atomic
 from gtsrb.plots import plt, save_figure
+from gtsrb.util import machine, write_text_atomic
 
 ARM_LABELS = {"seed": "seed preset (SE on all 5 stages)", "no_se": "no SE (plain VGG-11)",
               "best": "study best config", "seed_random": "seed preset, random split"}
@@ -707,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         blocks["effects"], n_trials = effects_table(a.study)
         blocks["effects"] += f"\n\n{n_trials} trials in `{a.study}` back this table."
     if a.checkpoint.is_file():
-        from gtsrb.data import sha256_file
+        from gtsrb.util import sha256_file
 
         blocks["checkpoint"] = (f"`{a.checkpoint}`: {a.checkpoint.stat().st_size / 1e6:.1f} MB, weights only "
                                 f"(read with `torch.load(weights_only=True)`), sha256\n`{sha256_file(a.checkpoint)}`")

@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gtsrb.bench import machine
 from gtsrb.checkpoint import load_checkpoint, save_checkpoint
 from gtsrb.data import load_pack
 from gtsrb.evaluate import evaluate
 from gtsrb.explain import compute_excitations_file
 from gtsrb.inference import Classifier
 from gtsrb.train import RECIPE, TrainConfig, fit, split_config
+from gtsrb.util import machine
 
 PROTOCOLS = {"official": ("train", "val", "test"), "split": ("train",)}
 # Artefacts of an earlier release in --out, removed when a fresh run starts (best.pt is replaced atomically).

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from gtsrb.cpu_routes import ROUTES, PatchGradConv2d, RoutedConv2d, SmallMapConv2d, apply_routes
-from gtsrb.model import PRESETS, SqueezeExcitation, build_model
+from gtsrb.model import SqueezeExcitation, build_model
 
 Conv2d = RoutedConv2d  # both conv routes, as the bf16 training step runs them
 

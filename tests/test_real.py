@@ -73,7 +73,7 @@ BEST = Path(__file__).resolve().parents[1] / "results" / "best"
 
 def test_committed_checkpoint_is_small_safe_and_named_in_the_readme():
     from gtsrb.checkpoint import load_checkpoint
-    from gtsrb.data import sha256_file
+    from gtsrb.util import sha256_file
     from gtsrb.explain import load_excitations
 
     ckpt = BEST / "best.pt"

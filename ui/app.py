@@ -28,9 +28,10 @@ from PIL import Image  # noqa: E402
 
 from gtsrb.checkpoint import CheckpointError  # noqa: E402
 from gtsrb.classes import CLASS_NAMES  # noqa: E402
-from gtsrb.data import DataError, sha256_file  # noqa: E402
+from gtsrb.data import DataError  # noqa: E402
 from gtsrb.explain import EXCITATIONS_FILE, gradcam, gradcam_layer, load_excitations  # noqa: E402
 from gtsrb.inference import Classifier, load_image  # noqa: E402
+from gtsrb.util import sha256_file  # noqa: E402
 
 DEFAULT_CHECKPOINT = Path("results/best")
 EXAMPLES = Path(__file__).parent / "examples"

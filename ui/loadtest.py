@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gtsrb.bench import machine
-from gtsrb.data import write_text_atomic
+from gtsrb.util import machine, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = Path(__file__).parent / "examples" / "14-stop.png"
