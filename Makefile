@@ -26,7 +26,7 @@ GPUS_PER_TRIAL ?=
 TRAIN_FRACTION ?=
 STUDY          ?= $(if $(NAME),$(NAME),$(if $(SMOKE),smoke,cpu))
 
-.PHONY: venv pack train test tune tune-summary train-best evaluate-official recipe bench precision-check tensorboard demo loadtest ablation report clean-venv
+.PHONY: venv pack train test test-fast tune tune-summary train-best evaluate-official recipe bench precision-check tensorboard demo loadtest ablation report clean-venv
 
 venv: $(STAMP)
 
@@ -62,6 +62,10 @@ $(CHROMIUM):
 
 test: $(STAMP) $(CHROMIUM)
 	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The unit tests alone: no training, Ray, browser or real archive (tests marked slow are skipped).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 # The demo: results/best/ by default, or CKPT=path/to/best.pt (a file or a run folder).
 CKPT ?= results/best

@@ -15,10 +15,12 @@ def test_flop_count_of_the_seed_model_is_about_0_49_gflop_per_training_image():
     assert forward == pytest.approx(0.165e9, rel=0.01)
 
 
+@pytest.mark.slow
 def test_train_bench_runs_the_real_training_step():
     assert bench.bench_train(steps=1, batch=16) > 0
 
 
+@pytest.mark.slow
 def test_train_step_runner_builds_the_step_each_variant_asks_for():
     """stock is plain torch.nn; a route variant switches on that route alone."""
     from gtsrb.cpu_routes import SmallMapConv2d, ViewGradSqueeze
@@ -55,6 +57,7 @@ def test_compile_that_falls_back_reports_no_figure(monkeypatch):
         assert bench.bench_train(steps=1, batch=8, compile=True) is None
 
 
+@pytest.mark.slow
 def test_naive_loader_bench_reads_torchvision_gtsrb_from_the_archive(synthetic_zip):
     with bench.naive_runner(synthetic_zip, images=24, batch=8, workers=0) as step:
         assert 8 / bench._time(step, warmup=1, steps=1) > 0
@@ -83,6 +86,7 @@ def test_bench_cli_quick_json_has_the_reported_keys(synthetic_zip, capsys, tmp_p
     assert {"cpu", "cpu_flags", "cores", "torch", "torch_threads"} <= set(result["machine"])
 
 
+@pytest.mark.slow
 def test_inference_bench_times_predict_and_evaluation_throughput():
     r = bench.bench_infer(requests=4, eval_images=64)
     assert 0 < r["infer_ms_p50"] <= r["infer_ms_p99"] < 1000

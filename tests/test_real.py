@@ -8,6 +8,8 @@ import pytest
 
 from gtsrb.data import load_pack, pack
 
+pytestmark = pytest.mark.slow  # the real archive, 39,209 images
+
 REAL_SHA256 = "34f8f28c23a9dcc8d767706d679216b8d03fd6bab10030ee25a5bdb5c167a15b"
 
 

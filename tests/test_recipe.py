@@ -91,6 +91,7 @@ def test_label_smoothing_reaches_the_training_loss():
     assert losses[1] != pytest.approx(losses[0], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_ema_weights_are_what_is_validated_saved_and_resumed(synthetic_pack, tmp_path):
     history = fit(TINY, synthetic_pack, tmp_path / "a", RECIPE_TINY, progress=False)
     last = load_checkpoint(tmp_path / "a" / "last.pt")
@@ -114,6 +115,7 @@ def test_ema_weights_are_what_is_validated_saved_and_resumed(synthetic_pack, tmp
         assert torch.equal(last["model"][k], b["model"][k]), k
 
 
+@pytest.mark.slow
 def test_the_official_protocol_trains_on_every_split_and_keeps_the_last_epoch(synthetic_pack, tmp_path):
     config = TrainConfig(epochs=2, batch_size=64, histograms=False, train_splits=("train", "val", "test"))
     history = fit(TINY, synthetic_pack, tmp_path, config, progress=False)
@@ -142,6 +144,7 @@ def test_recipe_arms_drop_exactly_one_piece():
         arm_spec("no_dropout")
 
 
+@pytest.mark.slow
 def test_the_recipe_ablation_records_each_run_once(synthetic_pack, tmp_path, capsys):
     from study.recipe import main as recipe
 
@@ -166,6 +169,7 @@ def test_the_recipe_ablation_records_each_run_once(synthetic_pack, tmp_path, cap
     assert "done, skipped" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_release_export_keeps_fp16_weights_that_predict_like_fp32(synthetic_pack, tmp_path):
     from study.train_best import export_release
 
@@ -182,37 +186,7 @@ def test_release_export_keeps_fp16_weights_that_predict_like_fp32(synthetic_pack
     assert not list(out.glob(".*"))  # the temporary check file is gone
 
 
-def _record(folder, arm, seed, val, test, raw=None):
-    rec = {"preset": "best", "arm": arm, "seed": seed, "train_config": {"epochs": 8}, "train_seconds": 1200.0,
-           "val_accuracy": val, "test": {"accuracy": test, "n": 7860}, "machine": {"cpu": "X", "cores": 2},
-           "command": "python -m study.recipe ..."}
-    if raw:
-        rec["raw"] = raw
-    (folder / f"{arm}-seed{seed}.json").write_text(json.dumps(rec))
-
-
-def test_report_recipe_table_pairs_arms_by_seed_and_names_borrowed_rows(tmp_path):
-    from study.report import load_recipe, recipe_table
-
-    folder = tmp_path / "best"
-    folder.mkdir()
-    _record(folder, "recipe", 1, 0.98, 0.99)
-    _record(folder, "old", 0, 0.96, 0.97)
-    _record(folder, "old", 1, 0.95, 0.96)
-    _record(folder, "ema", 0, 0.97, 0.98, raw={"val_accuracy": 0.985, "test_accuracy": 0.995})
-    df = load_recipe(tmp_path)
-    rec = df[df["arm"] == "recipe"].set_index("seed")
-    assert rec.loc[0, "test"] == 0.995 and rec.loc[0, "from"].startswith("raw weights of")  # borrowed from ema
-    assert rec.loc[1, "from"] == ""
-    text = recipe_table(df)
-    old_row = next(line for line in text.splitlines() if line.startswith("| old recipe"))
-    # old − recipe on test: seed 0: 0.97 − 0.995, seed 1: 0.96 − 0.99 -> mean −2.75 points
-    assert "-2.75 ± 0.35 (n=2)" in old_row
-    ema_row = next(line for line in text.splitlines() if line.startswith("| recipe + EMA"))
-    assert "-1.50 (n=1)" in ema_row
-    assert "raw weights of `best/ema-seed0.json`" in text
-
-
+@pytest.mark.slow
 def test_gtsrb_train_recipe_adds_the_recipe_to_the_config(synthetic_pack, tmp_path):
     from gtsrb.cli import main
 

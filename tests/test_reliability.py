@@ -42,6 +42,7 @@ def _one_line_exit_2(capsys, args, *needles):
 
 
 # 1. A kill while best.pt is written: resume repairs it, and the orphaned temp file goes.
+@pytest.mark.slow
 def test_1_resume_rebuilds_a_best_pt_lost_to_a_kill_and_removes_the_orphan(synthetic_pack, tmp_path, capsys):
     def stop(row, _):
         raise KeyboardInterrupt  # after epoch 1's last.pt (and best.pt) are written
@@ -58,6 +59,7 @@ def test_1_resume_rebuilds_a_best_pt_lost_to_a_kill_and_removes_the_orphan(synth
     assert best["epoch"] == max(history, key=lambda h: h["val_accuracy"])["epoch"]  # the first best, as ever
 
 
+@pytest.mark.slow
 def test_1_a_finished_run_without_best_pt_gets_one_on_resume(synthetic_pack, tmp_path, capsys):
     args = ["train", "--data", str(synthetic_pack), "--config", json.dumps({"cfg": list(TINY.cfg)}),
             "--epochs", "1", "--batch-size", "64", "--out", str(tmp_path)]
@@ -70,6 +72,7 @@ def test_1_a_finished_run_without_best_pt_gets_one_on_resume(synthetic_pack, tmp
 
 
 # 2. The library's decoder has a pixel cap, for the fast PPM path too, with the limit in the message.
+@pytest.mark.slow
 def test_2_a_ppm_over_the_pixel_cap_is_refused_before_decoding(tiny_ckpt, tmp_path, capsys):
     small = b"P6\n40 40\n255\n" + bytes(40 * 40 * 3)
     with pytest.raises(DataError, match=r"40x40.*the limit is 0 megapixels"):
@@ -87,6 +90,7 @@ def test_2_a_ppm_over_the_pixel_cap_is_refused_before_decoding(tiny_ckpt, tmp_pa
         load_image(big)
 
 
+@pytest.mark.slow
 def test_2_pack_refuses_a_listed_ppm_over_the_cap(synthetic_zip, tmp_path, capsys):
     side = int(MAX_PIXELS**0.5) + 10
     hostile = tmp_path / "hostile.zip"
@@ -102,6 +106,7 @@ def test_2_pack_refuses_a_listed_ppm_over_the_cap(synthetic_zip, tmp_path, capsy
 
 
 # 3. A checkpoint whose weights do not fit its config: one line, exit 2, in predict, evaluate and the demo.
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["wrong_shapes", "wrong_keys", "other_architecture", "bad_image_size"])
 def test_3_mismatched_checkpoints_end_with_one_line(case, tmp_path, sign_png, synthetic_pack, capsys):
     state = build_model(TINY).state_dict()
@@ -118,6 +123,7 @@ def test_3_mismatched_checkpoints_end_with_one_line(case, tmp_path, sign_png, sy
     save_checkpoint({"model_config": config, "model": state, "epoch": 0}, path)
     _one_line_exit_2(capsys, ["predict", str(path), str(sign_png)], str(path))
     _one_line_exit_2(capsys, ["evaluate", str(path), "--data", str(synthetic_pack)], str(path))
+    pytest.importorskip("gradio")  # the `ui` extra
     from ui.app import main as demo_main
 
     assert demo_main(["--checkpoint", str(path)]) == 2

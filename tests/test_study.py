@@ -9,9 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
-import pandas as pd
 import pytest
+
+optuna = pytest.importorskip("optuna")  # the `study` extra
+pd = pytest.importorskip("pandas")
+pytest.importorskip("ray")
+
+pytestmark = pytest.mark.slow  # a real Ray study
 
 from gtsrb.model import PRESETS
 from gtsrb.train import split_config

@@ -14,6 +14,8 @@ from gtsrb.checkpoint import load_checkpoint
 from gtsrb.model import ModelConfig
 from gtsrb.train import METRIC_NAMES, TrainConfig, fit
 
+pytestmark = pytest.mark.slow  # every test here trains
+
 SMALL = TrainConfig(epochs=2, batch_size=64, log_every=5)
 # The seed's layout at a quarter of its width: the same code paths, 16x less compute.
 TINY = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))

@@ -23,6 +23,7 @@ from ui_server import CHECKPOINT, REPO, serve
 from gtsrb.classes import CLASS_NAMES
 
 pytest.importorskip("gradio_client")  # the `ui` extra
+pytestmark = pytest.mark.slow  # a real Gradio server in a subprocess
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 

@@ -16,7 +16,10 @@ import pytest
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
 
+pytest.importorskip("playwright")  # the `dev` extra
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+
+pytestmark = pytest.mark.slow  # a real browser against a real server
 from ui_server import CHECKPOINT, serve  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,0 +1,145 @@
+"""study.report (`make report`) and study.ablation: the page generator's tables, from hand-made records."""
+
+import json
+
+def test_report_fill_rewrites_only_its_block(tmp_path):
+    from study.report import fill, first_epoch, pm
+
+    f = tmp_path / "R.md"
+    f.write_text("intro\n<!-- report:x -->\nold\n<!-- /report:x -->\noutro\n")
+    assert fill(f, "x", "new table")
+    assert f.read_text() == "intro\n<!-- report:x -->\nnew table\n<!-- /report:x -->\noutro\n"
+    assert not fill(f, "y", "nothing")
+    assert first_epoch([0.5, 0.96, 0.97], 0.95) == 2 and first_epoch([0.5], 0.95) is None
+    assert pm([0.9, 0.92]) == "91.00 ± 1.41"
+
+
+def test_ablation_plan_runs_every_arm_per_seed_and_leakage_once():
+    from study.ablation import plan
+
+    runs = plan(["seed", "no_se", "best", "seed_random"], [0, 1, 2])
+    assert runs[:4] == [("seed", 0), ("no_se", 0), ("best", 0), ("seed_random", 0)]
+    assert len(runs) == 10 and runs.count(("seed_random", 0)) == 1
+    assert json.dumps(runs)  # plain values
+
+
+def test_report_gpu_table_shows_each_variant_its_peak_share_and_fallbacks():
+    from study.report import gpu_table
+
+    def run(img_s: float, host: float) -> dict:
+        gpu = {"bf16_matmul_tflops": 800.0}
+        for batch in (128, 1024):
+            for key in ("eager", "eager_noaug", "compile", "compile_nchw"):
+                gpu[f"train_img_s_b{batch}_{key}"] = None if (batch, key) == (1024, "compile") else img_s * batch / 128
+                if gpu[f"train_img_s_b{batch}_{key}"] is not None:
+                    gpu[f"bf16_peak_fraction_b{batch}_{key}"] = gpu[f"train_img_s_b{batch}_{key}"] * 0.5e9 / 800e12
+        return {"gpu": gpu, "matmul_gflops": host, "train_gflop_per_image": 0.5,
+                "machine": {"cpu": "X", "cores": 16, "torch": "2.x", "gpu": "NVIDIA H200"}}
+
+    after = run(16000.0, 2000.0)
+    after["gpu"]["step_is_sync_free"] = True
+    text = gpu_table(after, run(8000.0, 1400.0), "after.json", "before.json")
+    lines = text.splitlines()
+    row = next(line for line in lines if line.startswith("| batch 128: default step"))
+    assert row == "| batch 128: default step (eager, channels_last), img/s | 8,000 (0.5% of peak) | 16,000 (1.0% of peak) |"
+    assert "| batch 1024: `torch.compile`, channels_last, img/s | fell back to eager | fell back to eager |" in lines
+    assert "| host CPU fp32 matmul, GFLOP/s | 1,400 | 2,000 |" in lines
+    assert "| a step makes no host sync (`step_is_sync_free`) | – | yes |" in lines
+    assert "NVIDIA H200" in text and "after.json" in text and "before.json" in text
+
+
+def _bench_run(default: float, stock: float, naive: float, fp32: float, bf16: float) -> dict:
+    from gtsrb.bench import spread
+
+    variants = {"default_twin": spread([default] * 3), "stock": spread([stock - 1, stock, stock + 1]),
+                "route_squeeze_view_grad": spread([stock] * 3), "fp32": spread([fp32] * 3), "bf16": spread([bf16] * 3)}
+    return {"machine": {"cpu": "AMD EPYC", "cores": 2, "torch": "2.14.1", "cpu_flags": ["avx2"], "cpu_capability": "AVX2"},
+            "train_img_s": default, "train_img_s_spread": spread([default - 5, default, default + 5]),
+            "train_variants_img_s": variants, "naive_img_s": naive, "naive_img_s_spread": spread([naive] * 3),
+            "speedup_vs_naive": default / naive, "default_agrees": True, "matmul_gflops": 100.0, "ceiling_img_s": 203.0,
+            "train_gflop_per_image": 0.492, "ratio_to_ceiling": default / 203.0, "infer_ms_p50": 9.0,
+            "infer_ms_p99": 12.0, "eval_img_s": 700.0, "train_precision": "fp32",
+            "targets": {"speedup_vs_naive": {"value": default / naive, "target": ">= 2.0", "met": default / naive >= 2}}}
+
+
+def test_report_speed_table_shows_each_variant_with_its_spread_against_stock():
+    from study.report import speed_table
+
+    text = speed_table(_bench_run(120.0, 100.0, 50.0, 120.0, 40.0), "run.json")
+    lines = text.splitlines()
+    assert "| default training step (`train_img_s`) | 120 [115–125] | 1.20 | what `gtsrb train`, the study and train-best run |" in lines
+    assert any(line.startswith("| variant `stock` | 100 [99–101] | 1.00 |") for line in lines)
+    assert any(line.startswith("| variant `route_squeeze_view_grad` | 100 [100–100] | 1.00 | `gtsrb.cpu_routes`: only `squeeze_view_grad`") for line in lines)
+    assert "- `speedup_vs_naive` 2.40 (target >= 2.0: met)" in lines
+    assert "run.json" in text and "AMD EPYC" in text and "avx2" in text
+
+
+def test_report_precision_rule_table_reads_old_and_new_bench_runs():
+    from study.report import precision_rule_table
+
+    old = {"machine": {"cpu": "Intel Xeon", "cores": 2, "torch": "2.14.1"}, "ceiling_bf16_img_s": 1.0,
+           "train_variants_img_s": {"fp32": 379.0, "bf16_channels_last": 829.0}}
+    lines = precision_rule_table([("old.json", old), ("new.json", _bench_run(120.0, 100.0, 50.0, 120.0, 40.0))]).splitlines()
+    assert lines[2].startswith("| Intel Xeon (?; flags: not recorded) | 379 | 829 | 2.19 | bf16 | `old.json` |")
+    assert lines[3] == "| AMD EPYC (AVX2; flags: avx2) | 120 | 40 | 0.33 | fp32 | `new.json` |"
+
+
+def test_report_precision_table_pairs_each_path_with_fp32_by_seed():
+    from study.report import precision_table
+
+    def run(path, seed, acc, epochs=3):
+        return {"path": path, "seed": seed, "epochs": epochs, "final_val_accuracy": acc, "images_per_s": [100.0, 300.0]}
+
+    record = {"runs": [run("fp32", 0, 0.80), {**run("fp32_channels_last", 0, 0.82), "relabelled_from": "fp32"},
+                       run("bf16", 0, 0.79),
+                       run("bf16", 1, 0.70), run("fp32", 1, 0.75),  # no control for seed 1
+                       run("bf16", 2, 0.9)]}  # no fp32: no row
+    lines = precision_table(record).splitlines()
+    assert "| 0 | 3 | 80.00 | 82.00 † | 79.00 | +2.00 | -1.00 | 200 / 200 / 200 |" in lines
+    assert "| 1 | 3 | 75.00 | – | 70.00 | – | -5.00 | 200 / – / 200 |" in lines
+    assert not any(line.startswith("| 2 |") for line in lines)
+    assert "moves by 5.00 points (fp32) and 20.00 points (bf16) between seeds" in lines[-3]
+    assert lines[-1].startswith("†: recorded as path fp32 before a layout fix")
+    # bf16 - fp32 is -1 and -5 points: mean -3, standard error 2 (sd 2.83 / sqrt 2)
+    # t(0.975, 1 dof) = 12.706: the interval is -3 -/+ 25.41
+    assert ("bf16 − fp32 over 2 seeds: mean -3.00 points (standard error 2.00; 95% interval -28.41 to +22.41), "
+            "within 0.3 points on 0, below on 2.") in lines[-3]
+    assert "fp32_channels_last − fp32 over" not in lines[-3]  # one seed only
+    # Runs of a superseded step stay out of the table and get one line.
+    record["runs"] += [run("bf16_old", 0, 0.78), run("bf16_old", 1, 0.77), run("bf16_old", 1, 0.9, epochs=10)]
+    record["superseded"] = {"bf16_old": "bf16 before a change"}
+    lines = precision_table(record).splitlines()
+    assert "| 0 | 3 | 80.00 | 82.00 † | 79.00 | +2.00 | -1.00 | 200 / 200 / 200 |" in lines
+    assert lines[-3] == ("Not in the table: bf16 before a change (path `bf16_old` in the JSON); at 3 epochs "
+                         "bf16_old − fp32 averaged +0.00 points over 2 seeds.")  # -2 and +2; no fp32 at 10 epochs
+
+
+def _record(folder, arm, seed, val, test, raw=None):
+    rec = {"preset": "best", "arm": arm, "seed": seed, "train_config": {"epochs": 8}, "train_seconds": 1200.0,
+           "val_accuracy": val, "test": {"accuracy": test, "n": 7860}, "machine": {"cpu": "X", "cores": 2},
+           "command": "python -m study.recipe ..."}
+    if raw:
+        rec["raw"] = raw
+    (folder / f"{arm}-seed{seed}.json").write_text(json.dumps(rec))
+
+
+def test_report_recipe_table_pairs_arms_by_seed_and_names_borrowed_rows(tmp_path):
+    from study.report import load_recipe, recipe_table
+
+    folder = tmp_path / "best"
+    folder.mkdir()
+    _record(folder, "recipe", 1, 0.98, 0.99)
+    _record(folder, "old", 0, 0.96, 0.97)
+    _record(folder, "old", 1, 0.95, 0.96)
+    _record(folder, "ema", 0, 0.97, 0.98, raw={"val_accuracy": 0.985, "test_accuracy": 0.995})
+    df = load_recipe(tmp_path)
+    rec = df[df["arm"] == "recipe"].set_index("seed")
+    assert rec.loc[0, "test"] == 0.995 and rec.loc[0, "from"].startswith("raw weights of")  # borrowed from ema
+    assert rec.loc[1, "from"] == ""
+    text = recipe_table(df)
+    old_row = next(line for line in text.splitlines() if line.startswith("| old recipe"))
+    # old − recipe on test: seed 0: 0.97 − 0.995, seed 1: 0.96 − 0.99 -> mean −2.75 points
+    assert "-2.75 ± 0.35 (n=2)" in old_row
+    ema_row = next(line for line in text.splitlines() if line.startswith("| recipe + EMA"))
+    assert "-1.50 (n=1)" in ema_row
+    assert "raw weights of `best/ema-seed0.json`" in text
