@@ -322,13 +322,9 @@ def fit(
     With ``resume`` the run continues from ``out_dir/last.pt`` and, on CPU,
     ends exactly where an uninterrupted run ends.
     """
-    from torch.utils.tensorboard import SummaryWriter
-
     config = config or TrainConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -336,73 +332,25 @@ def fit(
     if not isinstance(data, Packed):
         pack_path = Path(data).resolve()
         data = load_pack(pack_path)
-    unknown = set(config.train_splits) - set(SPLIT_NAMES)
-    if unknown or not config.train_splits:
-        raise ValueError(f"train_splits {config.train_splits!r}: expected some of {', '.join(SPLIT_NAMES)}")
-    train = data.take(np.isin(data.split, [SPLIT_NAMES.index(s) for s in config.train_splits]))
-    # Validate on val unless it is trained on; with nothing held out, best.pt is the last epoch.
-    val = data.subset("val") if "val" not in config.train_splits else data.take(np.zeros(0, np.int64))
-    train = train.take(track_subset(train.labels, train.groups, config.train_fraction, config.seed))
-    if len(val.labels):
-        val = val.take(track_subset(val.labels, val.groups, config.val_fraction, config.seed))
-    if len(train.labels) == 0:
-        raise ValueError("the pack has no train split")
-
+    train, val = training_splits(data, config)
     # Data lives on the device as one uint8 tensor per split.
-    x_train = torch.from_numpy(train.images).to(device)
-    y_train = torch.from_numpy(train.labels).to(device)
-    x_val = torch.from_numpy(val.images).to(device)
-    y_val = torch.from_numpy(val.labels).to(device)
-
+    x_train, y_train, x_val, y_val = (torch.from_numpy(a).to(device) for a in (train.images, train.labels,
+                                                                                val.images, val.labels))
     steps_per_epoch = max(1, len(y_train) // config.batch_size)  # drop the ragged last batch
     train_step = make_train_step(model_config, config, steps_per_epoch, device)
-    model, optimizer, scheduler = train_step.model, train_step.optimizer, train_step.scheduler
-    ema = train_step.ema
-    eval_model = ema.module if ema is not None else model  # what is validated and saved as "model"
+    model, scheduler = train_step.model, train_step.scheduler
+    eval_model = train_step.ema.module if train_step.ema is not None else model  # validated and saved
     mirror = torch.tensor(mirror_table(), device=device) if config.mirror else None
-
-    for orphan in ckpt_dir.glob(".*.pt.tmp-*"):  # left by a kill during a checkpoint write
-        orphan.unlink(missing_ok=True)
-    start_epoch, history, best_acc, ckpt = 1, [], -1.0, None
-    if resume and (ckpt_dir / "last.pt").exists():
-        ckpt = load_checkpoint(ckpt_dir / "last.pt", map_location=device)
-        if ModelConfig.from_dict(ckpt["model_config"]) != model_config:
-            raise ValueError(f"{ckpt_dir / 'last.pt'}: its model config differs from this run's")
-        model.load_state_dict(ckpt["train_model"] if ema is not None else ckpt["model"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"], device)
-        start_epoch, history = ckpt["epoch"] + 1, list(ckpt["history"])
-        best_acc = max((h["val_accuracy"] for h in history), default=-1.0)
-    step = (start_epoch - 1) * steps_per_epoch
-    # purge_step drops events a killed run wrote after its last checkpoint.
-    writer = SummaryWriter(str(out_dir), purge_step=step if start_epoch > 1 else None)
-    meta = {
-        "model_config": model_config.to_dict(),
-        "train_config": dataclasses.asdict(config),
-        "data": {"path": str(pack_path) if pack_path else None, **{k: _plain(v) for k, v in data.attrs.items()}},
-        "class_names": list(data.class_names),
-        # What "auto" resolved to on this machine.
-        "runtime": {
-            "device": str(device),
-            "precision": "bf16" if train_step.bf16 else "fp32",
-            "channels_last": train_step.channels_last,
-            "cpu_routes": list(train_step.cpu_routes),
-        },
-    }
-    if ckpt is not None and not (ckpt_dir / "best.pt").is_file():
-        # Killed while best.pt was written (last.pt is written first): last.pt holds that epoch's weights.
-        save_checkpoint({**meta, "model": ckpt["model"], "epoch": ckpt["epoch"], "history": history}, ckpt_dir / "best.pt")
-        best_acc = history[-1]["val_accuracy"]
+    ckpts = RunCheckpoints(Path(checkpoint_dir) if checkpoint_dir is not None else out_dir, train_step,
+                           _run_meta(model_config, config, data, pack_path, train_step), keep_best=len(y_val) > 0)
+    history = ckpts.resume(model_config) if resume else []
+    start_epoch = len(history) + 1
+    log = TrainLog(out_dir, config, step=(start_epoch - 1) * steps_per_epoch, resumed=start_epoch > 1)
 
     for epoch in range(start_epoch, config.epochs + 1):
         t0 = time.perf_counter()
         model.train()
         order = epoch_order(train.labels, steps_per_epoch * config.batch_size, config, epoch).to(device)
-        window_loss, window_pred, window_true = [], [], []
-        epoch_loss, epoch_pred = [], []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False)
         for i in bar:
             idx = order[i * config.batch_size : (i + 1) * config.batch_size]
@@ -410,39 +358,11 @@ def fit(
             if mirror is not None:
                 x, y = mirror_batch(x, y, mirror)
             loss, logits = train_step(x, y)
-            step += 1
-            # Keep metrics on the device; sync only when a window is logged.
-            window_loss.append(loss)
-            window_pred.append(logits.argmax(1))
-            window_true.append(y)
-            if step % config.log_every == 0 or i == steps_per_epoch - 1:
-                losses = torch.stack(window_loss)
-                pred, true = torch.cat(window_pred).cpu().numpy(), torch.cat(window_true).cpu().numpy()
-                m = {"loss": losses.mean().item(), **classification_metrics(true, pred)}
-                _log(writer, "train/step", m, step)
-                writer.add_scalar("lr/step", scheduler.get_last_lr()[0], step)
-                bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.3f}")
-                epoch_loss.append(losses)
-                epoch_pred.append((pred, true))
-                window_loss, window_pred, window_true = [], [], []
+            log.step(loss, logits, y, scheduler.get_last_lr()[0], bar, flush=i == steps_per_epoch - 1)
 
-        # Epoch metrics: train from the accumulated predictions, val from a full pass.
-        train_m = {
-            "loss": torch.cat(epoch_loss).mean().item(),
-            **classification_metrics(np.concatenate([t for _, t in epoch_pred]), np.concatenate([p for p, _ in epoch_pred])),
-        }
-        val_m, _ = evaluate_arrays(eval_model, x_val, y_val) if len(y_val) else ({k: 0.0 for k in METRIC_NAMES}, None)
+        train_m = log.epoch_train_metrics()
+        val_m = evaluate_arrays(eval_model, x_val, y_val)[0] if len(y_val) else dict.fromkeys(METRIC_NAMES, 0.0)
         seconds = time.perf_counter() - t0
-        _log(writer, "train/epoch", train_m, epoch)
-        _log(writer, "val/epoch", val_m, epoch)
-        _log(writer, "val/step", val_m, step)  # val against the step axis, beside train/step
-        writer.add_scalar("lr/epoch", scheduler.get_last_lr()[0], epoch)
-        if config.histograms:
-            for name, module in model.named_modules():
-                if isinstance(module, nn.Conv2d):
-                    writer.add_histogram(f"weights/{name}", module.weight, epoch)
-                    if module.weight.grad is not None:
-                        writer.add_histogram(f"grads/{name}", module.weight.grad, epoch)
         row = {
             "epoch": epoch,
             **{f"train_{k}": train_m[k] for k in METRIC_NAMES},
@@ -452,24 +372,9 @@ def fit(
             "images_per_s": steps_per_epoch * config.batch_size / seconds,
         }
         history.append(row)
-
-        # Checkpoint: last every epoch, best kept apart; both atomic.
-        state = {
-            **meta,
-            "model": eval_model.state_dict(),
-            **({"train_model": model.state_dict(), "ema": ema.state_dict()} if ema is not None else {}),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": _rng_state(device),
-            "epoch": epoch,
-            "history": history,
-        }
-        save_checkpoint(state, ckpt_dir / "last.pt")
-        if row["val_accuracy"] > best_acc or not len(y_val):
-            best_acc = row["val_accuracy"]
-            save_checkpoint({**meta, "model": eval_model.state_dict(), "epoch": epoch, "history": history}, ckpt_dir / "best.pt")
+        log.epoch(epoch, train_m, val_m, row["lr"], model)
+        ckpts.save(epoch, history)
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-        writer.flush()
         if progress:
             tqdm.write(
                 f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
@@ -477,12 +382,156 @@ def fit(
                 f"{seconds:.0f} s, {row['images_per_s']:.0f} img/s"
             )
         if on_epoch is not None:
-            on_epoch(row, ckpt_dir)
+            on_epoch(row, ckpts.dir)
 
     if history and start_epoch <= config.epochs:
-        _final_logs(writer, ckpt_dir, eval_model, x_val, y_val, data.class_names, meta, history)
-    writer.close()
+        _final_logs(log.writer, ckpts.dir, eval_model, x_val, y_val, data.class_names, ckpts.meta, history)
+    log.writer.close()
     return history
+
+
+def training_splits(data: Packed, config: TrainConfig) -> tuple[Packed, Packed]:
+    """(train, val) as the config asks: the named train splits, val held out unless trained on
+    (then empty), each cut to its fraction by whole tracks."""
+    unknown = set(config.train_splits) - set(SPLIT_NAMES)
+    if unknown or not config.train_splits:
+        raise ValueError(f"train_splits {config.train_splits!r}: expected some of {', '.join(SPLIT_NAMES)}")
+    train = data.take(np.isin(data.split, [SPLIT_NAMES.index(s) for s in config.train_splits]))
+    val = data.subset("val") if "val" not in config.train_splits else data.take(np.zeros(0, np.int64))
+    train = train.take(track_subset(train.labels, train.groups, config.train_fraction, config.seed))
+    if len(val.labels):
+        val = val.take(track_subset(val.labels, val.groups, config.val_fraction, config.seed))
+    if len(train.labels) == 0:
+        raise ValueError("the pack has no train split")
+    return train, val
+
+
+def _run_meta(model_config: ModelConfig, config: TrainConfig, data: Packed, pack_path: Path | None,
+              train_step: TrainStep) -> dict:
+    """What every checkpoint of the run carries besides its weights."""
+    return {
+        "model_config": model_config.to_dict(),
+        "train_config": dataclasses.asdict(config),
+        "data": {"path": str(pack_path) if pack_path else None, **{k: _plain(v) for k, v in data.attrs.items()}},
+        "class_names": list(data.class_names),
+        # What "auto" resolved to on this machine.
+        "runtime": {
+            "device": str(train_step.device),
+            "precision": "bf16" if train_step.bf16 else "fp32",
+            "channels_last": train_step.channels_last,
+            "cpu_routes": list(train_step.cpu_routes),
+        },
+    }
+
+
+class RunCheckpoints:
+    """``last.pt`` every epoch (everything resume needs) and ``best.pt`` (weights of the best val
+    epoch; with nothing held out, of the last), both written atomically, ``last.pt`` first."""
+
+    def __init__(self, folder: Path, train_step: TrainStep, meta: dict, keep_best: bool):
+        self.dir, self.train_step, self.meta, self.keep_best = folder, train_step, meta, keep_best
+        self.best_acc = -1.0
+        folder.mkdir(parents=True, exist_ok=True)
+        for orphan in folder.glob(".*.pt.tmp-*"):  # left by a kill during a checkpoint write
+            orphan.unlink(missing_ok=True)
+
+    def _weights(self) -> dict:
+        """The weights that are validated and served: the EMA where there is one."""
+        ts = self.train_step
+        return (ts.ema.module if ts.ema is not None else ts.model).state_dict()
+
+    def resume(self, model_config: ModelConfig) -> list[dict]:
+        """Load last.pt into the step (model, EMA, optimizer, schedule, RNG); its history, or []."""
+        path = self.dir / "last.pt"
+        if not path.exists():
+            return []
+        ts = self.train_step
+        ckpt = load_checkpoint(path, map_location=ts.device)
+        if ModelConfig.from_dict(ckpt["model_config"]) != model_config:
+            raise ValueError(f"{path}: its model config differs from this run's")
+        ts.model.load_state_dict(ckpt["train_model"] if ts.ema is not None else ckpt["model"])
+        if ts.ema is not None:
+            ts.ema.load_state_dict(ckpt["ema"])
+        ts.optimizer.load_state_dict(ckpt["optimizer"])
+        ts.scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"], ts.device)
+        history = list(ckpt["history"])
+        self.best_acc = max((h["val_accuracy"] for h in history), default=-1.0)
+        if not (self.dir / "best.pt").is_file():
+            # Killed while best.pt was written (last.pt is written first): last.pt holds that epoch's weights.
+            save_checkpoint({**self.meta, "model": ckpt["model"], "epoch": ckpt["epoch"], "history": history},
+                            self.dir / "best.pt")
+            self.best_acc = history[-1]["val_accuracy"]
+        return history
+
+    def save(self, epoch: int, history: list[dict]) -> None:
+        ts = self.train_step
+        weights = self._weights()
+        save_checkpoint({
+            **self.meta,
+            "model": weights,
+            **({"train_model": ts.model.state_dict(), "ema": ts.ema.state_dict()} if ts.ema is not None else {}),
+            "optimizer": ts.optimizer.state_dict(),
+            "scheduler": ts.scheduler.state_dict(),
+            "rng": _rng_state(ts.device),
+            "epoch": epoch,
+            "history": history,
+        }, self.dir / "last.pt")
+        if history[-1]["val_accuracy"] > self.best_acc or not self.keep_best:
+            self.best_acc = history[-1]["val_accuracy"]
+            save_checkpoint({**self.meta, "model": weights, "epoch": epoch, "history": history}, self.dir / "best.pt")
+
+
+class TrainLog:
+    """TensorBoard for one run: per-step train metrics over windows of ``log_every`` steps (the
+    predictions stay on the device until a window is written), per-epoch metrics, LR, histograms."""
+
+    def __init__(self, out_dir: Path, config: TrainConfig, step: int, resumed: bool):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.config, self.global_step = config, step
+        # purge_step drops events a killed run wrote after its last checkpoint.
+        self.writer = SummaryWriter(str(out_dir), purge_step=step if resumed else None)
+        self._window: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._epoch_losses: list[torch.Tensor] = []
+        self._epoch_preds: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def step(self, loss, logits, labels, lr: float, bar, flush: bool) -> None:
+        self.global_step += 1
+        self._window.append((loss, logits.argmax(1), labels))
+        if self.global_step % self.config.log_every and not flush:
+            return
+        losses = torch.stack([w[0] for w in self._window])
+        pred = torch.cat([w[1] for w in self._window]).cpu().numpy()
+        true = torch.cat([w[2] for w in self._window]).cpu().numpy()
+        m = {"loss": losses.mean().item(), **classification_metrics(true, pred)}
+        _log(self.writer, "train/step", m, self.global_step)
+        self.writer.add_scalar("lr/step", lr, self.global_step)
+        bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.3f}")
+        self._epoch_losses.append(losses)
+        self._epoch_preds.append((pred, true))
+        self._window = []
+
+    def epoch_train_metrics(self) -> dict:
+        """The epoch's train metrics from the accumulated predictions; starts the next epoch."""
+        m = {"loss": torch.cat(self._epoch_losses).mean().item(),
+             **classification_metrics(np.concatenate([t for _, t in self._epoch_preds]),
+                                      np.concatenate([p for p, _ in self._epoch_preds]))}
+        self._epoch_losses, self._epoch_preds = [], []
+        return m
+
+    def epoch(self, epoch: int, train_m: dict, val_m: dict, lr: float, model: nn.Module) -> None:
+        _log(self.writer, "train/epoch", train_m, epoch)
+        _log(self.writer, "val/epoch", val_m, epoch)
+        _log(self.writer, "val/step", val_m, self.global_step)  # val against the step axis, beside train/step
+        self.writer.add_scalar("lr/epoch", lr, epoch)
+        if self.config.histograms:
+            for name, module in model.named_modules():
+                if isinstance(module, nn.Conv2d):
+                    self.writer.add_histogram(f"weights/{name}", module.weight, epoch)
+                    if module.weight.grad is not None:
+                        self.writer.add_histogram(f"grads/{name}", module.weight.grad, epoch)
+        self.writer.flush()
 
 
 def _final_logs(writer, ckpt_dir, model, x_val, y_val, class_names, meta, history) -> None:

@@ -195,5 +195,5 @@ def test_gtsrb_train_recipe_adds_the_recipe_to_the_config(synthetic_pack, tmp_pa
             "--epochs", "1", "--batch-size", "64", "--out", str(out)]
     assert main(args) == 0
     ckpt = load_checkpoint(out / "best.pt")
-    assert ckpt["model_config"]["input_norm"] == "image" and ckpt["model_config"]["cfg"] == list(TINY.cfg)
+    assert ckpt["model_config"]["input_norm"] == "image" and list(ckpt["model_config"]["cfg"]) == list(TINY.cfg)
     assert ckpt["train_config"]["mirror"] and ckpt["train_config"]["label_smoothing"] == 0.1
