@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from gtsrb.data import DEFAULT_SIZE, DataError
+from gtsrb.archive import DataError
+from gtsrb.preprocess import DEFAULT_SIZE
 from gtsrb.splits import SPLIT_KINDS, SPLIT_NAMES
 
 
@@ -30,7 +31,8 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def cmd_pack(a: argparse.Namespace) -> int:
-    from gtsrb.data import default_source, pack
+    from gtsrb.archive import default_source
+    from gtsrb.data import pack
 
     sources = a.source or [default_source()]
     out = a.out or Path("data") / f"gtsrb{a.size}.h5"
@@ -153,7 +155,7 @@ def cmd_fetch(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from gtsrb.bench import run
-    from gtsrb.data import default_source
+    from gtsrb.archive import default_source
     from gtsrb.util import write_text_atomic
 
     source = a.source

@@ -11,7 +11,9 @@ from typing import Sequence
 import numpy as np
 
 from gtsrb.classes import CLASS_NAMES
-from gtsrb.data import DataError, decode_records, find_layout, load_pack
+from gtsrb.archive import DataError, find_layout
+from gtsrb.data import load_pack
+from gtsrb.preprocess import decode_records
 from gtsrb.inference import Classifier
 from gtsrb.metrics import classification_metrics, confusion, per_class_table
 from gtsrb.plots import confusion_figure, save_figure

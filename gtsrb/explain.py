@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gtsrb.data import DataError
+from gtsrb.archive import DataError
 from gtsrb.model import to_float_images
 from gtsrb.util import atomic_path, sha256_file
 

@@ -1,7 +1,7 @@
 """Classifier.load(path).predict(images) -> class probabilities and SE excitations.
 
 Images of any size and mode (paths, PIL images or arrays; RGBA, L, P, I;16,
-CMYK, ...) are preprocessed by ``gtsrb.data.preprocess``, exactly as packing
+CMYK, ...) are preprocessed by ``gtsrb.preprocess.preprocess``, exactly as packing
 does it. The forward pass is the checkpoint's own ``gtsrb.model`` network in
 ``eval()`` mode under ``torch.inference_mode()``, in fp32: what evaluation, the
 report and the demo all run. Each SE block's gate output is read by a forward
@@ -26,7 +26,8 @@ from torch import nn
 
 from gtsrb.checkpoint import CheckpointError, load_checkpoint
 from gtsrb.classes import CLASS_NAMES
-from gtsrb.data import MAX_PIXELS, DataError, decode, preprocess
+from gtsrb.archive import DataError
+from gtsrb.preprocess import MAX_PIXELS, decode, preprocess
 from gtsrb.model import ModelConfig, SEVGG, build_model, to_float_images
 
 ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]

@@ -25,7 +25,9 @@ import gtsrb  # noqa: E402
 from fixtures import make_official_test_zips, make_test_tree, make_training_tree, zip_tree  # noqa: E402
 from gtsrb.classes import CLASS_NAMES  # noqa: E402
 from gtsrb.cli import main  # noqa: E402
-from gtsrb.data import DataError, decode, default_source, load_pack, pack, preprocess  # noqa: E402
+from gtsrb.archive import DataError, default_source  # noqa: E402
+from gtsrb.data import load_pack, pack  # noqa: E402
+from gtsrb.preprocess import decode, preprocess  # noqa: E402
 from gtsrb.splits import SPLIT_NAMES  # noqa: E402
 
 N_TRAIN = 43 * 10 * 3  # make_training_tree's default: 43 classes x 10 tracks x 3 frames
@@ -481,7 +483,7 @@ def test_packed_pixels_are_preprocess_of_each_image(broken, tmp_path):
 
 @pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
 def test_source_reads_zip_members_of_each_method_and_names_a_corrupt_one(method, tmp_path):
-    from gtsrb.data import Source
+    from gtsrb.archive import Source
 
     path, payload = tmp_path / "m.zip", np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
     with zipfile.ZipFile(path, "w") as z:

@@ -5,7 +5,7 @@ import pytest
 from fixtures import make_official_test_zips, make_test_tree
 from gtsrb.checkpoint import save_checkpoint
 from gtsrb.cli import main
-from gtsrb.data import DataError
+from gtsrb.archive import DataError
 from gtsrb.evaluate import evaluate
 from gtsrb.inference import Classifier
 from gtsrb.model import PRESETS, build_model

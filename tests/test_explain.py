@@ -14,7 +14,8 @@ import torch  # noqa: E402
 from gtsrb.checkpoint import save_checkpoint  # noqa: E402
 from gtsrb.classes import CLASS_NAMES  # noqa: E402
 from gtsrb.cli import main  # noqa: E402
-from gtsrb.data import DataError, load_pack  # noqa: E402
+from gtsrb.archive import DataError  # noqa: E402
+from gtsrb.data import load_pack  # noqa: E402
 from gtsrb.util import sha256_file  # noqa: E402
 from gtsrb.explain import (  # noqa: E402
     class_excitations, compute_excitations_file, gradcam, gradcam_layer, load_excitations, save_excitations,

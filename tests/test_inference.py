@@ -22,7 +22,8 @@ from fixtures import make_training_tree, sign_image  # noqa: E402
 from gtsrb.checkpoint import CheckpointError, save_checkpoint  # noqa: E402
 from gtsrb.classes import CLASS_NAMES  # noqa: E402
 from gtsrb.cli import main  # noqa: E402
-from gtsrb.data import DataError, load_pack, pack  # noqa: E402
+from gtsrb.archive import DataError  # noqa: E402
+from gtsrb.data import load_pack, pack  # noqa: E402
 from gtsrb.inference import Classifier  # noqa: E402
 from gtsrb.model import PRESETS, build_model, to_float_images  # noqa: E402
 

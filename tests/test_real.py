@@ -38,7 +38,7 @@ def test_real_pack_is_pil_preprocess_of_every_image_bit_for_bit(real_pack, real_
 
     from PIL import Image
 
-    from gtsrb.data import preprocess
+    from gtsrb.preprocess import preprocess
 
     p = load_pack(real_pack[0])
     with zipfile.ZipFile(real_zip) as z:

@@ -10,7 +10,8 @@ from PIL import Image
 
 from gtsrb.checkpoint import load_checkpoint, save_checkpoint
 from gtsrb.cli import main
-from gtsrb.data import MAX_PIXELS, DataError, decode
+from gtsrb.archive import DataError
+from gtsrb.preprocess import MAX_PIXELS, decode
 from gtsrb.model import ModelConfig, build_model
 from gtsrb.train import TrainConfig, fit
 
