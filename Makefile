@@ -124,7 +124,7 @@ report: $(DATA) $(DATA_ROI)
 	$(BIN)/python -m study.report --data $(DATA_ROI) --study results/study/$(STUDY)
 
 bench: $(STAMP)
-	$(BIN)/gtsrb bench --out results/bench/$(shell date +%Y-%m-%d)-$(shell hostname -s).json
+	$(BIN)/python -m study.bench --out results/bench/$(shell date +%Y-%m-%d)-$(shell hostname -s).json
 
 # fp32, its channels_last control and the fast bf16 CPU path, seed preset: 3 epochs on seeds 0 to 7, then
 # 10 epochs on seeds 0 and 1 (runs already in results/bench/precision.json are skipped).

@@ -153,37 +153,6 @@ def cmd_fetch(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(a: argparse.Namespace) -> int:
-    from gtsrb.bench import run
-    from gtsrb.archive import default_source
-    from gtsrb.util import write_text_atomic
-
-    source = a.source
-    if source is None:
-        try:
-            source = default_source()
-        except DataError:
-            print("no training archive found: skipping the naive-loader and pack rows", file=sys.stderr)
-    if source is not None and not zipfile_path(source):
-        raise DataError(f"{source}: the bench needs the training archive as a zip")
-    result = run(source, quick=a.quick)
-    text = json.dumps(result, indent=1)
-    if a.out:
-        write_text_atomic(a.out, text + "\n")
-    if a.json:
-        print(text)
-    else:
-        for k, v in result.items():
-            print(f"{k:>24}: {v:.3f}" if isinstance(v, float) else f"{k:>24}: {v}")
-    return 0
-
-
-def zipfile_path(path: Path) -> bool:
-    import zipfile
-
-    return Path(path).is_file() and zipfile.is_zipfile(path)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gtsrb", description="SE-VGG11 on GTSRB: pack, train, evaluate, predict.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -253,13 +222,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="val", choices=SPLIT_NAMES)
     s.add_argument("--out", type=Path, help="default: excitations.npz beside the checkpoint")
     s.set_defaults(func=cmd_excitations)
-
-    s = sub.add_parser("bench", help="training and inference speed against this machine's ceiling")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--quick", action="store_true", help="fewer steps, no pack row: under a minute")
-    s.add_argument("--source", type=Path, help="training zip (default: data/, then ../shared/gtsrb/)")
-    s.add_argument("--out", type=Path, help="also write the JSON here (e.g. results/bench/NAME.json)")
-    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("fetch", help="download the official archives (needs internet)")
     s.add_argument("--test", action="store_true", help="the official test images and labels instead")

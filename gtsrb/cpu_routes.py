@@ -7,7 +7,7 @@ the class of some modules for a subclass below that computes the same function
 with the same parameters and state_dict, by another route. Nothing else in the
 project knows about them.
 
-Each route has a name, and ``gtsrb bench`` times the training step with every
+Each route has a name, and ``make bench`` (``study/bench.py``) times the training step with every
 route off (the ``stock`` variant) and with each route alone, so a route stays
 only where it makes the step faster (:data:`ROUTES` says on which CPUs that was
 measured).
@@ -37,7 +37,7 @@ SMALL_MAP = 9
 PATCH_GRAD_MAP = 36
 
 # Every route, and the CPU training step's default (``TrainConfig.cpu_routes``). Where each was
-# measured faster than stock: small_map_conv in fp32 on an AMD EPYC with AVX2 only (`gtsrb bench`,
+# measured faster than stock: small_map_conv in fp32 on an AMD EPYC with AVX2 only (`make bench`,
 # results/SPEED.md) and in bf16 on an Intel Xeon with AMX; squeeze_view_grad and patch_grad_conv in
 # bf16 on that Intel Xeon (one change at a time, against the stock module, in the speed issue's
 # notes). In fp32 on the AVX2 EPYC squeeze_view_grad measured within the noise of stock, and

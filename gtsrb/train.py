@@ -15,7 +15,7 @@ Recipe, and why:
   scale, shear), brightness and contrast. Never a horizontal flip: it turns
   "keep left" into "keep right".
 
-Speed (``gtsrb bench`` measures each choice): the data sit on the device as
+Speed (``make bench`` measures each choice): the data sit on the device as
 uint8; no DataLoader; no host sync per step (metrics are computed from the
 predictions every ``log_every`` steps, and the augmentation draws its random
 parameters on the device); fused AdamW; channels_last; bf16 autocast on CUDA
@@ -148,7 +148,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 512
 def cpu_has_native_bf16() -> bool:
     """AMX or AVX-512-BF16: oneDNN multiplies bf16 in hardware (elsewhere bf16 is emulated, and slow).
 
-    The rule behind ``precision="auto"`` on CPU, backed by `gtsrb bench` runs on three CPU
+    The rule behind ``precision="auto"`` on CPU, backed by bench runs (`make bench`) on three CPU
     kinds (results/SPEED.md): bf16 trained faster than fp32 on an Intel Xeon with AMX and on
     an AMD EPYC with AVX-512-BF16, and slower on an AMD EPYC with AVX2 only.
     """
@@ -198,7 +198,7 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 class TrainStep:
     """augment -> forward -> backward -> optimizer and LR step, on one uint8 batch.
 
-    The one training step: fit() runs it, and so does `gtsrb bench`.
+    The one training step: fit() runs it, and so does `make bench`.
     Returns the detached loss and logits (no host sync).
     """
 

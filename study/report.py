@@ -493,7 +493,7 @@ ROUTE_NOTES = {
 
 
 def speed_table(now: dict, name: str) -> str:
-    """One `gtsrb bench --json` run: the training step and its variants (median and spread over
+    """One `make bench` run: the training step and its variants (median and spread over
     alternating rounds, each against the stock step), the naive pipeline, inference and packing."""
     m = now["machine"]
     stock = now["train_variants_img_s"]["stock"]["median"]
@@ -521,7 +521,7 @@ def speed_table(now: dict, name: str) -> str:
         lines.append(f"- packing the archive (39,209 images): {now['pack_s']:.1f} s, against {now['pack_naive_s']:.1f} s "
                      "for a plain sequential decode loop")
     flags = ", ".join(m.get("cpu_flags", [])) or "none of AVX2, AVX-512, AVX-512-BF16, AMX"
-    return (table + "\n\n" + "\n".join(lines) + f"\n\nOne run of `gtsrb bench --json` (`make bench`), `{name}` in "
+    return (table + "\n\n" + "\n".join(lines) + f"\n\nOne run of `make bench` (`python -m study.bench --json`; `gtsrb bench --json` before it moved), `{name}` in "
             f"`results/bench/`: {machine_text(m)}; CPU flags: {flags}; {now['train_variants_img_s']['stock']['rounds']} "
             "rounds, the variants in turn.")
 
@@ -551,7 +551,7 @@ def precision_rule_table(runs: list[tuple[str, dict]]) -> str:
 
 
 def gpu_table(now: dict, before: dict | None, now_name: str, before_name: str) -> str:
-    """The bench's GPU block (``gtsrb bench`` on a CUDA machine), before and after a change."""
+    """The bench's GPU block (``make bench`` on a CUDA machine), before and after a change."""
     b = (before or {}).get("gpu", {})
     g = now["gpu"]
 
@@ -574,7 +574,7 @@ def gpu_table(now: dict, before: dict | None, now_name: str, before_name: str) -
     rows.append(["bf16 matmul peak, TFLOP/s", _n(b.get("bf16_matmul_tflops")), _n(g.get("bf16_matmul_tflops"))])
     rows.append(["host CPU fp32 matmul, GFLOP/s", _n((before or {}).get("matmul_gflops")), _n(now.get("matmul_gflops"))])
     table = md_table(["figure (bf16 autocast, data on the GPU)", f"before (`{before_name}`)", f"now (`{now_name}`)"], rows)
-    return table + (f"\n\nOn {machine_text(now['machine'])}, {now['machine'].get('gpu', 'a GPU')}; each column is one run of `gtsrb bench --json` "
+    return table + (f"\n\nOn {machine_text(now['machine'])}, {now['machine'].get('gpu', 'a GPU')}; each column is one run of the bench (`gtsrb bench --json` then, `make bench` now) "
                     f"on a lent machine, in `results/bench/`. Peak: the measured bf16 matmul rate; "
                     f"FLOP per image: the nominal {now['train_gflop_per_image']:.3f} G.")
 

@@ -3,10 +3,8 @@
 import json
 
 import pytest
-import torch
 
-from gtsrb import bench
-from gtsrb.cli import main
+from study import bench
 
 
 def test_flop_count_of_the_seed_model_is_about_0_49_gflop_per_training_image():
@@ -73,7 +71,7 @@ def test_bench_cli_quick_json_has_the_reported_keys(synthetic_zip, capsys, tmp_p
     monkeypatch.setattr(bench, "alternate", fake_alternate)
     monkeypatch.setattr(bench, "bench_infer", lambda requests: {"infer_ms_p50": 2.0, "infer_ms_p99": 3.0, "eval_img_s": 900.0})
     out = tmp_path / "b.json"
-    assert main(["bench", "--quick", "--json", "--source", str(synthetic_zip), "--out", str(out)]) == 0
+    assert bench.main(["--quick", "--json", "--source", str(synthetic_zip), "--out", str(out)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result == json.loads(out.read_text())
     for key in ("ceiling_img_s", "train_img_s", "train_img_s_spread", "naive_img_s", "infer_ms_p50", "eval_img_s",
@@ -91,10 +89,3 @@ def test_inference_bench_times_predict_and_evaluation_throughput():
     r = bench.bench_infer(requests=4, eval_images=64)
     assert 0 < r["infer_ms_p50"] <= r["infer_ms_p99"] < 1000
     assert r["eval_img_s"] > 0
-
-
-def test_machine_names_the_cpu_flags_that_decide_precision():
-    flags = bench.machine()["cpu_flags"]
-    assert set(flags) <= set(bench.CPU_FLAGS)
-    if torch.cpu._is_avx512_bf16_supported():
-        assert "avx512_bf16" in flags

@@ -28,7 +28,7 @@ from PIL import Image  # noqa: E402
 
 from gtsrb.checkpoint import CheckpointError  # noqa: E402
 from gtsrb.classes import CLASS_NAMES  # noqa: E402
-from gtsrb.data import DataError  # noqa: E402
+from gtsrb.archive import DataError  # noqa: E402
 from gtsrb.explain import EXCITATIONS_FILE, gradcam, gradcam_layer, load_excitations  # noqa: E402
 from gtsrb.inference import Classifier, load_image  # noqa: E402
 from gtsrb.util import sha256_file  # noqa: E402

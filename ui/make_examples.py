@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from gtsrb.classes import CLASS_NAMES
-from gtsrb.data import Source, decode, load_pack
+from gtsrb.archive import Source
+from gtsrb.data import load_pack
+from gtsrb.preprocess import decode
 
 CLASSES = (1, 12, 13, 14, 17, 25, 28, 33)  # 30 km/h, priority, yield, stop, no entry, road work, children, turn right
 OUT = Path(__file__).parent / "examples"

@@ -1,4 +1,4 @@
-"""`gtsrb bench`: how fast training, inference and packing run on this machine.
+"""`make bench` (`python -m study.bench`): how fast training, inference and packing run on this machine.
 
 Everything is measured in ONE process on the machine it runs on. Every
 training variant is built and warmed up first, then the variants take turns
@@ -384,3 +384,43 @@ def targets(result: dict) -> dict:
             v = result[key]
             out[key] = {"value": v, "target": f"{op} {bound}", "met": v >= bound if op == ">=" else v <= bound}
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    import sys
+    import zipfile
+
+    from gtsrb.archive import DataError, default_source
+    from gtsrb.util import write_text_atomic
+
+    p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quick", action="store_true", help="fewer steps, no pack row: under a minute")
+    p.add_argument("--source", type=Path, help="training zip (default: data/, then ../shared/gtsrb/)")
+    p.add_argument("--out", type=Path, help="also write the JSON here (e.g. results/bench/NAME.json)")
+    a = p.parse_args(argv)
+    source = a.source
+    if source is None:
+        try:
+            source = default_source()
+        except DataError:
+            print("no training archive found: skipping the naive-loader and pack rows", file=sys.stderr)
+    if source is not None and not (source.is_file() and zipfile.is_zipfile(source)):
+        print(f"bench: error: {source}: the bench needs the training archive as a zip", file=sys.stderr)
+        return 2
+    result = run(source, quick=a.quick)
+    text = json.dumps(result, indent=1)
+    if a.out:
+        write_text_atomic(a.out, text + "\n")
+    if a.json:
+        print(text)
+    else:
+        for k, v in result.items():
+            print(f"{k:>24}: {v:.3f}" if isinstance(v, float) else f"{k:>24}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
