@@ -100,21 +100,24 @@ def test_evaluate_official_fetches_the_test_set_then_scores_it(checkpoint, offic
         httpd.server_close()
 
 
-def test_tta_averages_the_image_and_its_one_pixel_shifts(checkpoint, synthetic_pack):
+def test_tta_averages_the_image_and_its_one_pixel_shifts(synthetic_pack, tmp_path):
     import numpy as np
 
     from gtsrb.data import load_pack
+    from gtsrb.model import ModelConfig
 
-    clf = Classifier.load(checkpoint)
+    tiny = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))
+    path = tmp_path / "tiny.pt"
+    save_checkpoint({"model_config": tiny.to_dict(), "model": build_model(tiny).state_dict(), "epoch": 0}, path)
+    clf = Classifier.load(path)
     images = load_pack(synthetic_pack, "test").images[:6]
-    probs = clf.predict_tta(images)
-    shifted = [np.roll(images, 1, axis=2), images]  # a one-pixel shift right, by hand (edge column repeated)
-    shifted[0][:, :, 0] = images[:, :, 0]
-    by_hand = np.mean([clf.predict_arrays(np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-                                          [:, 1 + dy : 29 + dy, 1 + dx : 29 + dx]).probs
-                       for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))], axis=0)
-    np.testing.assert_allclose(probs, by_hand, rtol=1e-6)
-    view = clf.predict_arrays(shifted[0]).probs  # the dx = -1 view is the image moved one pixel right
-    right = clf.predict_arrays(np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")[:, 1:29, 0:28]).probs
-    np.testing.assert_allclose(view, right, rtol=1e-6)
-    assert evaluate(checkpoint, synthetic_pack, "test", tta=True)["tta"] is True
+    # The five views by hand: the image, and moved one pixel up, down, left, right with the edge repeated.
+    views = [images]
+    for axis, shift in ((1, -1), (1, 1), (2, -1), (2, 1)):
+        v = np.roll(images, -shift, axis=axis)  # view[i] = image[i + shift]
+        edge = (slice(None),) * axis + ((-1,) if shift > 0 else (0,))
+        v[edge] = images[edge]
+        views.append(v)
+    by_hand = np.mean([clf.predict_arrays(v).probs for v in views], axis=0)
+    np.testing.assert_allclose(clf.predict_tta(images), by_hand, rtol=1e-5, atol=1e-7)
+    assert evaluate(path, synthetic_pack, "test", tta=True)["tta"] is True
