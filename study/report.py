@@ -327,7 +327,7 @@ def recipe_table(df: pd.DataFrame) -> str:
         per_epoch = d["train_seconds"] / d["epochs"]
         cells += [int(d["epochs"].iloc[0]), f"{d['train_seconds'].mean() / 60:.1f}", f"{per_epoch.mean():.0f}"]
         rows.append(cells)
-    header = ["arm", "seeds", "val acc %", "test acc %", "Δ val vs recipe (points)", "Δ test vs recipe (points)",
+    header = ["arm", "seed(s)", "val acc %", "test acc %", "Δ val vs recipe (points)", "Δ test vs recipe (points)",
               "epochs", "min per run", "s per epoch"]
     notes = [f"- {RECIPE_LABELS[r['arm']]}, seed {r['seed']}: {r['from']}." for _, r in df.iterrows() if r["from"]]
     r0 = df.iloc[0]
@@ -755,7 +755,8 @@ def main(argv: list[str] | None = None) -> int:
         if rc:
             h += (f" The recipe on the train split: test {rc['test']}% over {rc['seeds']} seed(s), "
                   f"{rc['epochs']} epochs, {rc['minutes']:.0f} min per run on 2 CPU cores")
-            h += (f"; {rc['vs_old']} points against the old recipe, paired over {rc['pairs']} seed(s)."
+            vs = rc["vs_old"] if rc["vs_old"].startswith("-") else "+" + rc["vs_old"]
+            h += (f"; {vs} points on test against the old recipe, paired over {rc['pairs']} seed(s)."
                   if "vs_old" in rc else ".")
         rows = [[ARM_LABELS[k], headline[k]["runs"], headline[k]["final_val"], headline[k]["test"]]
                 for k in ("best", "seed", "no_se")]
@@ -763,7 +764,8 @@ def main(argv: list[str] | None = None) -> int:
         h += md_table(["model (ablation budget)", "seeds", "final val acc %", "test acc %"], rows)
         h += "\n"
         if headline.get("specificity"):
-            h += ("\nClass specificity η² of the served model's SE blocks (val split): "
+            h += ("\nClass specificity η² of the served model's SE blocks (val split, which the release model "
+                  "trained on): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in headline["specificity"].items()) + ".")
         if lk:
             h += (f" Split leakage: the random split reads {lk['gap_points']:+.2f} points higher on its own test "
