@@ -12,8 +12,12 @@ Recipe, and why:
 - Augmentation on whole float batches, per-sample random parameters
   (``gtsrb.augment.BatchAugment``: kornia's RandomAffine + ColorJitter
   distribution in a few sync-free ops): small affine jitter (rotation, shift,
-  scale, shear), brightness and contrast. Never a horizontal flip: it turns
-  "keep left" into "keep right".
+  scale, shear), brightness and contrast. Never a blind horizontal flip: it
+  turns "keep left" into "keep right".
+- The accuracy recipe (``RECIPE``, ``gtsrb train --recipe``; results/REPORT.md
+  section 2.1): per-image contrast normalisation (a ModelConfig field), a
+  class-aware mirror (``mirror_batch``: only classes whose mirror image is a
+  class, pairs swap their label) and label smoothing, on a ROI-cropped pack.
 
 Speed (``make bench`` measures each choice): the data sit on the device as
 uint8; no DataLoader; no host sync per step (metrics are computed from the
@@ -23,7 +27,8 @@ and on CPUs that multiply bf16 natively (AMX or AVX-512-BF16); on CPU, the
 routes of ``gtsrb.cpu_routes`` that the bench showed faster than stock modules.
 
 Outputs under ``out_dir``: TensorBoard event files, ``last.pt`` (every epoch,
-atomic), ``best.pt`` (best val accuracy), ``history.json``.
+atomic), ``best.pt`` (best val accuracy; the last epoch when nothing is held
+out), ``history.json``.
 """
 
 from __future__ import annotations
