@@ -308,7 +308,7 @@ def test_grayscale_transparency_key_becomes_gray(client, tmp_path):
 @pytest.mark.timeout(300)
 def test_exif_orientation_is_applied(client, tmp_path):
     exif = Image.Exif()
-    exif[0x0112] = 8  # orientation: rotate 90 degrees clockwise to view
+    exif[0x0112] = 6  # orientation 6: turn 90 degrees clockwise to view (the pixels are turned 90 counter-clockwise)
     path = tmp_path / "stop-exif-rotated.jpg"
     _stop().transpose(Image.Transpose.ROTATE_90).save(path, quality=95, exif=exif)
     r = predict(client, path)
