@@ -342,6 +342,14 @@ def recipe_table(df: pd.DataFrame) -> str:
     return text
 
 
+def _train_splits(checkpoint: Path) -> list[str]:
+    from gtsrb.checkpoint import load_checkpoint
+
+    if not checkpoint.is_file():
+        return []
+    return list(load_checkpoint(checkpoint).get("train_config", {}).get("train_splits", ["train"]))
+
+
 def tta_text(checkpoint: Path, data: Path) -> str:
     """Accuracy with and without test-time augmentation (Classifier.predict_tta), val and test splits."""
     from gtsrb.data import load_pack
@@ -694,7 +702,11 @@ def main(argv: list[str] | None = None) -> int:
     # The held-out analyses (calibration, errors, SE off) need a model that never saw the test split:
     # the release model's split twin where there is one.
     split_ckpt = a.checkpoint.parent / "split" / "best.pt"
-    held_out_ckpt = split_ckpt if split_ckpt.is_file() else a.checkpoint
+    # The release model saw every split, so without its twin there is no held-out figure to make.
+    held_out_ckpt = split_ckpt if split_ckpt.is_file() else (
+        None if "test" in _train_splits(a.checkpoint) else a.checkpoint)
+    if held_out_ckpt is None:
+        print(f"{split_ckpt}: absent (`make train-best` makes it); the held-out blocks keep their text")
     if metrics_file.is_file():
         hist_file = a.checkpoint.parent / "history.json"
         hist = json.loads(hist_file.read_text()) if hist_file.is_file() else []
@@ -710,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
 
         blocks["checkpoint"] = (f"`{a.checkpoint}`: {a.checkpoint.stat().st_size / 1e6:.1f} MB, weights only "
                                 f"(read with `torch.load(weights_only=True)`), sha256\n`{sha256_file(a.checkpoint)}`")
-    if held_out_ckpt.is_file() and a.data.is_file():
+    if held_out_ckpt is not None and held_out_ckpt.is_file() and a.data.is_file():
         blocks["tta"] = tta_text(held_out_ckpt, a.data)
         best, pairs_md = best_model_section(held_out_ckpt, a.data, a.out)
         headline["best_model"] = best

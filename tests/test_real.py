@@ -92,16 +92,18 @@ def test_committed_checkpoint_is_small_safe_and_named_in_the_readme():
     assert abs(release["accuracy_fp32"] - release["accuracy_fp16"]) < 0.0005
 
 
-def test_the_release_models_split_twin_reproduces_its_test_accuracy(real_zip, tmp_path, capsys):
-    """results/best/split/: the release recipe trained on the train split alone, scored on the held-out
-    test split of a ROI pack made here from the real archive."""
-    from gtsrb.cli import main
+def test_the_release_model_reproduces_its_accuracy_on_the_whole_pack(real_zip, tmp_path):
+    """results/best/best.pt trained on every image of a ROI pack: re-made here from the real archive, it
+    predicts that pack with the accuracy its metrics.json records (all seen in training: a check of the
+    file and the pipeline, not a held-out figure; results/best/split/metrics.json holds that one)."""
+    from gtsrb.inference import Classifier
 
     path = tmp_path / "gtsrb28-roi.h5"
     pack([real_zip], path, roi=True)
-    assert main(["evaluate", str(BEST / "split" / "best.pt"), "--data", str(path), "--split", "test", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    stored = json.loads((BEST / "split" / "metrics.json").read_text())["test"]
-    assert result["n"] == stored["n"] == 7860
-    assert result["accuracy"] == pytest.approx(stored["accuracy"], abs=1e-12)
-    assert result["accuracy"] > 0.98
+    packed = load_pack(path)
+    pred = Classifier.load(BEST / "best.pt").predict_arrays(packed.images).probs.argmax(1)
+    release = json.loads((BEST / "metrics.json").read_text())["release"]
+    assert len(pred) == release["n"] == 39209
+    assert float(np.mean(pred == packed.labels)) == pytest.approx(release["accuracy_fp16"], abs=1e-12)
+    split = json.loads((BEST / "split" / "metrics.json").read_text())["test"]
+    assert split["n"] == 7860 and split["accuracy"] > 0.98
