@@ -26,7 +26,7 @@ GPUS_PER_TRIAL ?=
 TRAIN_FRACTION ?=
 STUDY          ?= $(if $(NAME),$(NAME),$(if $(SMOKE),smoke,cpu))
 
-.PHONY: venv pack train test test-fast tune tune-summary train-best evaluate-official recipe bench precision-check tensorboard demo loadtest ablation report clean-venv
+.PHONY: venv pack train test test-fast tune tune-summary train-best calibrate evaluate-official recipe bench precision-check tensorboard demo loadtest ablation report clean-venv
 
 venv: $(STAMP)
 
@@ -68,14 +68,18 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 # The demo: results/best/ by default, or CKPT=path/to/best.pt (a file or a run folder).
+# The port: PORT=..., else $$GRADIO_SERVER_PORT, else 7860 (the host likewise: $$GRADIO_SERVER_NAME).
 CKPT ?= results/best
+PORT ?=
 demo: $(STAMP)
-	$(BIN)/python -m ui.app --checkpoint $(CKPT)
+	$(BIN)/python -m ui.app --checkpoint $(CKPT) $(if $(PORT),--port $(PORT))
 
-# 16 concurrent clients x 10 requests against a running demo (URL=...), or one it starts itself;
-# the figures go to results/ui/loadtest.json.
+# The demo itself against a no-op Gradio floor, in one run: /predict over plain HTTP (1 client, then
+# 8 concurrent clients x 10 requests), the gradio_client library for comparison, and Chromium timing
+# upload -> every panel drawn over 20 different images; against a running demo (URL=...) or one it
+# starts itself. A few minutes; the figures go to results/ui/loadtest.json.
 URL ?=
-loadtest: $(STAMP)
+loadtest: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m ui.loadtest --checkpoint $(CKPT) $(if $(URL),--url $(URL)) --out results/ui/loadtest.json
 
 tune: $(DATA)
@@ -99,6 +103,12 @@ train-best: $(DATA_ROI)
 		--out results/best --run runs/release $(if $(OFFICIAL_TEST),--official-test $(OFFICIAL_TEST))
 	$(BIN)/python -m study.train_best --config $(CONFIG) --data $(DATA_ROI) --epochs $(BEST_EPOCHS) \
 		--protocol split --out results/best/split --run runs/release-split
+	$(MAKE) calibrate
+
+# The demo's "unsure" rule: temperature and threshold fitted on the val split of the release model's
+# twin (the release model trained on val), reported on its test split -> results/best/calibration.json.
+calibrate: $(DATA_ROI)
+	$(BIN)/gtsrb calibrate results/best/split/best.pt --data $(DATA_ROI) --out results/best/calibration.json
 
 # The recipe ablation (study best config; recipe vs old recipe, then one piece off at a time; 3 seeds).
 RECIPE_ARMS ?= recipe old no_roi no_norm no_mirror no_smoothing ema balanced

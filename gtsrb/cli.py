@@ -1,4 +1,4 @@
-"""The `gtsrb` command: pack | train | evaluate | predict | excitations | fetch | bench.
+"""The `gtsrb` command: pack | train | evaluate | predict | excitations | calibrate | fetch | bench.
 
 Bad input ends with one line, `gtsrb: error: <file>: <problem>`, and exit
 status 2; never a traceback from deep inside.
@@ -144,6 +144,26 @@ def cmd_excitations(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from gtsrb.calibrate import CALIBRATION_FILE, calibrate
+    from gtsrb.util import write_text_atomic
+
+    if not 0.5 < a.target < 1:
+        print(f"gtsrb calibrate: error: --target {a.target}: expected an accuracy between 0.5 and 1", file=sys.stderr)
+        return 2
+    c = calibrate(a.checkpoint, a.data, a.target)
+    c["command"] = "gtsrb " + " ".join(sys.argv[1:])
+    out = a.out or a.checkpoint.parent / CALIBRATION_FILE
+    write_text_atomic(out, json.dumps(c, indent=1) + "\n")
+    t = c["test"]
+    print(f"{out}: temperature {c['temperature']:.3f} (val NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}), "
+          f"unsure below {c['threshold']:.4f}")
+    rest = "none left" if t["accuracy_sure"] is None else f"{t['accuracy_sure']:.2%}"
+    print(f"  test (n={t['n']}): unsure {t['unsure_rate']:.2%}, accuracy on the rest {rest} "
+          f"(all: {t['accuracy_all']:.2%}), {t['errors_flagged']} of {t['errors']} errors flagged")
+    return 0
+
+
 def cmd_fetch(a: argparse.Namespace) -> int:
     from gtsrb.fetch import BASE_URL, fetch
 
@@ -222,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="val", choices=SPLIT_NAMES)
     s.add_argument("--out", type=Path, help="default: excitations.npz beside the checkpoint")
     s.set_defaults(func=cmd_excitations)
+
+    s = sub.add_parser("calibrate", help="temperature and 'unsure' threshold fitted on val, reported on test")
+    s.add_argument("checkpoint", type=Path)
+    s.add_argument("--data", required=True, type=Path, help="a pack with val and test splits")
+    s.add_argument("--target", type=float, default=0.99, help="accuracy of the predictions called sure, on val")
+    s.add_argument("--out", type=Path, help="default: calibration.json beside the checkpoint")
+    s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("fetch", help="download the official archives (needs internet)")
     s.add_argument("--test", action="store_true", help="the official test images and labels instead")

@@ -4,6 +4,10 @@
   classes on a labelled set (the validation split), and how class-specific the
   block is. ``save_excitations``/``load_excitations`` keep them beside the
   checkpoint as ``excitations.npz`` (plain arrays, read with allow_pickle=False).
+- ``class_mean_distance``: how far an image's excitation lies from the average
+  of the class it was predicted as. ``compute_excitations_file`` stores the 99th
+  percentile of that distance on the same split (``distance_q99``): an image
+  beyond it looks unlike the images the averages came from.
 - ``gradcam``: Grad-CAM (Selvaraju et al., arXiv:1610.02391) on the deepest
   conv stage whose feature map is at least ``min_cells`` wide. At 28 px the
   seed's stage 5 is 1x1 and stage 4 is 3x3, so the default lands on stage 3
@@ -53,6 +57,12 @@ def class_excitations(excitations: dict[str, np.ndarray], labels: np.ndarray, nu
     return out
 
 
+def class_mean_distance(excitation: np.ndarray, class_mean: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """(N, C) excitations of one block, its (classes, C) class averages, (N,) predicted classes -> (N,)
+    Euclidean distances of each image to its predicted class's average."""
+    return np.linalg.norm(np.asarray(excitation, np.float64) - class_mean[np.asarray(predicted)], axis=1)
+
+
 def save_excitations(stats: dict[str, dict], path: str | os.PathLike, checkpoint_sha256: str, source: str) -> None:
     """Atomic write of ``class_excitations`` output (plus provenance) as one .npz."""
     path = Path(path)
@@ -61,7 +71,9 @@ def save_excitations(stats: dict[str, dict], path: str | os.PathLike, checkpoint
     for name, s in stats.items():
         for key in ("class_mean", "overall_mean", "count"):
             arrays[f"{name}/{key}"] = s[key]
-        arrays[f"{name}/specificity"] = np.array(s["specificity"])
+        for key in ("specificity", "distance_q99"):
+            if key in s:
+                arrays[f"{name}/{key}"] = np.array(s[key])
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez_compressed(tmp, **arrays)
 
@@ -75,6 +87,8 @@ def load_excitations(path: str | os.PathLike) -> tuple[dict[str, dict], dict]:
             for name in (str(s) for s in z["stages"]):
                 stats[name] = {k: z[f"{name}/{k}"] for k in ("class_mean", "overall_mean", "count")}
                 stats[name]["specificity"] = float(z[f"{name}/specificity"])
+                if f"{name}/distance_q99" in z:  # files made before it have no threshold
+                    stats[name]["distance_q99"] = float(z[f"{name}/distance_q99"])
             meta = {"checkpoint_sha256": str(z["checkpoint_sha256"]), "source": str(z["source"])}
     except (OSError, KeyError, ValueError) as e:
         raise DataError(f"{path}: not a readable excitations file ({e})") from e
@@ -83,7 +97,8 @@ def load_excitations(path: str | os.PathLike) -> tuple[dict[str, dict], dict]:
 
 def compute_excitations_file(checkpoint: str | os.PathLike, data: str | os.PathLike, split: str = "val",
                              out: str | os.PathLike | None = None) -> Path:
-    """Class-average excitations of ``checkpoint`` on a pack split -> excitations.npz beside it."""
+    """Class-average excitations of ``checkpoint`` on a pack split, and each block's distance_q99 on it,
+    -> excitations.npz beside the checkpoint."""
     from gtsrb.data import load_pack
     from gtsrb.inference import Classifier
 
@@ -94,6 +109,10 @@ def compute_excitations_file(checkpoint: str | os.PathLike, data: str | os.PathL
     packed = load_pack(data, split)
     pred = clf.predict_arrays(packed.images)
     stats = class_excitations(pred.excitations, packed.labels, clf.config.num_classes)
+    predicted = pred.probs.argmax(1)
+    for name, st in stats.items():
+        d = class_mean_distance(pred.excitations[name], st["class_mean"], predicted)
+        st["distance_q99"] = float(np.quantile(d, 0.99))
     out = Path(out) if out is not None else checkpoint.parent / EXCITATIONS_FILE
     save_excitations(stats, out, sha256_file(checkpoint), f"{Path(data).name} {split} split, n={len(packed.labels)}")
     return out
@@ -128,18 +147,17 @@ def gradcam_layer(model: nn.Module, min_cells: int = 4) -> tuple[str, int]:
 
 
 def gradcam(model: nn.Module, array: np.ndarray, class_id: int, layer: int) -> np.ndarray:
-    """Grad-CAM of ``class_id`` for one uint8 (S, S, 3) image -> (S, S) in [0, 1]."""
-    acts: list[torch.Tensor] = []
-    handle = model.features[layer].register_forward_hook(lambda _m, _i, o: acts.append(o))
+    """Grad-CAM of ``class_id`` for one uint8 (S, S, 3) image -> (S, S) in [0, 1].
+
+    The forward pass runs in two halves around ``model.features[layer]`` instead of through a hook,
+    so concurrent calls on one shared model cannot see each other's activations."""
     device = next(model.parameters()).device
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            x = to_float_images(torch.from_numpy(np.ascontiguousarray(array[None])).to(device))
-            logits = model(x)
-            (grad,) = torch.autograd.grad(logits[0, class_id], acts[0])
-    finally:
-        handle.remove()
-    a = acts[0].detach()
+    with torch.inference_mode(False), torch.enable_grad():
+        x = to_float_images(torch.from_numpy(np.ascontiguousarray(array[None])).to(device))
+        a = model.features[: layer + 1](model.normalise(x))
+        logits = model.classifier(torch.flatten(model.features[layer + 1 :](a), 1))
+        (grad,) = torch.autograd.grad(logits[0, class_id], a)
+    a = a.detach()
     weights = grad.mean(dim=(2, 3), keepdim=True)  # global-average-pooled gradients, per channel
     cam = torch.relu((weights * a).sum(1, keepdim=True))
     cam = nn.functional.interpolate(cam, size=array.shape[:2], mode="bilinear", align_corners=False)[0, 0]

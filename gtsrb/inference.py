@@ -35,7 +35,8 @@ ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 @dataclass
 class Prediction:
-    probs: np.ndarray  # (N, classes)
+    logits: np.ndarray  # (N, classes)
+    probs: np.ndarray  # (N, classes): softmax of the logits
     excitations: dict[str, np.ndarray]  # stage name -> (N, C): each SE block's gate values
 
     def top(self, k: int = 5, i: int = 0) -> list[tuple[int, str, float]]:
@@ -86,8 +87,8 @@ TTA_SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
 
 # The capture of the request running in this thread or task: stage name -> gate outputs.
 _capture: contextvars.ContextVar[dict[str, list[torch.Tensor]] | None] = contextvars.ContextVar("capture", default=None)
-# True within ``Classifier.se_disabled()``: every SE block passes its input through.
-_se_off: contextvars.ContextVar[bool] = contextvars.ContextVar("se_off", default=False)
+# The SE blocks switched off within ``Classifier.se_disabled()``: each passes its input through.
+_se_off: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("se_off", default=frozenset())
 
 
 class Classifier:
@@ -104,7 +105,7 @@ class Classifier:
         # Hooks stay for the Classifier's life and do nothing outside a capture or se_disabled().
         for name, block in model.se_blocks():
             block.gate.register_forward_hook(functools.partial(_record_gate, name))
-            block.register_forward_hook(_skip_if_se_off)
+            block.register_forward_hook(functools.partial(_skip_if_se_off, name))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "Classifier":
@@ -130,17 +131,19 @@ class Classifier:
 
     @torch.inference_mode()
     def predict_arrays(self, arrays: np.ndarray, batch_size: int = 512) -> Prediction:
-        """Preprocessed uint8 (N, S, S, 3) -> probabilities and excitations (none with SE off)."""
-        probs, excite = [], {n: [] for n in self.se_names}
-        token = _capture.set(None if _se_off.get() else excite)
+        """Preprocessed uint8 (N, S, S, 3) -> logits, probabilities and the excitations of the SE
+        blocks that are on."""
+        logits, excite = [], {n: [] for n in self.se_names}
+        token = _capture.set(excite)
         try:
             for i in range(0, len(arrays), batch_size):
                 batch = torch.from_numpy(np.ascontiguousarray(arrays[i : i + batch_size])).to(self.device)
-                probs.append(torch.softmax(self.model(to_float_images(batch)), 1).cpu().numpy())
+                logits.append(self.model(to_float_images(batch)).float())
         finally:
             _capture.reset(token)
+        z = torch.cat(logits) if logits else torch.zeros(0, self.config.num_classes)
         return Prediction(
-            np.concatenate(probs) if probs else np.zeros((0, self.config.num_classes), np.float32),
+            z.cpu().numpy(), torch.softmax(z, 1).cpu().numpy(),
             {n: torch.cat(v).flatten(1).cpu().numpy() for n, v in excite.items() if v},
         )
 
@@ -153,10 +156,16 @@ class Classifier:
         return np.mean([self.predict_arrays(v, batch_size).probs for v in views], axis=0)
 
     @contextlib.contextmanager
-    def se_disabled(self) -> Iterator[None]:
-        """Within the block, every SE block is the identity (the 'SE off' counterfactual), in
-        predictions (which then carry no excitations) and in ``self.model``, for this thread only."""
-        token = _se_off.set(True)
+    def se_disabled(self, blocks: Sequence[str] | None = None) -> Iterator[None]:
+        """Within the block, the named SE blocks (default: all) are the identity (the 'SE off'
+        counterfactual), in predictions (which carry no excitations for them) and in ``self.model``,
+        for this thread or task only. An unknown block name is a ValueError."""
+        blocks = self.se_names if blocks is None else list(blocks)
+        unknown = sorted(set(blocks) - set(self.se_names))
+        if unknown:
+            raise ValueError(f"no SE block named {', '.join(unknown)}: this model has "
+                             f"{', '.join(self.se_names) or 'none'}")
+        token = _se_off.set(frozenset(blocks))
         try:
             yield
         finally:
@@ -165,9 +174,9 @@ class Classifier:
 
 def _record_gate(name: str, _module: nn.Module, _inputs, gate: torch.Tensor) -> None:
     capture = _capture.get()
-    if capture is not None:
+    if capture is not None and name not in _se_off.get():
         capture[name].append(gate.detach())
 
 
-def _skip_if_se_off(_module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
-    return inputs[0] if _se_off.get() else output
+def _skip_if_se_off(name: str, _module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+    return inputs[0] if name in _se_off.get() else output

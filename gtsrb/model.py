@@ -188,13 +188,15 @@ class SEVGG(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(self.normalise(x)), 1))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images -> the first conv's input: per image, or with the dataset's channel statistics."""
         if self.config.input_norm == "image":
             var, mean = torch.var_mean(x, dim=(1, 2, 3), keepdim=True)
             # The floor (a std of 8/255) caps the gain on near-flat images, whose noise it would blow up.
-            x = (x - mean) * torch.rsqrt(var + 1e-3)
-        else:
-            x = (x - self.mean) / self.std
-        return self.classifier(torch.flatten(self.features(x), 1))
+            return (x - mean) * torch.rsqrt(var + 1e-3)
+        return (x - self.mean) / self.std
 
     def se_blocks(self) -> list[tuple[str, SqueezeExcitation]]:
         """(name, block) for every SE block, named by stage: 'stage1' ... 'stage5'."""

@@ -117,6 +117,31 @@ def test_gradcam_map_shape_range_and_no_side_effects():
     assert not model.features[layer]._forward_hooks
 
 
+def test_gradcam_is_safe_under_concurrent_calls_on_one_model():
+    """No hook on the shared model: threads get the same map as a call alone."""
+    import threading
+
+    torch.manual_seed(0)
+    model = build_model("seed").eval()
+    _, layer = gradcam_layer(model)
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 256, (28, 28, 3), dtype=np.uint8) for _ in range(4)]
+    alone = [gradcam(model, im, class_id=k, layer=layer) for k, im in enumerate(imgs)]
+    bad: list[int] = []
+
+    def worker(k: int) -> None:
+        for _ in range(10):
+            if not np.allclose(gradcam(model, imgs[k], class_id=k, layer=layer), alone[k], atol=1e-5):
+                bad.append(k)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad
+
+
 REPO = Path(__file__).resolve().parents[1]
 BEST = REPO / "results" / "best" / "best.pt"
 

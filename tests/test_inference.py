@@ -306,6 +306,66 @@ def test_se_disabled_blocks_nest_and_predictions_then_carry_no_excitations(clf, 
     np.testing.assert_allclose(clf.predict(sign).probs, on.probs, atol=1e-7)
 
 
+def test_se_disabled_switches_off_only_the_named_blocks(clf, sign):
+    names = clf.se_names
+    assert len(names) >= 2
+    on = clf.predict(sign)
+    with clf.se_disabled(names[:1]):
+        one = clf.predict(sign)
+    with clf.se_disabled(names):
+        every = clf.predict(sign)
+    with clf.se_disabled([]):
+        none = clf.predict(sign)
+    # the switched-off block has no excitation; the others still report theirs
+    assert sorted(one.excitations) == sorted(names[1:])
+    np.testing.assert_allclose(none.probs, on.probs, atol=1e-7)
+    m, x = clf.model, to_float_images(torch.from_numpy(clf.preprocess(sign)))
+
+    def features(off):  # before the classifier, whose bias dominates an untrained network's logits
+        with torch.no_grad(), clf.se_disabled(off):
+            return m.features(m.normalise(x))
+
+    f_on, f_one, f_every = features([]), features(names[:1]), features(names)
+    assert (f_one - f_on).abs().max() > 0.1 * f_on.abs().max()
+    assert (f_one - f_every).abs().max() > 0.1 * f_on.abs().max()
+    with clf.se_disabled():  # no argument: every block, as before
+        np.testing.assert_allclose(clf.predict(sign).probs, every.probs, atol=1e-7)
+    with pytest.raises(ValueError, match="no SE block named stage9"):
+        with clf.se_disabled(["stage9"]):
+            pass
+
+
+def test_logits_and_probabilities_agree(clf, sign):
+    pred = clf.predict([sign, 255 - sign])
+    np.testing.assert_allclose(pred.probs, torch.softmax(torch.from_numpy(pred.logits), 1).numpy(), atol=1e-6)
+
+
+def test_concurrent_requests_keep_their_se_switches_apart(clf, sign):
+    """Threads sharing one Classifier: each sees only its own se_disabled() set and excitations."""
+    import threading
+
+    names = clf.se_names
+    expected = {}
+    for k in range(len(names) + 1):
+        with clf.se_disabled(names[:k]):
+            expected[k] = clf.predict(sign)
+    errors: list[str] = []
+
+    def worker(k: int) -> None:
+        for _ in range(20):
+            with clf.se_disabled(names[:k]):
+                got = clf.predict(sign)
+            if not np.allclose(got.probs, expected[k].probs, atol=1e-6) or sorted(got.excitations) != sorted(names[k:]):
+                errors.append(f"thread {k}: another request's SE switches leaked in")
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(names) + 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+
+
 # --------------------------------------------------------------------------- 6. no pickled code
 
 

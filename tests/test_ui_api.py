@@ -123,6 +123,36 @@ def test_real_stop_sign(client, local):
     assert r["gradcam"]["class_id"] == STOP_ID
 
 
+def test_se_off_switches_only_the_named_blocks(client, local):
+    """The API's second input: the SE blocks to switch off (omitted: all), as the page's toggles do."""
+    every = predict(client, STOP)["se_off"]
+    assert every["blocks"] == list(SE_WIDTHS)
+    for blocks in (["stage5"], ["stage1", "stage2"], []):
+        r = client.predict(handle_file(str(STOP)), blocks, api_name="/predict")
+        check_well_formed(r)
+        assert r["se_off"]["blocks"] == blocks
+        with local.se_disabled(blocks):
+            expected = local.predict(STOP).probs[0]
+        for t in r["se_off"]["top5"]:
+            assert t["probability"] == pytest.approx(float(expected[t["class_id"]]), abs=1e-5), blocks
+    assert r["se_off"]["top5"] == r["top5"]  # nothing switched off: the SE-on answer
+    with pytest.raises(AppError, match="no SE block named stage9"):
+        client.predict(handle_file(str(STOP)), ["stage9"], api_name="/predict")
+
+
+def test_confidence_is_calibrated_and_a_non_sign_is_unsure(client, tmp_path):
+    sure = predict(client, STOP)["confidence"]
+    assert sure["calibrated"] and not sure["unsure"] and sure["reasons"] == []
+    assert sure["probability"] >= sure["threshold"]
+    assert sure["distance"] <= sure["distance_q99"]
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(noise)
+    c = predict(client, noise)["confidence"]
+    assert c["unsure"] and c["unlike_training"] and c["distance"] > c["distance_q99"]
+    assert any("unlike the training data" in reason for reason in c["reasons"])
+
+
+# --------------------------------------------------------------------------- bad input
 # --------------------------------------------------------------------------- bad input
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -414,3 +444,48 @@ def test_missing_checkpoint_says_how_to_get_one():
     assert "nowhere/best.pt" in errors[0] and "no such checkpoint" in errors[0]
     assert "make train-best" in errors[0]
     assert "Traceback" not in proc.stderr and "Running on" not in proc.stdout
+
+
+def test_server_address_follows_gradio_conventions(monkeypatch):
+    from ui.app import server_address
+
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    assert server_address(None, None) == ("127.0.0.1", 7860)
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7911")
+    assert server_address(None, None) == ("0.0.0.0", 7911)
+    assert server_address("127.0.0.1", 8000) == ("127.0.0.1", 8000)  # the flags win
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "seventy")
+    with pytest.raises(ValueError, match="GRADIO_SERVER_PORT='seventy'"):
+        server_address(None, None)
+
+
+def test_make_demo_serves_on_gradio_server_port(tmp_path):
+    """`GRADIO_SERVER_PORT=P make demo` serves on P (the Makefile passes no --port unless PORT= is given)."""
+    import os
+    import time
+    import urllib.request
+
+    from ui.loadtest import free_port
+
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = tmp_path / "demo.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["make", "demo", f"BIN={Path(sys.executable).parent}", "STAMP="], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(1)
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)

@@ -1,43 +1,57 @@
-"""Gradio demo: classify a traffic sign and show what the SE blocks did.
+"""Gradio demo: classify a traffic sign, say how sure it is, and show what the SE blocks did.
 
-    python -m ui.app [--checkpoint results/best] [--host 127.0.0.1] [--port 7860]
+    python -m ui.app [--checkpoint results/best] [--host 127.0.0.1] [--port 7860] [--results results]
 
-All model work goes through ``gtsrb.inference`` and ``gtsrb.explain``; this
-module only arranges the page. One named API endpoint, ``/predict``, takes an
-image file and returns JSON (top-5, SE excitations against the class averages,
-the SE-off counterfactual and the Grad-CAM map); the page draws its figures
-from that same JSON.
+All model work goes through ``gtsrb.inference``, ``gtsrb.explain`` and
+``gtsrb.calibrate``; this module only arranges the page. One named API
+endpoint, ``/predict``, takes an image file and the SE blocks to switch off
+(default: all) and returns JSON: the top-5, whether the model is unsure, the SE
+excitations against the class averages, the SE-off counterfactual and the
+Grad-CAM map. An upload runs ONE server event, which draws every panel: the
+excitation chart is a Vega-Lite spec the browser draws, and the three views
+(sent, seen, Grad-CAM) are one small image. The model is shared by concurrent
+requests: its SE switches and excitation capture are per request
+(``contextvars``) and Grad-CAM uses no hook, so nothing leaks between them.
+``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT`` apply unless --host/--port are given.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import functools
 import json
 import os
 import sys
-import threading
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import altair as alt  # noqa: E402
 import gradio as gr  # noqa: E402
+from gradio.components.plot import PlotData  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from gtsrb.archive import DataError  # noqa: E402
+from gtsrb.calibrate import CALIBRATION_FILE, load_calibration, softmax  # noqa: E402
 from gtsrb.checkpoint import CheckpointError  # noqa: E402
 from gtsrb.classes import CLASS_NAMES  # noqa: E402
-from gtsrb.archive import DataError  # noqa: E402
-from gtsrb.explain import EXCITATIONS_FILE, gradcam, gradcam_layer, load_excitations  # noqa: E402
+from gtsrb.explain import EXCITATIONS_FILE, class_mean_distance, gradcam, gradcam_layer, load_excitations  # noqa: E402
 from gtsrb.inference import Classifier, load_image  # noqa: E402
 from gtsrb.util import sha256_file  # noqa: E402
+from ui.study import build_study_tab  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = Path("results/best")
 EXAMPLES = Path(__file__).parent / "examples"
 MAX_FILE_SIZE = "20mb"  # larger uploads are refused by the server before they reach the model
 MAX_PIXELS = 40_000_000  # larger images are refused from their header, before decoding
 TOP_K = 5
+VIEW = 224  # px: each of the three views (sent, seen, Grad-CAM)
+CONCURRENCY = 2  # requests that run the model at once (one per core here)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -78,8 +92,22 @@ def describe_input(img: Image.Image) -> str:
     return "; ".join(notes)
 
 
+def _file(payload) -> str | bytes | None:
+    """What an image input sends (events run with preprocess=False) -> a path, or bytes for a data URL.
+
+    Skipping Gradio's preprocessing hands the uploaded file to the project's decoder untouched (PPM, 16-bit,
+    EXIF, ...), which names a bad file clearly; gr.Image would open it with PIL first and fail with a
+    generic error. Gradio still checks that the path is one of its uploads before the handler runs."""
+    if payload is None or isinstance(payload, (str, bytes)):
+        return payload
+    url = payload.get("url") or ""
+    if not payload.get("path") and url.startswith("data:"):
+        return base64.b64decode(url.split(",", 1)[1])
+    return payload.get("path")
+
+
 class Demo:
-    """The served checkpoint, its class-average excitations and model card."""
+    """The served checkpoint, its class-average excitations, calibration and model card."""
 
     def __init__(self, checkpoint: str | os.PathLike):
         self.path = resolve_checkpoint(checkpoint)
@@ -87,39 +115,69 @@ class Demo:
         self.sha256 = sha256_file(self.path)
         self.cam_stage, self.cam_layer = gradcam_layer(self.clf.model)
         self.stats, self.stats_note = self._load_stats()
+        self.calibration, self.calibration_note = self._load_calibration()
         metrics = self.path.parent / "metrics.json"
         self.metrics = json.loads(metrics.read_text()) if metrics.is_file() else None
-        self.lock = threading.Lock()  # hooks live on the shared model: one analysis at a time
 
     def _load_stats(self) -> tuple[dict | None, str]:
         f = self.path.parent / EXCITATIONS_FILE
         if not self.clf.se_names:
             return None, "this model has no SE blocks"
         if not f.is_file():
-            return None, f"no {f} (make it with `gtsrb excitations {self.path} --data data/gtsrb28.h5`)"
+            return None, f"no {f} (make it with `gtsrb excitations {self.path} --data data/gtsrb28-roi.h5`)"
         stats, meta = load_excitations(f)
         if meta["checkpoint_sha256"] != self.sha256:
             return None, f"{f} belongs to another checkpoint (sha256 differs): re-make it with `gtsrb excitations`"
         return stats, f"class averages from the {meta['source']}"
 
+    def _load_calibration(self) -> tuple[dict | None, str]:
+        f = self.path.parent / CALIBRATION_FILE
+        if not f.is_file():
+            return None, f"none (no {f.name} beside the checkpoint; make one with `gtsrb calibrate`)"
+        c = load_calibration(f)
+        own = c["checkpoint_sha256"] == self.sha256
+        source = "this checkpoint" if own else f"`{c['checkpoint']}` (same recipe, trained on the train split alone)"
+        t = c["test"]
+        rest = "none were left" if t["accuracy_sure"] is None else f"the rest were {t['accuracy_sure']:.2%} right"
+        return c, (f"temperature {c['temperature']:.2f} and threshold {c['threshold']:.2f} fitted on the val split "
+                   f"of {source}; there, on the test split (n={t['n']}), 'unsure' fired on {t['unsure_rate']:.1%} "
+                   f"of images and {rest}")
+
     # ---------------------------------------------------------------- the /predict API
-    def analyse(self, file: str | None) -> dict:
-        """Image file -> JSON-friendly prediction and explanation. Bad input raises gr.Error."""
+    def read(self, payload) -> tuple[str, str, Image.Image, np.ndarray]:
+        """An uploaded image -> (its name, a note on unusual input, the image, the 28x28 array); gr.Error if bad."""
+        file = _file(payload)
         if file is None:
             raise _error("No image received: upload a traffic-sign image (PNG, JPEG, PPM, GIF, ...).")
-        name = Path(file).name
+        name = "pasted image" if isinstance(file, bytes) else Path(file).name
         try:
-            img = load_image(Path(file), max_pixels=MAX_PIXELS)
-            note = describe_input(img)
-            array = self.clf.preprocess(img)
+            img = load_image(file if isinstance(file, bytes) else Path(file), max_pixels=MAX_PIXELS)
+            return name, describe_input(img), img, self.clf.preprocess(img)
         except DataError as e:
-            raise _error(f"Cannot use this file. {_strip_dir(str(e), file, name)}") from None
-        with self.lock:
-            pred = self.clf.predict_arrays(array)
-            with self.clf.se_disabled():
+            raise _error(f"Cannot use this file. {_strip_dir(str(e), str(file), name)}") from None
+
+    def se_off(self, array: np.ndarray, blocks: list[str] | None, top: int) -> dict:
+        """The prediction with the given SE blocks (None: all) replaced by the identity."""
+        blocks = self.clf.se_names if blocks is None else [b for b in self.clf.se_names if b in blocks] + sorted(
+            set(blocks) - set(self.clf.se_names))  # in the model's order; unknown names are refused below
+        try:
+            with self.clf.se_disabled(blocks):
                 off = self.clf.predict_arrays(array)
-            top = int(pred.probs[0].argmax())
-            cam = gradcam(self.clf.model, array[0], top, self.cam_layer)
+        except ValueError as e:
+            raise _error(f"se_off: {e}") from None
+        return {"blocks": blocks, "prediction": _top(off.probs[0], 1)[0], "top5": _top(off.probs[0]),
+                "probability_of_se_on_class": round(float(off.probs[0, top]), 6)}
+
+    def analyse(self, image, se_off: list[str] | None = None) -> dict:
+        """Image file (+ SE blocks to switch off, default all) -> JSON-friendly prediction and explanation."""
+        name, note, _img, array = self.read(image)
+        return self._analyse(name, note, array, se_off)
+
+    def _analyse(self, name: str, note: str, array: np.ndarray, se_off: list[str] | None) -> dict:
+        pred = self.clf.predict_arrays(array)
+        top = int(pred.probs[0].argmax())
+        off = self.se_off(array, se_off, top)
+        cam = gradcam(self.clf.model, array[0], top, self.cam_layer)
         excitations = {}
         for stage, e in pred.excitations.items():
             row = {"values": np.round(e[0], 5).tolist()}
@@ -139,15 +197,54 @@ class Demo:
             "input_note": note,
             "prediction": _top(pred.probs[0], 1)[0],
             "top5": _top(pred.probs[0]),
-            "se_off": {"prediction": _top(off.probs[0], 1)[0], "top5": _top(off.probs[0]),
-                       "probability_of_se_on_class": round(float(off.probs[0, top]), 6)},
+            "confidence": self.confidence(pred.logits[0], pred.excitations, top),
+            "se_off": off,
             "excitations": excitations,
             "gradcam": {"stage": self.cam_stage, "class_id": top, "heatmap": np.round(cam, 3).tolist()},
             "preprocessed": array[0].tolist(),
             "checkpoint_sha256": self.sha256,
         }
 
+    def confidence(self, logits: np.ndarray, excitations: dict[str, np.ndarray], top: int) -> dict:
+        """Calibrated top-1 probability, and the two 'unsure' rules (gtsrb.calibrate)."""
+        out: dict = {"calibrated": self.calibration is not None, "reasons": []}
+        if self.calibration is not None:
+            t, tau = float(self.calibration["temperature"]), float(self.calibration["threshold"])
+            p = float(softmax(logits[None], t)[0, top])
+            out.update({"temperature": t, "threshold": tau, "probability": round(p, 6), "low": p < tau})
+            if p < tau:
+                out["reasons"].append(f"calibrated probability {p:.1%} is below the threshold {tau:.1%}")
+        block = self.clf.se_names[-1] if self.clf.se_names else None
+        st = self.stats.get(block) if self.stats and block else None
+        if st is not None and "distance_q99" in st:
+            d = float(class_mean_distance(excitations[block], st["class_mean"], np.array([top]))[0])
+            out.update({"distance_block": block, "distance": round(d, 4), "distance_q99": round(st["distance_q99"], 4),
+                        "unlike_training": d > st["distance_q99"]})
+            if d > st["distance_q99"]:
+                out["reasons"].append(f"its {block} excitation is farther from the class average ({d:.2f}) than "
+                                      f"99% of validation images ({st['distance_q99']:.2f}): unlike the training data")
+        out["unsure"] = bool(out["reasons"])
+        return out
+
     # ---------------------------------------------------------------- page rendering
+    def page(self, image, se_off: list[str] | None, raw_open: bool = False):
+        """The upload's one event: analyse, then every panel (the result kept on the server, the raw JSON when
+        its panel is open, top-5, summary, SE off, chart, views)."""
+        name, note, img, array = self.read(image)
+        r = self._analyse(name, note, array, se_off)
+        label = {f"{t['name']} (class {t['class_id']})": t["probability"] for t in r["top5"]}
+        return (r, r if raw_open else gr.skip(), label, summary_markdown(r),
+                se_off_markdown(r["se_off"], r["prediction"]), excitation_chart(r), views_image(img, r))
+
+    def page_se_off(self, image, se_off: list[str] | None) -> str:
+        """A toggle changed: only the SE-off panel is recomputed."""
+        if image is None:
+            return ""
+        _name, _note, _img, array = self.read(image)
+        pred = self.clf.predict_arrays(array)
+        top = int(pred.probs[0].argmax())
+        return se_off_markdown(self.se_off(array, se_off, top), _top(pred.probs[0], 1)[0])
+
     def model_card(self) -> str:
         cfg, meta = self.clf.config, self.clf.meta
         data = meta.get("data", {})
@@ -193,17 +290,11 @@ class Demo:
             lines.append(f"- **Trained:** {self.metrics.get('epochs', '?')} epochs in "
                          f"{self.metrics.get('train_seconds', 0) / 60:.0f} min on {m}")
         lines.append("- **Served in:** fp32, the same network and precision as the metrics above")
+        lines.append(f"- **Calibration ('unsure'):** {self.calibration_note}")
         lines.append(f"- **SE class averages:** {self.stats_note}")
         lines.append(f"- **Grad-CAM layer:** end of {self.cam_stage} (the deepest stage whose map is at least "
                      "4×4 at this input size)")
         return "\n".join(lines)
-
-    def render(self, result: dict | None):
-        """The /predict JSON -> (label, summary markdown, excitation figure, Grad-CAM figure)."""
-        if not result:
-            return None, "", None, None
-        label = {f"{t['name']} (class {t['class_id']})": t["probability"] for t in result["top5"]}
-        return label, summary_markdown(result), excitation_figure(result), gradcam_figure(result)
 
 
 def _shown_path(path: Path) -> str:
@@ -225,17 +316,21 @@ def _strip_dir(message: str, file: str, name: str) -> str:
 
 
 def summary_markdown(r: dict) -> str:
-    p, off = r["prediction"], r["se_off"]
-    lines = [f"## {p['name']}", f"class {p['class_id']}, probability **{p['probability']:.1%}**"]
+    p, c = r["prediction"], r["confidence"]
+    if c["unsure"]:
+        top3 = ", ".join(f"{t['name']} ({t['probability']:.0%})" for t in r["top5"][:3])
+        lines = [f"## Unsure: {p['name']}?", f"The model is not sure. Its top 3: {top3}."]
+    else:
+        lines = [f"## {p['name']}"]
+    prob = f"class {p['class_id']}, model probability **{p['probability']:.1%}**"
+    if c.get("calibrated"):
+        prob += f", calibrated **{c['probability']:.1%}** (unsure below {c['threshold']:.0%})"
+    lines.append(prob)
+    if c["unsure"]:
+        lines.append("\n*Why unsure:* " + "; ".join(c["reasons"]) + ".")
+    lines.append(f"\n*File:* `{r['file']}`")
     if r.get("input_note"):
         lines.append(f"\n*Input:* {r['input_note']}.")
-    same = off["prediction"]["class_id"] == p["class_id"]
-    lines.append(
-        f"\n**SE off** (every SE block replaced by the identity, same weights otherwise): "
-        f"{off['prediction']['name']} at {off['prediction']['probability']:.1%}"
-        + (" (the same class)" if same else f" (a different class; {p['name']} drops to "
-           f"{off['probability_of_se_on_class']:.1%})")
-        + ". The network was trained with SE on, so this shows how much it relies on the blocks' rescaling.")
     ex = r["excitations"]
     if ex and "class_specificity" in next(iter(ex.values())):
         lines.append("\n| SE block | class specificity η² (val) | distance to class avg | "
@@ -249,116 +344,189 @@ def summary_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def excitation_figure(r: dict) -> Figure | None:
+def se_off_markdown(off: dict, on: dict) -> str:
+    if not off["blocks"]:
+        return "**SE off:** no block switched off; tick one or more above."
+    same = off["prediction"]["class_id"] == on["class_id"]
+    return (f"**SE off** ({', '.join(off['blocks'])} replaced by the identity, same weights otherwise): "
+            f"{off['prediction']['name']} at {off['prediction']['probability']:.1%}"
+            + (" (the same class)" if same else f" (a different class; {on['name']} drops to "
+               f"{off['probability_of_se_on_class']:.1%})")
+            + ". The network was trained with SE on, so this shows how much it relies on the blocks' rescaling.")
+
+
+SERIES = ("this image", "all classes (val avg)", "predicted class (val avg)")
+
+
+@functools.cache
+def _chart_spec() -> str:
+    """The excitation chart's Vega-Lite spec, built and validated by Altair once; each request only fills
+    in its rows and title (Altair's validation costs 100+ ms a call). Rows come in long form, one per
+    (block, channel, series), so the browser runs no transform but a filter."""
+    x = alt.X("x:Q", title="channel (sorted by the all-class average)", axis=alt.Axis(labels=False, ticks=False))
+    y = alt.Y("v:Q", title="excitation", scale=alt.Scale(domain=[0, 1]))
+    color = alt.Color("s:N", legend=alt.Legend(orient="top", title=None),
+                      scale=alt.Scale(domain=list(SERIES), range=["#ff7f0e", "#555555", "#1f77b4"]))
+    dots = alt.Chart().mark_point(filled=True, size=12).encode(x, y, color).transform_filter(
+        f"datum.s == '{SERIES[0]}'")
+    lines = alt.Chart().mark_line(strokeWidth=1.5).encode(x, y, color).transform_filter(
+        f"datum.s != '{SERIES[0]}'")
+    chart = (alt.layer(dots, lines, data=alt.Data(name="rows")).properties(width=720, height=110)
+             .facet(row=alt.Row("b:N", title=None, sort=None)).resolve_scale(x="independent")
+             .properties(title="TITLE"))
+    return chart.to_json()
+
+
+def excitation_chart(r: dict) -> PlotData | None:
+    """Per SE block: this image's channel gates (dots) against the predicted class's and all classes'
+    val averages (lines), channels sorted by the all-class average. A Vega-Lite spec the browser draws."""
     ex = r["excitations"]
     if not ex:
         return None
-    name = r["prediction"]["name"]
-    fig = Figure(figsize=(9, 2.1 * len(ex) + 0.6), layout="constrained")
-    axes = fig.subplots(len(ex), 1, squeeze=False)[:, 0]
-    for ax, (stage, e) in zip(axes, ex.items()):
+    rows = []
+    for stage, e in ex.items():
         values = np.asarray(e["values"])
         has_avg = "all_classes_mean" in e
-        order = np.argsort(e["all_classes_mean"]) if has_avg else np.arange(len(values))
-        x = np.arange(len(values))
-        if has_avg:
-            ax.plot(x, np.asarray(e["all_classes_mean"])[order], color="0.35", lw=1.4, zorder=3,
-                    label="all classes (val avg)")
-            ax.plot(x, np.asarray(e["predicted_class_mean"])[order], color="tab:blue", lw=1.2, zorder=2,
-                    label=f"'{name}' (val avg)")
-        # this image as dots under the two average lines, so neither hides the other
-        ax.plot(x, values[order], color="tab:orange", ls="none", marker=".", ms=3, zorder=1, label="this image")
-        title = f"{stage}: {len(values)} channels"
-        if has_avg:
-            title += f", class specificity η² = {e['class_specificity']:.2f}"
-        ax.set_title(title, fontsize=10, loc="left")
-        ax.set_ylabel("excitation", fontsize=9)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlim(-1, len(values))
-        ax.tick_params(labelsize=8)
-    axes[-1].set_xlabel("channel (sorted by the all-class average)" if "all_classes_mean" in next(iter(ex.values()))
-                        else "channel", fontsize=9)
-    axes[0].legend(fontsize=8, loc="upper left", ncols=3, frameon=False)
-    fig.suptitle(f"SE excitations (sigmoid gate per channel) for '{name}'", fontsize=11)
-    return fig
+        order = np.argsort(e["all_classes_mean"], kind="stable") if has_avg else np.arange(len(values))
+        block = f"{stage}: {len(values)} channels" + (f", η² = {e['class_specificity']:.2f}" if has_avg else "")
+        series = [values] + ([e["all_classes_mean"], e["predicted_class_mean"]] if has_avg else [])
+        for label, v in zip(SERIES, series):
+            rows += [{"b": block, "s": label, "x": j, "v": y}
+                     for j, y in enumerate(np.round(np.asarray(v)[order], 3).tolist())]
+    spec = json.loads(_chart_spec())
+    spec["title"] = f"SE excitations (sigmoid gate per channel) for '{r['prediction']['name']}'"
+    spec["datasets"] = {"rows": rows}
+    spec["data"] = {"name": "rows"}
+    return PlotData(type="altair", plot=json.dumps(spec, separators=(",", ":")))
 
 
-def gradcam_figure(r: dict) -> Figure:
-    image = np.asarray(r["preprocessed"], dtype=np.uint8)
-    cam = np.asarray(r["gradcam"]["heatmap"], dtype=np.float32)
-    fig = Figure(figsize=(6, 3.2), layout="constrained")
-    a, b = fig.subplots(1, 2)
-    a.imshow(image, interpolation="nearest")
-    a.set_title("what the network sees (28×28)", fontsize=9)
-    b.imshow(image, interpolation="nearest")
-    b.imshow(cam, cmap=colormaps["jet"], alpha=0.45, interpolation="bilinear", vmin=0, vmax=1)
-    b.set_title(f"Grad-CAM ({r['gradcam']['stage']}) for\n'{r['prediction']['name']}'", fontsize=9)
-    for ax in (a, b):
-        ax.set_xticks([])
-        ax.set_yticks([])
-    return fig
+JET = (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
 
 
-def build_app(demo: Demo) -> gr.Blocks:
+def views_image(img: Image.Image, r: dict) -> np.ndarray:
+    """Three VIEW x VIEW panels: the image as sent (aspect kept), the 28x28 the network saw, and Grad-CAM on it."""
+    sent = Image.new("RGB", (VIEW, VIEW), (255, 255, 255))
+    scale = VIEW / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    # small images are enlarged pixel by pixel, so the tester sees what was sent, not a smoothed copy
+    shown = img.convert("RGB").resize(size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR)
+    sent.paste(shown, ((VIEW - shown.width) // 2, (VIEW - shown.height) // 2))
+    seen = np.asarray(r["preprocessed"], dtype=np.uint8)
+    cam = JET[(np.asarray(r["gradcam"]["heatmap"]) * 255).astype(np.uint8)]
+    overlay = (0.55 * seen + 0.45 * cam).astype(np.uint8)
+    k = VIEW // seen.shape[0]
+    big = [np.kron(a, np.ones((k, k, 1), np.uint8)) for a in (seen, overlay)]
+    big = [np.pad(a, ((0, VIEW - a.shape[0]), (0, VIEW - a.shape[1]), (0, 0)), constant_values=255) for a in big]
+    gap = np.full((VIEW, 8, 3), 255, np.uint8)
+    return np.concatenate([np.asarray(sent), gap, big[0], gap, big[1]], axis=1)
+
+
+def build_app(demo: Demo, results: Path = REPO / "results") -> gr.Blocks:
     examples = sorted(EXAMPLES.glob("*.png"))
+    blocks = demo.clf.se_names
+    _chart_spec()  # built once, before the first request
     with gr.Blocks(title="SE-VGG11 on GTSRB") as app:
         gr.Markdown(
             "# SE-VGG11 traffic-sign classifier\n"
-            "Upload a photo of a German traffic sign, or pick an example. The page shows the top-5 classes, "
-            "what each squeeze-and-excitation (SE) block did to its channels, where the network looked, and "
-            "what it predicts with the SE blocks switched off.")
-        with gr.Row():
-            with gr.Column(scale=1):
-                file_in = gr.File(label="Traffic-sign image", file_count="single", type="filepath",
-                                  elem_id="image-input")
-                gallery = gr.Gallery(value=[str(p) for p in examples], label="Examples (GTSRB test split): click one",
-                                     columns=4, height="auto", allow_preview=False, elem_id="examples")
-            with gr.Column(scale=1):
-                label = gr.Label(num_top_classes=TOP_K, label="Top-5 classes", elem_id="top5")
-                summary = gr.Markdown(elem_id="summary")
-        with gr.Row():
-            # The figures carry their own titles: a floating label would cover them.
-            excite_plot = gr.Plot(label="SE excitations", show_label=False, elem_id="se-plot")
-        with gr.Row():
-            cam_plot = gr.Plot(label="Grad-CAM", show_label=False, elem_id="gradcam-plot")
+            "Upload, paste or photograph a German traffic sign, or pick an example. The page shows the top-5, "
+            "whether the model is sure, what each squeeze-and-excitation (SE) block did to its channels, where "
+            "the network looked, and what it predicts with SE blocks switched off. **Crop to the sign:** the "
+            "model was trained on tight crops, so use *Crop to the sign* below when the sign is small in a photo.")
+        with gr.Tab("Classify"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    image_in = gr.Image(label="Traffic-sign image (upload, paste or webcam)", type="filepath",
+                                           sources=["upload", "clipboard", "webcam"], elem_id="image-input",
+                                           height=280)
+                    with gr.Accordion("Crop to the sign", open=False):
+                        editor = gr.ImageEditor(label="Upload, crop (the crop tool), then Classify the crop",
+                                                type="filepath", transforms=("crop",), layers=False,
+                                                sources=["upload", "clipboard"], elem_id="crop-editor")
+                        # (brush=False or eraser=False makes Gradio 6.31's editor throw in the browser)
+                        crop_btn = gr.Button("Classify the crop", elem_id="crop-button")
+                    gallery = gr.Gallery(value=[str(p) for p in examples],
+                                         label="Examples (GTSRB test split): click one", columns=4, height="auto",
+                                         allow_preview=False, elem_id="examples")
+                with gr.Column(scale=1):
+                    label = gr.Label(num_top_classes=TOP_K, label="Top-5 classes", elem_id="top5")
+                    summary = gr.Markdown(elem_id="summary")
+            views = gr.Image(label="Sent | what the network saw (28×28) | Grad-CAM of the top class",
+                             type="numpy", format="png", interactive=False, elem_id="views", height=VIEW + 40)
+            with gr.Row():
+                switches = gr.CheckboxGroup(choices=blocks, value=blocks, label="SE blocks switched off",
+                                         info="Each ticked block is replaced by the identity (same weights otherwise).",
+                                         elem_id="se-switches", visible=bool(blocks))
+            se_off = gr.Markdown(elem_id="se-off")
+            excite_plot = gr.Plot(label="SE excitations", show_label=False, elem_id="se-plot", visible=bool(blocks))
             gr.Markdown(demo.model_card(), elem_id="model-card")
-        with gr.Accordion("Raw /predict output (JSON)", open=False):
-            raw = gr.JSON(elem_id="raw-json")
+            # The raw JSON is sent only while its panel is open: drawing ~4,000 values costs the browser
+            # more than every other panel together.
+            with gr.Accordion("Raw /predict output (JSON)", open=False, elem_id="raw-panel") as raw_panel:
+                raw = gr.JSON(elem_id="raw-json")
+            last, raw_open = gr.State(), gr.State(False)
+        with gr.Tab("Study"):
+            build_study_tab(results)
 
-        outputs = [raw, label, summary, excite_plot, cam_plot]
+        outputs = [last, raw, label, summary, se_off, excite_plot, views]
+        shown = outputs[1:]
+        clear_js = "() => [null, {}, '', '', null, null]"  # in the browser, no server round trip; gr.Label's empty value is {}
+        # preprocess=False: the handlers get the raw upload (see _file) and the raw list of blocks, where
+        # an API call's null means every block.
+        run = dict(concurrency_id="model", concurrency_limit=CONCURRENCY, api_visibility="private",
+                   preprocess=False)
 
-        def clear():  # old results never stay beside a new, failed upload
-            return None, None, "", None, None
+        def example(evt: gr.SelectData, off, is_open):
+            path = str(examples[evt.index])
+            return path, *demo.page(path, off, is_open)
 
-        def pick(evt: gr.SelectData):
-            return str(examples[evt.index])
-
-        # Upload: clear, analyse (the named /predict API), then draw from its JSON.
-        file_in.upload(clear, None, outputs, api_visibility="private").then(
-            demo.analyse, file_in, raw, api_name="predict").success(
-            demo.render, raw, outputs[1:], api_visibility="private")
-        gallery.select(pick, None, file_in, api_visibility="private").then(
-            clear, None, outputs, api_visibility="private").then(
-            demo.analyse, file_in, raw, api_visibility="private").success(
-            demo.render, raw, outputs[1:], api_visibility="private")
-        file_in.clear(clear, None, outputs, api_visibility="private")
+        # One server event per upload: old results are cleared in the browser first, so they never
+        # stay beside a failed upload.
+        image_in.upload(None, None, shown, js=clear_js)
+        image_in.upload(demo.page, [image_in, switches, raw_open], outputs, **run)
+        image_in.clear(None, None, shown, js=clear_js)
+        gallery.select(example, [switches, raw_open], [image_in, *outputs], **run)
+        crop_btn.click(lambda value, off, is_open: demo.page((value or {}).get("composite"), off, is_open),
+                       [editor, switches, raw_open], outputs, **run)
+        raw_panel.expand(lambda r: (True, r), last, [raw_open, raw], api_visibility="private")
+        raw_panel.collapse(lambda: False, None, raw_open, api_visibility="private")
+        switches.change(demo.page_se_off, [image_in, switches], se_off, **run)
+        # The API: the same analysis as JSON (the page's own events are private).
+        gr.Button(visible=False).click(demo.analyse, [image_in, switches], raw, api_name="predict", preprocess=False,
+                                       concurrency_id="model", concurrency_limit=CONCURRENCY)
     return app
+
+
+def server_address(host: str | None, port: int | None) -> tuple[str, int]:
+    """--host/--port when given, else GRADIO_SERVER_NAME/GRADIO_SERVER_PORT, else 127.0.0.1:7860."""
+    host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    if port is None:
+        raw = os.environ.get("GRADIO_SERVER_PORT", "7860")
+        try:
+            port = int(raw)
+        except ValueError:
+            raise ValueError(f"GRADIO_SERVER_PORT={raw!r}: expected a port number") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port}: expected 1 to 65535")
+    return host, port
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ui.app", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="checkpoint file or run folder")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", help="default: $GRADIO_SERVER_NAME, else 127.0.0.1")
+    p.add_argument("--port", type=int, help="default: $GRADIO_SERVER_PORT, else 7860")
+    p.add_argument("--results", type=Path, default=REPO / "results", help="what the Study tab reads")
     a = p.parse_args(argv)
     try:
+        host, port = server_address(a.host, a.port)
         demo = Demo(a.checkpoint)
     except (CheckpointError, DataError, ValueError) as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 2
-    app = build_app(demo)
-    app.queue(default_concurrency_limit=1, max_size=256)
-    app.launch(server_name=a.host, server_port=a.port, share=False, max_file_size=MAX_FILE_SIZE,
+    torch.set_num_threads(1)  # at batch 1 one thread is as fast as two, so concurrent requests each get a core
+    app = build_app(demo, a.results)
+    app.queue(default_concurrency_limit=CONCURRENCY, max_size=256)
+    app.launch(server_name=host, server_port=port, share=False, max_file_size=MAX_FILE_SIZE,
                show_error=True, allowed_paths=[str(EXAMPLES)])
     return 0
 

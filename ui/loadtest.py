@@ -1,20 +1,51 @@
-"""Load-test the demo's /predict API: many clients at once, each sending requests one after another.
+"""Load-test the demo itself: its /predict API over plain HTTP, and its page in Chromium, beside a no-op floor.
 
-    python -m ui.loadtest [--url URL | --checkpoint results/best] [--clients 16] [--requests 10]
-                          [--image ui/examples/14-stop.png] [--out results/ui/loadtest.json]
+    python -m ui.loadtest [--url URL] [--checkpoint results/best] [--clients 8] [--requests 10]
+                          [--serial-requests 30] [--client-requests 10] [--browser-uploads 20]
+                          [--no-browser] [--image ui/examples/14-stop.png] [--out results/ui/loadtest.json]
 
-Without --url it starts ``python -m ui.app`` on a free port itself and stops it
-afterwards. Each client thread has its own ``gradio_client.Client``. A request
-is an *error* when it raises, and *lost* when it returns without a well-formed
-answer (None, or a dict without 'top5'). The app serves one analysis at a time
-(``default_concurrency_limit=1``), so requests queue and latency grows with the
-number of clients; that is expected. Exit status 1 when any request erred or
-was lost.
+Without --url it starts ``python -m ui.app --checkpoint ...`` on a free port itself (and stops it
+afterwards); with --url the checkpoint is only recorded. It always starts its own *no-op floor*,
+``python -m ui.loadtest --serve-noop --port P``: a tiny Gradio app with the demo's queue settings
+(read from ``queue(...)`` in ui/app.py), the same kind of input component (``#image-input``), a
+``/predict`` endpoint that returns ``{"top5": []}`` at once, and a page whose upload fills
+``#summary`` with the file name. What the floor costs is Gradio and the client, not the model.
+
+The rows, all measured in one run, for the demo and then for the floor:
+
+* **HTTP, 1 client**: Gradio's REST protocol over one keep-alive connection (httpx):
+  ``POST gradio_api/upload`` (multipart ``files``) -> server path; ``POST gradio_api/call/predict``
+  -> ``event_id``; ``GET gradio_api/call/predict/{event_id}``, an SSE stream read until
+  ``event: complete`` or ``event: error``. Timed over the whole (upload + call + stream).
+* **HTTP, 1 client, pre-uploaded**: the file uploaded once beforehand, then call + stream only
+  (what a browser does: it uploads once, then calls).
+* **HTTP, N clients** (``--clients``): threads, each with its own connection, each sending
+  ``--requests`` requests (upload + call + stream) one after another.
+* **gradio_client** (demo only, 1 client, ``--client-requests``): ``Client.predict``; the client
+  library's own overhead (about 90 ms a call and more) is included, so it is no measure of the demo.
+* **Chromium**: upload -> every panel drawn, over ``--browser-uploads`` different images (the
+  examples and altered copies, each with its own name), timed in the page from just before
+  ``set_input_files`` until one ``requestAnimationFrame``-polled predicate holds: ``#summary``
+  shows the uploaded file's name; ``#top5`` shows a label; every ``[id^=se-plot]`` holds a drawn
+  Vega chart (a fresh ``canvas``, or an ``svg`` with marks, in ``.vega-embed``); every ``#views
+  img`` is decoded and the views' sources differ from the last upload's. Panels absent from a page
+  are not waited for (the floor has only ``#summary``; a model without SE blocks has no se-plot),
+  except that the demo's page must have ``#top5`` and ``#views``. Before each upload the input is
+  cleared with its own button ("Clear" on gr.File, "Remove Image" on gr.Image) where it shows one.
+  An upload not drawn within 30 s is an error (what the page showed is recorded); after two in a
+  row the page is given up.
+
+Every row has n, p50/p95/p99/mean/max latency (ms), errors, lost and answered requests/s. A
+request is an *error* when it raises, gets an HTTP error or an ``event: error``; it is *lost*
+when it ends without a dict holding ``"top5"`` (or never ends). Each server gets two warm-up
+requests (and each page one warm-up upload) that are not counted. Exit status 1 when any request
+to the demo erred or was lost, 2 when a server could not be started.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import datetime as dt
 import json
@@ -23,20 +54,32 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from gtsrb.util import machine, write_text_atomic
+from gtsrb.util import machine, sha256_file, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGE = Path(__file__).parent / "examples" / "14-stop.png"
+EXAMPLES = Path(__file__).parent / "examples"
+DEFAULT_IMAGE = EXAMPLES / "14-stop.png"
+APP_SOURCE = Path(__file__).parent / "app.py"
+CHROMIUM = Path("/usr/bin/chromium")
+FILE_INPUT = "#image-input input[type=file]"
+# The input's own clear button: gr.File's "Clear", gr.Image's "Remove Image".
+CLEAR_BUTTON = "#image-input button[aria-label='Clear'], #image-input button[aria-label='Remove Image']"
+HTTP_TIMEOUT = 120.0  # seconds for one request; 8 clients queue behind one model on 2 busy cores
+BROWSER_TIMEOUT_MS = 30_000  # one upload until every panel is drawn
+WARMUP = 2  # uncounted requests per server before the rows
+GRADIO_CLIENT_LABEL = "gradio_client (client library overhead included)"
 
 
-# --------------------------------------------------------------------------- the server
+# --------------------------------------------------------------------------- the servers
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -44,168 +87,719 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _launch(args: list[str], log: Path | None):
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if log:
+        out.close()  # the child holds its own copy
+    return proc
+
+
+def _wait_ready(proc, what: str, url: str, deadline: float, log: Path | None) -> None:
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}" + (f"; see {log}" if log else ""))
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer on {url} within the time allowed")
+        time.sleep(0.5)
+
+
+def _stop(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def _serve(servers: list[tuple[list[str], str, int, Path | None]], timeout: float):
+    """Start every ``(args, what, port, log)`` at once (``python <args>`` listening on ``port``);
+    yield their URLs once all answer HTTP 200; stop them all afterwards."""
+    procs = []
+    try:
+        for args, what, port, log in servers:
+            procs.append(_launch(args, log))
+        deadline = time.monotonic() + timeout
+        urls = [f"http://127.0.0.1:{port}/" for _, _, port, _ in servers]
+        for proc, (_, what, _, log), url in zip(procs, servers, urls):
+            _wait_ready(proc, what, url, deadline, log)
+        yield urls
+    finally:
+        for proc in procs:
+            _stop(proc)
+
+
+def app_args(checkpoint: str, port: int) -> list[str]:
+    return ["-m", "ui.app", "--checkpoint", str(checkpoint), "--port", str(port)]
+
+
+def noop_args(port: int, input_kind: str = "file", concurrency: int | None = 2, max_size: int | None = None):
+    args = ["-m", "ui.loadtest", "--serve-noop", "--port", str(port), "--input-kind", input_kind,
+            "--concurrency", "none" if concurrency is None else str(concurrency)]
+    return args + (["--max-size", str(max_size)] if max_size is not None else [])
+
+
 @contextlib.contextmanager
 def start_app(checkpoint: str, timeout: float = 180.0, log: Path | None = None):
     """Run ``python -m ui.app`` on a free port; yield its URL once it answers HTTP 200."""
     port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "ui.app", "--checkpoint", str(checkpoint), "--port", str(port)],
-                            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"ui.app exited with status {proc.returncode}" + (f"; see {log}" if log else ""))
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"ui.app did not answer on {url} within {timeout:.0f} s")
-            time.sleep(0.5)
+    with _serve([(app_args(checkpoint, port), "ui.app", port, log)], timeout) as (url,):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if log:
-            out.close()
 
 
-# --------------------------------------------------------------------------- the clients
+@contextlib.contextmanager
+def start_noop(input_kind: str = "file", concurrency: int | None = 2, max_size: int | None = None,
+               timeout: float = 120.0, log: Path | None = None):
+    """Run the no-op floor (``python -m ui.loadtest --serve-noop``) on a free port; yield its URL."""
+    port = free_port()
+    with _serve([(noop_args(port, input_kind, concurrency, max_size), "the no-op floor", port, log)],
+                timeout) as (url,):
+        yield url
 
-def _client_loop(url: str, image: Path, n: int, start: threading.Barrier, results: list, index: int) -> None:
-    """One client: connect, wait for the others, then send n requests one after another."""
-    from gradio_client import Client, handle_file
 
-    rows = results[index]
-    try:
-        client = Client(url, verbose=False)
-    except Exception as e:  # every request of this client is then an error
-        start.wait()
-        rows.extend({"ok": False, "error": f"connect: {type(e).__name__}: {e}", "seconds": None} for _ in range(n))
-        return
-    start.wait()
-    for _ in range(n):
-        t0 = time.perf_counter()
-        try:
-            r = client.predict(handle_file(str(image)), api_name="/predict")
-        except Exception as e:
-            rows.append({"ok": False, "error": f"{type(e).__name__}: {e}", "seconds": time.perf_counter() - t0})
-            continue
-        seconds = time.perf_counter() - t0
-        if not isinstance(r, dict) or not isinstance(r.get("top5"), list) or len(r["top5"]) == 0:
-            rows.append({"ok": False, "lost": True, "seconds": seconds, "got": repr(r)[:200]})
+def build_noop(input_kind: str = "file"):
+    """The floor's page: ``#image-input`` whose upload puts the file's name into ``#summary``, and a
+    ``/predict`` API (the image and an optional list, as the demo's) that answers ``{"top5": []}`` at
+    once. Like the demo's ImageUpload and BlockSwitches, it leaves the payloads as sent (no decoding;
+    a null list stays None): ``preprocess=False``, not component subclasses, since Gradio writes a
+    .pyi stub beside any module that defines one. The page clears ``#summary`` in the browser."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    with gr.Blocks(title="loadtest: no-op floor") as app:
+        if input_kind == "image":
+            image_in = gr.Image(type="filepath", label="Image", elem_id="image-input", height=280)
         else:
-            rows.append({"ok": True, "seconds": seconds, "top1": r["top5"][0]["class_id"]})
+            image_in = gr.File(label="Image", file_count="single", type="filepath", elem_id="image-input")
+        summary = gr.Markdown(elem_id="summary")
+        se_off = gr.CheckboxGroup(choices=["se1"], value=[], visible=False)
+        raw = gr.JSON(visible=False)
 
+        def show_name(payload) -> str:  # the upload's FileData as the browser sent it
+            if not payload:
+                return ""
+            return f"**{payload.get('orig_name') or Path(payload['path']).name}**"
+
+        image_in.upload(None, None, summary, js="() => ''")
+        image_in.upload(show_name, image_in, summary, preprocess=False, api_visibility="private")
+        image_in.clear(None, None, summary, js="() => ''")
+        gr.Button(visible=False).click(lambda image, off: {"top5": []}, [image_in, se_off], raw,
+                                       api_name="predict", preprocess=False)
+    return app
+
+
+def serve_noop(port: int, input_kind: str, concurrency: int | None, max_size: int | None) -> int:
+    app = build_noop(input_kind)
+    app.queue(default_concurrency_limit=concurrency, max_size=max_size)
+    app.launch(server_name="127.0.0.1", server_port=port, share=False, show_error=True)
+    return 0
+
+
+def _module_constants(tree: ast.Module) -> dict:
+    """Module-level ``NAME = <constant>`` assignments (so ``queue(default_concurrency_limit=CONCURRENCY)`` reads)."""
+    consts = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    consts[target.id] = node.value.value
+    return consts
+
+
+def demo_queue_settings(source: Path = APP_SOURCE) -> dict:
+    """``default_concurrency_limit`` and ``max_size`` of the ``.queue(...)`` call in ui/app.py
+    (read from its source, so the floor queues as the demo does); 2 and None where not given."""
+    settings: dict = {"default_concurrency_limit": 2, "max_size": None, "from": "default"}
+    try:
+        tree = ast.parse(source.read_text())
+    except (OSError, SyntaxError):
+        return settings
+    consts = _module_constants(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "queue":
+            for kw in node.keywords:
+                if kw.arg not in ("default_concurrency_limit", "max_size"):
+                    continue
+                if isinstance(kw.value, ast.Constant):
+                    settings[kw.arg] = kw.value.value
+                elif isinstance(kw.value, ast.Name) and kw.value.id in consts:
+                    settings[kw.arg] = consts[kw.value.id]
+                else:
+                    continue
+                settings["from"] = _shown(source)
+    return settings
+
+
+def source_input_kind(source: Path = APP_SOURCE) -> str:
+    """'image' when ui/app.py makes ``#image-input`` with gr.Image (or a class named ...Image...), else 'file'."""
+    try:
+        tree = ast.parse(source.read_text())
+    except (OSError, SyntaxError):
+        return "file"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and any(
+                kw.arg == "elem_id" and isinstance(kw.value, ast.Constant) and kw.value.value == "image-input"
+                for kw in node.keywords):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            return "image" if "image" in name.lower() else "file"
+    return "file"
+
+
+def demo_input_kind(url: str) -> str:
+    """'image' when the demo's ``#image-input`` is a gr.Image, else 'file' (read from its /config)."""
+    try:
+        with urllib.request.urlopen(url + "config", timeout=10) as r:
+            config = json.load(r)
+    except (OSError, ValueError):
+        return "file"
+    for comp in config.get("components", []):
+        if comp.get("props", {}).get("elem_id") == "image-input":
+            return "image" if "image" in str(comp.get("type", "")).lower() else "file"
+    return "file"
+
+
+# --------------------------------------------------------------------------- Gradio's REST protocol
+
+def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """Server-sent events from the stream's lines: (event, data), the data lines joined by newlines.
+    A blank line ends an event; lines starting with ':' are comments; an event still open when the
+    stream ends is given too (a server that closes without the last blank line loses nothing)."""
+    event, data = "", []
+    for line in lines:
+        line = line.rstrip("\r\n")
+        if not line:
+            if data or event:
+                yield event or "message", "\n".join(data)
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
+    if data or event:
+        yield event or "message", "\n".join(data)
+
+
+class RequestError(Exception):
+    """The server answered with an error (HTTP status, ``event: error``, unreadable stream)."""
+
+
+class Lost(Exception):
+    """The request ended without an answer: no ``event: complete``, or one without a result."""
+
+
+def read_result(lines: Iterable[str]):
+    """The first output of the ``event: complete`` in an SSE stream of /gradio_api/call/.../{id}.
+    Raises RequestError on ``event: error``, Lost when the stream ends without ``complete``;
+    heartbeats and ``generating`` events are skipped."""
+    for event, data in parse_sse(lines):
+        if event == "complete":
+            try:
+                outputs = json.loads(data)
+            except ValueError as e:
+                raise RequestError(f"complete event with unreadable data {data[:200]!r}") from e
+            if not isinstance(outputs, list) or not outputs:
+                raise Lost(f"complete event without outputs: {data[:200]!r}")
+            return outputs[0]
+        if event == "error":
+            raise RequestError(f"event: error: {data[:300]}")
+    raise Lost("the stream ended without an 'event: complete'")
+
+
+def well_formed(result) -> bool:
+    return isinstance(result, dict) and "top5" in result
+
+
+class HttpClient:
+    """One keep-alive connection speaking Gradio's REST protocol to ``{url}gradio_api/``."""
+
+    def __init__(self, url: str, timeout: float = HTTP_TIMEOUT):
+        import httpx
+
+        self.url = url
+        self.http = httpx.Client(base_url=url + "gradio_api/", timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def upload(self, name: str, content: bytes) -> str:
+        r = self.http.post("upload", files=[("files", (name, content, "image/png"))])
+        if r.status_code != 200:
+            raise RequestError(f"upload: HTTP {r.status_code}: {r.text[:200]}")
+        paths = r.json()
+        if not isinstance(paths, list) or not paths or not isinstance(paths[0], str):
+            raise RequestError(f"upload: unexpected answer {r.text[:200]}")
+        return paths[0]
+
+    def call(self, server_path: str, name: str, endpoint: str = "predict"):
+        """POST the call, then read its SSE stream to the end; the first output of ``complete``."""
+        body = {"data": [{"path": server_path, "meta": {"_type": "gradio.FileData"}, "orig_name": name}, None]}
+        r = self.http.post(f"call/{endpoint}", json=body)
+        if r.status_code != 200:
+            raise RequestError(f"call: HTTP {r.status_code}: {r.text[:200]}")
+        event_id = r.json().get("event_id")
+        if not event_id:
+            raise RequestError(f"call: no event_id in {r.text[:200]}")
+        with self.http.stream("GET", f"call/{endpoint}/{event_id}") as s:
+            if s.status_code != 200:
+                s.read()
+                raise RequestError(f"stream: HTTP {s.status_code}: {s.text[:200]}")
+            lines = s.iter_lines()
+            result = read_result(lines)
+            for _ in lines:  # the server ends the stream after 'complete': read it out, keep the connection
+                pass
+        return result
+
+
+# --------------------------------------------------------------------------- the rows
 
 def summarise(latencies_s: list[float]) -> dict:
+    """n and the p50/p95/p99/mean/min/max of latencies given in seconds, in ms (0.1 ms)."""
     if not latencies_s:
-        return {"n": 0}
-    ms = np.asarray(latencies_s) * 1000.0
-    return {"n": int(ms.size), "p50_ms": round(float(np.percentile(ms, 50)), 1),
-            "p95_ms": round(float(np.percentile(ms, 95)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1),
-            "max_ms": round(float(ms.max()), 1), "min_ms": round(float(ms.min()), 1),
-            "mean_ms": round(float(ms.mean()), 1)}
+        return {"n": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_ms": None,
+                "min_ms": None, "max_ms": None}
+    ms = np.asarray(latencies_s, dtype=float) * 1000.0
+    r = lambda x: round(float(x), 1)  # noqa: E731
+    return {"n": int(ms.size), "p50_ms": r(np.percentile(ms, 50)), "p95_ms": r(np.percentile(ms, 95)),
+            "p99_ms": r(np.percentile(ms, 99)), "mean_ms": r(ms.mean()), "min_ms": r(ms.min()),
+            "max_ms": r(ms.max())}
 
 
-def run_load(url: str, image: Path, clients: int, requests: int) -> dict:
+def make_row(target: str, method: str, clients: int, requests: int, outcomes: list[dict], wall: float,
+             not_run: int = 0, **extra) -> dict:
+    """One table row from per-request outcomes ({'ok', 'lost', 'error', 'seconds'}); ``not_run``
+    requests were never sent (the browser gives up after two failures in a row): not lost."""
+    total = clients * requests - not_run
+    answered = [o for o in outcomes if o["ok"]]
+    errors = [o for o in outcomes if not o["ok"] and not o.get("lost")]
+    lost = sum(1 for o in outcomes if o.get("lost")) + max(0, total - len(outcomes))  # never accounted for
+    return {
+        "target": target, "method": method, "clients": clients, "requests_per_client": requests,
+        "total": total, **summarise([o["seconds"] for o in answered]),
+        "errors": len(errors), "lost": lost,
+        "requests_per_s": round(len(answered) / wall, 2) if wall > 0 else None,
+        "wall_s": round(wall, 3),
+        **({"not_run": not_run} if not_run else {}),
+        "error_samples": sorted({o["error"] for o in outcomes if o.get("error")})[:5],
+        **extra,
+    }
+
+
+def _one(fn) -> dict:
+    t0 = time.perf_counter()
+    try:
+        result = fn()
+    except Lost as e:
+        return {"ok": False, "lost": True, "error": f"lost: {e}", "seconds": time.perf_counter() - t0}
+    except Exception as e:  # noqa: BLE001: every failure is counted, none stops the run
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"[:300], "seconds": time.perf_counter() - t0}
+    seconds = time.perf_counter() - t0
+    if not well_formed(result):
+        return {"ok": False, "lost": True, "error": f"lost: answer without 'top5': {repr(result)[:150]}",
+                "seconds": seconds}
+    return {"ok": True, "seconds": seconds}
+
+
+def run_http(url: str, image: Path, clients: int, requests: int, preupload: bool = False) -> tuple[list, float]:
+    """``clients`` threads, each on its own connection, each sending ``requests`` requests one after
+    another (upload + call + stream, or call + stream of a file each client uploaded beforehand).
+    The clock starts once every client is connected (and has uploaded). (outcomes, wall seconds)."""
+    content = image.read_bytes()
     results: list[list[dict]] = [[] for _ in range(clients)]
     start = threading.Barrier(clients + 1)
-    threads = [threading.Thread(target=_client_loop, args=(url, image, requests, start, results, i),
-                                name=f"client-{i}", daemon=True) for i in range(clients)]
+
+    def client(index: int) -> None:
+        rows = results[index]
+        try:
+            c = HttpClient(url)
+            path = c.upload(image.name, content) if preupload else None
+        except Exception as e:  # noqa: BLE001: then every request of this client is an error
+            start.wait()
+            rows.extend({"ok": False, "error": f"connect: {type(e).__name__}: {e}", "seconds": 0.0}
+                        for _ in range(requests))
+            return
+        try:
+            start.wait()
+            for _ in range(requests):
+                if preupload:
+                    rows.append(_one(lambda: c.call(path, image.name)))
+                else:
+                    rows.append(_one(lambda: c.call(c.upload(image.name, content), image.name)))
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=client, args=(i,), name=f"client-{i}", daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
-    start.wait()  # every client is connected: the clock starts now
+    start.wait()
     t0 = time.perf_counter()
     for t in threads:
         t.join()
+    return [o for per in results for o in per], time.perf_counter() - t0
+
+
+def warm_up(url: str, image: Path, n: int = WARMUP) -> list[dict]:
+    outcomes, _ = run_http(url, image, 1, n)
+    return outcomes
+
+
+def run_gradio_client(url: str, image: Path, requests: int) -> tuple[list, float]:
+    """One gradio_client.Client sending ``requests`` predictions one after another."""
+    from gradio_client import Client, handle_file
+
+    try:
+        client = Client(url, verbose=False)
+        params = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/predict"]["parameters"]
+    except Exception as e:  # noqa: BLE001
+        return [{"ok": False, "error": f"connect: {type(e).__name__}: {e}"[:300], "seconds": 0.0}] * requests, 1.0
+    rest = [None] * (len(params) - 1)  # the optional list(s) after the image: None, as the HTTP rows send
+    t0 = time.perf_counter()
+    outcomes = [_one(lambda: client.predict(handle_file(str(image)), *rest, api_name="/predict"))
+                for _ in range(requests)]
     wall = time.perf_counter() - t0
-    rows = [r for per in results for r in per]
-    total = clients * requests
-    answered = [r for r in rows if r["ok"]]
-    errors = [r for r in rows if not r["ok"] and not r.get("lost")]
-    # Lost: returned without a proper answer, or never accounted for at all.
-    lost = sum(1 for r in rows if r.get("lost")) + (total - len(rows))
-    top1 = sorted({r["top1"] for r in answered})
-    return {
-        "url": url,
-        "clients": clients,
-        "requests_per_client": requests,
-        "total": total,
-        "answered": len(answered),
-        "errors": len(errors),
-        "lost": lost,
-        "error_samples": sorted({r["error"] for r in errors})[:5],
-        "wall_seconds": round(wall, 3),
-        "throughput_req_per_s": round(len(answered) / wall, 3) if wall > 0 else None,
-        "latency": summarise([r["seconds"] for r in answered]),
-        "top1_classes": top1,
-    }
+    with contextlib.suppress(Exception):
+        client.close()
+    return outcomes, wall
+
+
+# --------------------------------------------------------------------------- the browser
+
+def make_browser_images(folder: Path, n: int, sources: list[Path] | None = None) -> list[Path]:
+    """n PNGs with different contents and names: the examples, then mirrored and brightened copies."""
+    from PIL import Image, ImageEnhance, ImageOps
+
+    sources = sources or sorted(EXAMPLES.glob("*.png"))
+    folder.mkdir(parents=True, exist_ok=True)
+    out: list[Path] = []
+    seen: set[bytes] = set()
+    variant = 0
+    while len(out) < n:
+        for src in sources:
+            if len(out) >= n:
+                break
+            img = Image.open(src).convert("RGB")
+            tag = "orig"
+            if variant % 2:
+                img, tag = ImageOps.mirror(img), "mirror"
+            level = variant // 2  # 0: as is; then brighter and darker by turns, further each time
+            if level:
+                factor = 1 + 0.2 * ((level + 1) // 2) if level % 2 else 1 - 0.15 * (level // 2)
+                img, tag = ImageEnhance.Brightness(img).enhance(factor), f"{tag}-bright{factor:.2f}"
+            raw = img.tobytes()
+            if raw in seen:
+                continue
+            seen.add(raw)
+            path = folder / f"{len(out):02d}-{src.stem}-{tag}.png"
+            img.save(path)
+            out.append(path)
+        variant += 1
+        if variant > 64:
+            raise RuntimeError("could not make enough different images")
+    return out
+
+
+# Before an upload: marks the charts now on the page as stale, and watches the Vega embeds that hold
+# them (gr.Plot draws a new chart each time; the native plots redraw in their old svg), so that only
+# a chart drawn after this counts. Gives the views' image sources now.
+MARK_STALE_JS = """() => {
+  for (const el of document.querySelectorAll('.vega-embed canvas, .vega-embed svg')) el.dataset.ltStale = '1';
+  for (const o of window.__ltObservers || []) o.disconnect();
+  const mutated = window.__ltMutated = new WeakSet();
+  window.__ltObservers = [...document.querySelectorAll('[id^="se-plot"] .vega-embed')].map(embed => {
+    const o = new MutationObserver(() => mutated.add(embed));
+    o.observe(embed, {subtree: true, childList: true, attributes: true, characterData: true});
+    return o;
+  });
+  return [...document.querySelectorAll('#views img')].map(i => i.src).join(' ');
+}"""
+
+# True (the views' sources and the page's clock) once every panel on the page shows the new upload.
+DRAWN_JS = """({name, prevViews, required}) => {
+  const summary = document.querySelector('#summary');
+  if (!summary || !summary.textContent.includes(name)) return false;
+  const top5 = document.querySelector('#top5');
+  if (top5 ? !top5.querySelector('[data-testid=label-output-value]') : required.includes('#top5')) return false;
+  for (const plot of document.querySelectorAll('[id^="se-plot"]')) {
+    const embed = plot.querySelector('.vega-embed');
+    if (!embed) return false;
+    const fresh = el => !el.dataset.ltStale || (window.__ltMutated && window.__ltMutated.has(embed));
+    const canvas = [...embed.querySelectorAll('canvas')].some(c => fresh(c) && c.width > 0 && c.height > 0);
+    const svg = [...embed.querySelectorAll('svg')].some(s => fresh(s) && s.querySelector('g[class*="mark-"] *'));
+    if (!canvas && !svg) return false;
+  }
+  const views = document.querySelector('#views');
+  let srcs = '';
+  if (views) {
+    const imgs = [...views.querySelectorAll('img')];
+    if (!imgs.length || !imgs.every(i => i.complete && i.naturalWidth > 0)) return false;
+    srcs = imgs.map(i => i.src).join(' ');
+    if (srcs === prevViews) return false;
+  } else if (required.includes('#views')) return false;
+  return {views: srcs, t: performance.now()};
+}"""
+
+# What of the contract holds now: said when an upload times out.
+DIAGNOSE_JS = """(name) => {
+  const q = s => document.querySelector(s);
+  const plots = [...document.querySelectorAll('[id^="se-plot"]')];
+  return {
+    summary: q('#summary') ? q('#summary').textContent.slice(0, 200) : null,
+    summary_has_name: !!q('#summary') && q('#summary').textContent.includes(name),
+    top5: q('#top5') ? !!q('#top5').querySelector('[data-testid=label-output-value]') : null,
+    se_plots: plots.map(p => ({id: p.id, vega_embed: !!p.querySelector('.vega-embed'),
+      canvas: p.querySelectorAll('.vega-embed canvas').length, svg: p.querySelectorAll('.vega-embed svg').length,
+      img: p.querySelectorAll('img').length})),
+    views: q('#views') ? [...q('#views').querySelectorAll('img')].map(i =>
+      ({complete: i.complete, naturalWidth: i.naturalWidth, src: i.src.slice(-80)})) : null,
+    toasts: [...document.querySelectorAll('[data-testid=toast-body]')].map(t => t.textContent.slice(0, 200)),
+  };
+}"""
+
+
+def run_browser(browser, url: str, images: list[Path], warmup: Path, required: list[str],
+                timeout_ms: int = BROWSER_TIMEOUT_MS) -> tuple[list, float, dict]:
+    """Upload each image on one page (clearing the input first); time upload -> every panel drawn.
+    Stops after two uploads in a row time out. (outcomes, wall seconds, notes)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(timeout_ms)
+    js_errors: list[str] = []
+    page.on("pageerror", lambda e: js_errors.append(str(e)[:300]))
+    notes: dict = {}
+    prev = {"views": None}
+
+    def upload(path: Path) -> dict:
+        clear = page.locator(CLEAR_BUTTON)
+        if clear.count():
+            clear.first.click()
+            if prev.get("name") and not notes.get("clear_kept_summary"):
+                # Let the clear event land first, so that it cannot blank the new result.
+                try:
+                    page.wait_for_function("n => !(document.querySelector('#summary')?.textContent || '')"
+                                           ".includes(n)", arg=prev["name"], polling="raf", timeout=3000)
+                except Exception:  # noqa: BLE001: this page's clear keeps the summary: no more waiting
+                    notes["clear_kept_summary"] = (f"after clicking the input's clear button, #summary still "
+                                                   f"showed {prev['name']} 3 s later (not waited for again)")
+        page.locator(FILE_INPUT).wait_for(state="attached")
+        prev["name"] = path.name
+        prev_views = page.evaluate(MARK_STALE_JS)
+        if prev["views"] is None:
+            prev["views"] = prev_views if prev_views else ""
+        t0 = page.evaluate("performance.now()")
+        page.locator(FILE_INPUT).set_input_files(str(path))
+        try:
+            done = page.wait_for_function(DRAWN_JS, arg={"name": path.name, "prevViews": prev["views"],
+                                                         "required": required},
+                                          polling="raf", timeout=timeout_ms).json_value()
+        except Exception as e:  # noqa: BLE001: a timeout, or the page went away
+            diag = _safe(lambda: page.evaluate(DIAGNOSE_JS, path.name))
+            notes.setdefault("timeouts", []).append({"image": path.name, "state": diag})
+            return {"ok": False, "error": f"{path.name}: not drawn within {timeout_ms / 1000:.0f} s "
+                                          f"({type(e).__name__})", "seconds": timeout_ms / 1000}
+        prev["views"] = done["views"]
+        return {"ok": True, "seconds": (done["t"] - t0) / 1000.0, "image": path.name}
+
+    outcomes: list[dict] = []
+    try:
+        page.goto(url)
+        page.locator(FILE_INPUT).wait_for(state="attached")
+        first = upload(warmup)
+        notes["warmup_upload_ms"] = round(first["seconds"] * 1000, 1)
+        if not first["ok"]:
+            notes["warmup_error"] = first["error"]
+        t0 = time.perf_counter()
+        for path in images:
+            outcomes.append(upload(path))
+            if len(outcomes) >= 2 and not outcomes[-1]["ok"] and not outcomes[-2]["ok"]:
+                notes["stopped"] = f"two uploads in a row were not drawn: stopped after {len(outcomes)}"
+                break
+        wall = time.perf_counter() - t0
+    finally:
+        context.close()
+    if js_errors:
+        notes["js_errors"] = js_errors[:5]
+    return outcomes, wall, notes
+
+
+def _safe(fn):
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {e}"[:300]
+
+
+# --------------------------------------------------------------------------- main
+
+def resolve_checkpoint(path: str) -> Path:
+    p = Path(path)
+    return p / "best.pt" if p.is_dir() else p
+
+
+def print_table(rows: list[dict]) -> None:
+    head = f"{'target':<10} {'method':<52} {'c x r':>7} {'n':>4} {'p50':>7} {'p95':>7} {'p99':>7} " \
+           f"{'mean':>7} {'err':>4} {'lost':>4} {'req/s':>7}"
+    print(head)
+    print("-" * len(head))
+    f = lambda x: "-" if x is None else f"{x:.0f}"  # noqa: E731
+    for r in rows:
+        print(f"{r['target']:<10} {r['method'][:52]:<52} {str(r['clients']) + 'x' + str(r['requests_per_client']):>7} "
+              f"{r['n']:>4} {f(r['p50_ms']):>7} {f(r['p95_ms']):>7} {f(r['p99_ms']):>7} {f(r['mean_ms']):>7} "
+              f"{r['errors']:>4} {r['lost']:>4} {'-' if r['requests_per_s'] is None else r['requests_per_s']:>7}")
+    print("latencies in ms; req/s: answered requests per second of the row's wall time")
+
+
+def measure(url: str, noop_url: str, a) -> list[dict]:
+    """Every row, demo then floor (HTTP), gradio_client, then both pages in Chromium."""
+    rows: list[dict] = []
+    image = a.image
+    for target, u in (("demo", url), ("noop", noop_url)):
+        w = warm_up(u, image)
+        warm = {"warmup_requests": len(w), "warmup_failed": sum(not o["ok"] for o in w)}
+        print(f"{target}: HTTP rows ...", flush=True)
+        out, wall = run_http(u, image, 1, a.serial_requests)
+        rows.append(make_row(target, "HTTP 1 client: upload + call + stream", 1, a.serial_requests, out, wall,
+                             **warm))
+        out, wall = run_http(u, image, 1, a.serial_requests, preupload=True)
+        rows.append(make_row(target, "HTTP 1 client: call + stream (uploaded once before)", 1,
+                             a.serial_requests, out, wall))
+        out, wall = run_http(u, image, a.clients, a.requests)
+        rows.append(make_row(target, f"HTTP {a.clients} clients: upload + call + stream", a.clients, a.requests,
+                             out, wall))
+    if a.client_requests:
+        print("demo: gradio_client row ...", flush=True)
+        out, wall = run_gradio_client(url, image, a.client_requests)
+        rows.append(make_row("demo", GRADIO_CLIENT_LABEL, 1, a.client_requests, out, wall))
+    if not a.no_browser:
+        rows += measure_browser(url, noop_url, a.browser_uploads)
+    return rows
+
+
+def measure_browser(url: str, noop_url: str, uploads: int) -> list[dict]:
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    from playwright.sync_api import sync_playwright
+
+    rows = []
+    method = "Chromium: upload -> every panel drawn"
+    with tempfile.TemporaryDirectory(prefix="loadtest-images-") as tmp:
+        images = make_browser_images(Path(tmp), uploads + 1)
+        warmup, images = images[0], images[1:]
+        names = [p.name for p in images]
+        if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+            err = [{"ok": False, "error": f"{CHROMIUM} not found (sudo apt-get install chromium)", "seconds": 0.0}]
+            return [make_row(t, method, 1, uploads, err * uploads, 1.0) for t in ("demo", "noop")]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+            try:
+                for target, u, required in (("demo", url, ["#top5", "#views"]), ("noop", noop_url, [])):
+                    print(f"{target}: Chromium, {uploads} uploads ...", flush=True)
+                    out, wall, notes = run_browser(browser, u, images, warmup, required)
+                    rows.append(make_row(target, method, 1, len(images), out, wall, not_run=len(images) - len(out),
+                                         images=names,
+                                         required_panels=["#summary", *required], **notes))
+            finally:
+                browser.close()
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ui.loadtest", description=__doc__.split("\n\n")[0])
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--url", help="a running demo (default: start one with --checkpoint)")
-    where.add_argument("--checkpoint", default="results/best", help="checkpoint file or run folder to serve")
-    p.add_argument("--clients", type=int, default=16, help="concurrent clients, each with its own connection")
-    p.add_argument("--requests", type=int, default=10, help="requests per client, sent one after another")
-    p.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="the image every request sends")
-    p.add_argument("--out", type=Path, help="write the summary here as JSON")
-    p.add_argument("--server-log", type=Path, help="where a started server's output goes (default: discarded)")
+    p.add_argument("--url", help="a running demo (default: start one with --checkpoint)")
+    p.add_argument("--checkpoint", default="results/best",
+                   help="checkpoint file or run folder to serve (with --url: only recorded)")
+    p.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients, each with its own connection")
+    p.add_argument("--requests", type=int, default=10, help="requests per concurrent client, one after another")
+    p.add_argument("--serial-requests", type=int, default=30, help="requests of each 1-client HTTP row")
+    p.add_argument("--client-requests", type=int, default=10, help="requests of the gradio_client row (0: none)")
+    p.add_argument("--browser-uploads", type=int, default=20, help="uploads of different images on each page")
+    p.add_argument("--no-browser", action="store_true", help="no Chromium rows")
+    p.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="the image every HTTP request sends")
+    p.add_argument("--out", type=Path, help="write everything here as JSON")
+    p.add_argument("--server-log", type=Path, help="where a started demo's output goes (default: discarded)")
+    p.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)  # the floor's own process
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--input-kind", choices=("file", "image"), default="file", help=argparse.SUPPRESS)
+    p.add_argument("--concurrency", default="2", help=argparse.SUPPRESS)
+    p.add_argument("--max-size", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.clients < 1 or a.requests < 1:
-        p.error("--clients and --requests must be at least 1")
+    if a.serve_noop:
+        if not a.port:
+            p.error("--serve-noop needs --port")
+        return serve_noop(a.port, a.input_kind, None if a.concurrency == "none" else int(a.concurrency), a.max_size)
+    if min(a.clients, a.requests, a.serial_requests) < 1 or a.client_requests < 0 or a.browser_uploads < 1:
+        p.error("--clients, --requests, --serial-requests and --browser-uploads must be at least 1")
     if not a.image.is_file():
         p.error(f"{a.image}: no such image")
 
+    queue = demo_queue_settings()
+    floor = (queue["default_concurrency_limit"], queue["max_size"])
     with contextlib.ExitStack() as stack:
-        if a.url:
-            url = a.url if a.url.endswith("/") else a.url + "/"
-            started = False
-        else:
-            print(f"starting python -m ui.app --checkpoint {a.checkpoint} ...", flush=True)
-            try:
-                url = stack.enter_context(start_app(a.checkpoint, log=a.server_log))
-            except RuntimeError as e:
-                print(f"loadtest: error: {e}", file=sys.stderr)
-                return 2
-            started = True
-        print(f"{a.clients} clients x {a.requests} requests of {a.image.name} -> {url}predict", flush=True)
-        result = run_load(url, a.image, a.clients, a.requests)
+        try:
+            if a.url:
+                url = a.url if a.url.endswith("/") else a.url + "/"
+                kind = demo_input_kind(url)
+                print(f"starting the no-op floor ({kind} input, queue {floor[0]}/{floor[1]}) ...", flush=True)
+                noop_url = stack.enter_context(start_noop(kind, *floor))
+            else:
+                kind = source_input_kind()
+                print(f"starting python -m ui.app --checkpoint {a.checkpoint} and the no-op floor "
+                      f"({kind} input, queue {floor[0]}/{floor[1]}) ...", flush=True)
+                port = free_port()
+                noop_port = free_port()
+                while noop_port == port:
+                    noop_port = free_port()
+                url, noop_url = stack.enter_context(_serve(
+                    [(app_args(a.checkpoint, port), "ui.app", port, a.server_log),
+                     (noop_args(noop_port, kind, *floor), "the no-op floor", noop_port, None)], timeout=180.0))
+        except RuntimeError as e:
+            print(f"loadtest: error: {e}", file=sys.stderr)
+            return 2
+        print(f"demo {url}  floor {noop_url}", flush=True)
+        rows = measure(url, noop_url, a)
 
-    lat = result["latency"]
-    if lat.get("n"):
-        print(f"latency ms: p50 {lat['p50_ms']:.0f}  p95 {lat['p95_ms']:.0f}  p99 {lat['p99_ms']:.0f}  "
-              f"max {lat['max_ms']:.0f}  (min {lat['min_ms']:.0f}, mean {lat['mean_ms']:.0f})")
-    print(f"throughput: {result['throughput_req_per_s']} req/s over {result['wall_seconds']:.1f} s")
-    print(f"total {result['total']}  answered {result['answered']}  errors {result['errors']}  lost {result['lost']}")
-    for e in result["error_samples"]:
-        print(f"  error: {e}")
+    print()
+    print_table(rows)
+    for r in rows:
+        for e in r["error_samples"]:
+            print(f"  {r['target']} / {r['method']}: {e}")
+        for t in r.get("timeouts", [])[:2]:
+            print(f"  {r['target']} / not drawn: {json.dumps(t)[:600]}")
+    failed = sum(r["errors"] + r["lost"] for r in rows if r["target"] == "demo")
 
     if a.out:
+        ckpt = resolve_checkpoint(a.checkpoint)
         record = {
             "command": shlex.join(["python", "-m", "ui.loadtest", *(sys.argv[1:] if argv is None else argv)]),
-            "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "machine": machine(),
-            "server": "started by the load test" if started else "given by --url",
-            "checkpoint": None if a.url else a.checkpoint,
-            "image": _shown(a.image),
-            "concurrency_note": "the app runs one analysis at a time (default_concurrency_limit=1): requests queue",
-            **result,
+            "server": "given by --url" if a.url else "started by the load test",
+            "checkpoint": _shown(ckpt),
+            "checkpoint_sha256": sha256_file(ckpt) if ckpt.is_file() else None,
+            "checkpoint_note": "as given; the server at --url is not checked against it" if a.url else None,
+            "http_image": _shown(a.image),
+            "noop_floor": {"what": "python -m ui.loadtest --serve-noop: /predict returns {'top5': []} at once; "
+                                   "the page's upload only writes the file name into #summary",
+                           "input_kind": kind, "queue": queue},
+            "protocol": "HTTP rows: POST gradio_api/upload, POST gradio_api/call/predict, GET the SSE stream "
+                        "to 'event: complete'; httpx, one keep-alive connection per client",
+            "browser_images": "ui/examples/*.png, then mirrored and brightened copies, each with its own name",
+            "rows": rows,
         }
         write_text_atomic(a.out, json.dumps(record, indent=2) + "\n")
         print(f"wrote {a.out}")
-    return 1 if result["errors"] or result["lost"] else 0
+    return 1 if failed else 0
 
 
 def _shown(path: Path) -> str:

@@ -1,0 +1,142 @@
+"""ui.loadtest: its SSE parser, its percentile summary, its rows, and its HTTP client against the no-op floor
+(never the demo: no model, no browser)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+from ui import loadtest as lt  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------------ SSE
+def test_sse_complete_after_heartbeats_gives_the_first_output():
+    lines = ["event: heartbeat", "data: null", "",
+             ": a comment line", "",
+             "event: generating", 'data: [{"partial": 1}]', "",
+             "event: complete", 'data: [{"top5": [{"class_id": 14}]}, "second output"]', ""]
+    assert list(lt.parse_sse(lines))[0] == ("heartbeat", "null")
+    assert lt.read_result(lines) == {"top5": [{"class_id": 14}]}
+
+
+def test_sse_multi_line_data_is_joined_with_newlines():
+    lines = ["event: complete", 'data: [{"top5":', "data: []}]", "", "data: plain", ""]
+    events = list(lt.parse_sse(lines))
+    assert events == [("complete", '[{"top5":\n[]}]'), ("message", "plain")]
+    assert lt.read_result(lines) == {"top5": []}
+
+
+def test_sse_field_without_space_and_crlf_line_ends():
+    assert list(lt.parse_sse(["event:complete\r\n", "data:[1]\r\n", "\r\n"])) == [("complete", "[1]")]
+
+
+def test_sse_event_open_at_the_end_of_the_stream_still_counts():
+    assert lt.read_result(["event: complete", "data: [{\"top5\": []}]"]) == {"top5": []}
+
+
+def test_sse_error_event_raises_request_error():
+    with pytest.raises(lt.RequestError, match="Cannot use this file"):
+        lt.read_result(["event: heartbeat", "data: null", "", "event: error", 'data: "Cannot use this file"', ""])
+    with pytest.raises(lt.RequestError):
+        lt.read_result(["event: error", "data: null", ""])
+
+
+def test_sse_stream_without_complete_is_lost():
+    with pytest.raises(lt.Lost):
+        lt.read_result(["event: heartbeat", "data: null", "", "event: heartbeat", "data: null", ""])
+    with pytest.raises(lt.Lost):
+        lt.read_result(["event: complete", "data: []", ""])  # complete, but no output at all
+
+
+def test_a_result_without_top5_is_lost_and_an_exception_is_an_error():
+    assert lt._one(lambda: {"top5": []})["ok"]
+    lost = lt._one(lambda: {"prediction": 14})
+    assert not lost["ok"] and lost["lost"]
+    lost = lt._one(lambda: None)
+    assert lost["lost"]
+    err = lt._one(lambda: 1 / 0)
+    assert not err["ok"] and not err.get("lost") and "ZeroDivisionError" in err["error"]
+
+
+# ------------------------------------------------------------------------------------------ summaries
+def test_summarise_percentiles_in_ms():
+    s = lt.summarise([i / 1000 for i in range(1, 101)])  # 1 .. 100 ms
+    assert s["n"] == 100
+    assert s["p50_ms"] == pytest.approx(50.5)
+    assert s["p95_ms"] == pytest.approx(95.05, abs=0.05)
+    assert s["p99_ms"] == pytest.approx(99.01, abs=0.05)
+    assert s["mean_ms"] == pytest.approx(50.5)
+    assert (s["min_ms"], s["max_ms"]) == (1.0, 100.0)
+    one = lt.summarise([0.25])
+    assert one["p50_ms"] == one["p99_ms"] == 250.0
+    assert lt.summarise([])["n"] == 0 and lt.summarise([])["p50_ms"] is None
+
+
+def test_row_counts_errors_lost_and_requests_never_accounted_for():
+    outcomes = [{"ok": True, "seconds": 0.1}, {"ok": True, "seconds": 0.3},
+                {"ok": False, "error": "HTTPError: 500", "seconds": 0.2},
+                {"ok": False, "lost": True, "error": "lost: no top5", "seconds": 0.2}]
+    row = lt.make_row("demo", "HTTP", 2, 3, outcomes, wall=2.0)
+    assert row["n"] == 2 and row["p50_ms"] == pytest.approx(200.0)
+    assert row["errors"] == 1
+    assert row["lost"] == 1 + 2  # one without top5, two of the 6 never came back
+    assert row["requests_per_s"] == 1.0
+    assert row["error_samples"] == ["HTTPError: 500", "lost: no top5"]
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def test_browser_images_differ_in_content_and_name(tmp_path: Path):
+    from PIL import Image
+
+    images = lt.make_browser_images(tmp_path, 21)
+    assert len(images) == 21
+    assert len({p.name for p in images}) == 21
+    assert len({Image.open(p).tobytes() for p in images}) == 21
+
+
+def test_queue_settings_and_input_kind_are_read_from_the_app_source(tmp_path: Path):
+    src = tmp_path / "app.py"
+    src.write_text("import gradio as gr\nx = gr.Image(type='filepath', elem_id='image-input')\n"
+                   "app.queue(default_concurrency_limit=3, max_size=64)\n")
+    q = lt.demo_queue_settings(src)
+    assert (q["default_concurrency_limit"], q["max_size"]) == (3, 64)
+    assert lt.source_input_kind(src) == "image"
+    src.write_text("CONCURRENCY = 4\nx = ImageUpload(type='filepath', elem_id='image-input')\n"
+                   "app.queue(default_concurrency_limit=CONCURRENCY, max_size=256)\n")
+    assert lt.demo_queue_settings(src)["default_concurrency_limit"] == 4  # a module constant, resolved
+    assert lt.source_input_kind(src) == "image"
+    src.write_text("f = gr.File(elem_id='image-input')\napp.queue()\n")
+    assert lt.demo_queue_settings(src)["default_concurrency_limit"] == 2  # the brief's default when unsaid
+    assert lt.source_input_kind(src) == "file"
+
+
+# ------------------------------------------------------------------------------------------ end to end
+@pytest.mark.timeout(120)
+def test_http_client_against_the_noop_floor(tmp_path: Path):
+    """Start ``python -m ui.loadtest --serve-noop`` (an image input, as the demo's) and run the REST
+    client against it: upload, call, stream; one and two clients; nothing erred or was lost."""
+    log = tmp_path / "noop.log"
+    with lt.start_noop("image", log=log, timeout=90) as url:
+        assert lt.demo_input_kind(url) == "image"  # read back from the running app's /config
+        client = lt.HttpClient(url)
+        try:
+            path = client.upload("03-foo.png", lt.DEFAULT_IMAGE.read_bytes())
+            assert path.endswith("03-foo.png")
+            assert client.call(path, "03-foo.png") == {"top5": []}
+            client.call(path, "03-foo.png")
+            assert len(client.http._transport._pool.connections) == 1  # keep-alive: one connection
+            with pytest.raises(lt.RequestError, match="call: HTTP"):  # Gradio says 500
+                client.call(path, "03-foo.png", endpoint="no-such-endpoint")
+        finally:
+            client.close()
+
+        outcomes, wall = lt.run_http(url, lt.DEFAULT_IMAGE, 2, 3)
+        row = lt.make_row("noop", "HTTP 2 clients", 2, 3, outcomes, wall)
+        assert (row["n"], row["errors"], row["lost"]) == (6, 0, 0), json.dumps(row)
+        outcomes, wall = lt.run_http(url, lt.DEFAULT_IMAGE, 1, 3, preupload=True)
+        assert all(o["ok"] for o in outcomes) and len(outcomes) == 3
