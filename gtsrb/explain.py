@@ -146,8 +146,14 @@ def gradcam_layer(model: nn.Module, min_cells: int = 4) -> tuple[str, int]:
     return wide[-1] if wide else _stage_outputs(model)[0]
 
 
-def gradcam(model: nn.Module, array: np.ndarray, class_id: int, layer: int) -> np.ndarray:
-    """Grad-CAM of ``class_id`` for one uint8 (S, S, 3) image -> (S, S) in [0, 1].
+def gradcam(model: nn.Module, array: np.ndarray, class_id: int | None, layer: int) -> np.ndarray:
+    """Grad-CAM of ``class_id`` (None: the top class) for one uint8 (S, S, 3) image -> (S, S) in [0, 1]."""
+    return gradcam_and_logits(model, array, class_id, layer)[0]
+
+
+def gradcam_and_logits(model: nn.Module, array: np.ndarray, class_id: int | None,
+                       layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Grad-CAM map, the image's logits) from one forward and one backward pass.
 
     The forward pass runs in two halves around ``model.features[layer]`` instead of through a hook,
     so concurrent calls on one shared model cannot see each other's activations."""
@@ -156,6 +162,8 @@ def gradcam(model: nn.Module, array: np.ndarray, class_id: int, layer: int) -> n
         x = to_float_images(torch.from_numpy(np.ascontiguousarray(array[None])).to(device))
         a = model.features[: layer + 1](model.normalise(x))
         logits = model.classifier(torch.flatten(model.features[layer + 1 :](a), 1))
+        if class_id is None:
+            class_id = int(logits[0].argmax())
         (grad,) = torch.autograd.grad(logits[0, class_id], a)
     a = a.detach()
     weights = grad.mean(dim=(2, 3), keepdim=True)  # global-average-pooled gradients, per channel
@@ -163,4 +171,5 @@ def gradcam(model: nn.Module, array: np.ndarray, class_id: int, layer: int) -> n
     cam = nn.functional.interpolate(cam, size=array.shape[:2], mode="bilinear", align_corners=False)[0, 0]
     cam = cam - cam.min()
     peak = cam.max()
-    return (cam / peak if peak > 0 else cam).cpu().numpy().astype(np.float32)
+    cam = (cam / peak if peak > 0 else cam).cpu().numpy().astype(np.float32)
+    return cam, logits.detach().float().cpu().numpy()

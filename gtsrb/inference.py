@@ -147,6 +147,20 @@ class Classifier:
             {n: torch.cat(v).flatten(1).cpu().numpy() for n, v in excite.items() if v},
         )
 
+    def predict_with_gradcam(self, array: np.ndarray, layer: int) -> tuple[Prediction, np.ndarray]:
+        """One preprocessed image (1, S, S, 3) -> (its Prediction, the Grad-CAM map of its top class at
+        ``layer``), from a single forward pass plus one backward pass (``gtsrb.explain.gradcam_and_logits``)."""
+        from gtsrb.explain import gradcam_and_logits
+
+        excite = {n: [] for n in self.se_names}
+        token = _capture.set(excite)
+        try:
+            cam, logits = gradcam_and_logits(self.model, array[0], None, layer)
+        finally:
+            _capture.reset(token)
+        probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
+        return Prediction(logits, probs, {n: torch.cat(v).flatten(1).cpu().numpy() for n, v in excite.items() if v}), cam
+
     def predict_tta(self, arrays: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """Test-time augmentation: class probabilities averaged over the image and its four one-pixel
         shifts (edge pixels repeated). Five forward passes; off by default everywhere (`--tta`)."""

@@ -335,6 +335,21 @@ def test_se_disabled_switches_off_only_the_named_blocks(clf, sign):
             pass
 
 
+def test_predict_with_gradcam_is_predict_plus_gradcam_in_one_pass(clf, sign):
+    from gtsrb.explain import gradcam, gradcam_layer
+
+    array = clf.preprocess(sign)
+    _, layer = gradcam_layer(clf.model)
+    pred, cam = clf.predict_with_gradcam(array, layer)
+    plain = clf.predict_arrays(array)
+    np.testing.assert_allclose(pred.logits, plain.logits, atol=1e-5)
+    np.testing.assert_allclose(pred.probs, plain.probs, atol=1e-6)
+    assert sorted(pred.excitations) == sorted(plain.excitations)
+    for name in plain.excitations:
+        np.testing.assert_allclose(pred.excitations[name], plain.excitations[name], atol=1e-6)
+    np.testing.assert_allclose(cam, gradcam(clf.model, array[0], int(plain.probs[0].argmax()), layer), atol=1e-6)
+
+
 def test_logits_and_probabilities_agree(clf, sign):
     pred = clf.predict([sign, 255 - sign])
     np.testing.assert_allclose(pred.probs, torch.softmax(torch.from_numpy(pred.logits), 1).numpy(), atol=1e-6)

@@ -242,7 +242,10 @@ def test_clicking_an_example_classifies_it(page: Page):
 @pytest.mark.timeout(300)
 def test_the_crop_editor_classifies_its_image(page: Page):
     page.get_by_role("button", name=re.compile("^Crop to the sign")).click()  # open the accordion
-    page.locator("#crop-editor input[type=file]").set_input_files(str(STOP))
+    # The editor mounts when the accordion opens; an upload before its canvas exists throws inside Gradio.
     expect(page.locator("#crop-editor canvas").first).to_be_visible(timeout=WAIT_MS)
+    page.wait_for_timeout(500)
+    page.locator("#crop-editor input[type=file]").set_input_files(str(STOP))
+    page.wait_for_timeout(1500)  # the editor draws the upload on its canvas, then makes the composite
     page.locator("#crop-button").click()
     expect_full_result(page, "Stop", 14)

@@ -39,7 +39,7 @@ from gtsrb.archive import DataError  # noqa: E402
 from gtsrb.calibrate import CALIBRATION_FILE, load_calibration, softmax  # noqa: E402
 from gtsrb.checkpoint import CheckpointError  # noqa: E402
 from gtsrb.classes import CLASS_NAMES  # noqa: E402
-from gtsrb.explain import EXCITATIONS_FILE, class_mean_distance, gradcam, gradcam_layer, load_excitations  # noqa: E402
+from gtsrb.explain import EXCITATIONS_FILE, class_mean_distance, gradcam_layer, load_excitations  # noqa: E402
 from gtsrb.inference import Classifier, load_image  # noqa: E402
 from gtsrb.util import sha256_file  # noqa: E402
 from ui.study import build_study_tab  # noqa: E402
@@ -174,10 +174,9 @@ class Demo:
         return self._analyse(name, note, array, se_off)
 
     def _analyse(self, name: str, note: str, array: np.ndarray, se_off: list[str] | None) -> dict:
-        pred = self.clf.predict_arrays(array)
+        pred, cam = self.clf.predict_with_gradcam(array, self.cam_layer)
         top = int(pred.probs[0].argmax())
         off = self.se_off(array, se_off, top)
-        cam = gradcam(self.clf.model, array[0], top, self.cam_layer)
         excitations = {}
         for stage, e in pred.excitations.items():
             row = {"values": np.round(e[0], 5).tolist()}
@@ -440,7 +439,7 @@ def build_app(demo: Demo, results: Path = REPO / "results") -> gr.Blocks:
                                            height=280)
                     with gr.Accordion("Crop to the sign", open=False):
                         editor = gr.ImageEditor(label="Upload, crop (the crop tool), then Classify the crop",
-                                                type="filepath", transforms=("crop",), layers=False,
+                                                type="filepath", transforms=("crop",),
                                                 sources=["upload", "clipboard"], elem_id="crop-editor")
                         # (brush=False or eraser=False makes Gradio 6.31's editor throw in the browser)
                         crop_btn = gr.Button("Classify the crop", elem_id="crop-button")
