@@ -481,6 +481,37 @@ def misclassified_figure(images, labels, groups, probs, path: Path, count: int =
     save_figure(fig, path)
 
 
+# --------------------------------------------------------------------------- the demo
+def demo_speed_text(lt: dict, name: str) -> str:
+    """`make loadtest`'s rows: the demo beside the no-op floor, per method."""
+    rows = {(r["target"], r["method"]): r for r in lt["rows"]}
+    out = []
+    for (target, method), r in rows.items():
+        if target != "demo":
+            continue
+        floor = rows.get(("noop", method))
+        out.append([method, f"{r['clients']}×{r['requests_per_client']}", f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}",
+                    f"{r['p99_ms']:.0f}", f"{r['errors']}/{r['lost']}",
+                    f"{floor['p50_ms']:.0f} / {floor['p99_ms']:.0f}" if floor else "–"])
+    return (md_table(["method", "clients × requests", "p50 ms", "p95 ms", "p99 ms", "errors/lost",
+                      "no-op floor p50 / p99 ms"], out)
+            + f"\n\n`{lt['command']}` on {lt['date'][:10]}, {machine_text(lt['machine'])}; checkpoint "
+            f"`{lt['checkpoint']}` (sha256 {lt['checkpoint_sha256'][:12]}…). The floor is a no-op Gradio app with the "
+            f"same input and queue, measured in the same run (`results/ui/{name}`).")
+
+
+def unsure_text(c: dict) -> str:
+    """What results/best/calibration.json says the 'unsure' rule does on held-out data."""
+    t = c["test"]
+    return (f"Temperature {c['temperature']:.2f} (val NLL {c['nll_before']:.3f} → {c['nll_after']:.3f}) and "
+            f"threshold {c['threshold']:.2f} on the calibrated top-1 probability (val predictions at or above it are "
+            f"≥ {c['target_accuracy']:.0%} right), fitted on the val split of `{c['checkpoint']}`. On its track-split "
+            f"test (n={t['n']}), \"unsure\" fires on **{t['unsure_rate']:.2%}** of images (low confidence "
+            f"{t['low_confidence_rate']:.2%}, unlike the training data {t.get('unlike_training_rate', 0):.2%}); the "
+            f"rest are **{t['accuracy_sure']:.2%}** right (all: {t['accuracy_all']:.2%}), and {t['errors_flagged']} "
+            f"of its {t['errors']} errors are flagged. Command: `{c.get('command', 'make calibrate')}`.")
+
+
 # --------------------------------------------------------------------------- main
 
 def _n(v, digits: int = 0) -> str:
@@ -658,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", type=Path, default=Path("results/REPORT.md"))
     p.add_argument("--readme", type=Path, default=Path("README.md"))
     p.add_argument("--speed", type=Path, default=Path("results/SPEED.md"))
+    p.add_argument("--loadtest", type=Path, default=Path("results/ui/loadtest.json"))
     p.add_argument("--bench", type=Path, default=Path(BENCH_CPU))
     p.add_argument("--precision", type=Path, default=Path("results/bench/precision.json"))
     p.add_argument("--bench-gpu", type=Path, default=Path("results/bench/2026-11-26-h200-run3.json"))
@@ -793,6 +825,11 @@ def main(argv: list[str] | None = None) -> int:
         blocks["gpu"] = gpu_table(json.loads(a.bench_gpu.read_text()), before, a.bench_gpu.name, a.bench_gpu_before.name)
     if a.precision.is_file():
         blocks["precision"] = precision_table(json.loads(a.precision.read_text()))
+    if a.loadtest.is_file():
+        blocks["demo_speed"] = demo_speed_text(json.loads(a.loadtest.read_text()), a.loadtest.name)
+    calibration = a.checkpoint.parent / "calibration.json"
+    if calibration.is_file():
+        blocks["unsure"] = unsure_text(json.loads(calibration.read_text()))
     (a.out / "headline.json").write_text(json.dumps(headline, indent=1, default=str) + "\n")
     for name, text in blocks.items():
         placed = [str(f) for f in (a.report, a.readme, a.speed) if fill(f, name, text)]
