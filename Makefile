@@ -61,7 +61,7 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
 
 test: $(STAMP) $(CHROMIUM)
-	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 # The unit tests alone: no training, Ray, browser or real archive (tests marked slow are skipped).
 test-fast: $(STAMP)

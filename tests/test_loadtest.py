@@ -93,36 +93,28 @@ def test_row_counts_errors_lost_and_requests_never_accounted_for():
 def test_browser_images_differ_in_content_and_name(tmp_path: Path):
     from PIL import Image
 
-    images = lt.make_browser_images(tmp_path, 21)
-    assert len(images) == 21
-    assert len({p.name for p in images}) == 21
-    assert len({Image.open(p).tobytes() for p in images}) == 21
-
-
-def test_queue_settings_and_input_kind_are_read_from_the_app_source(tmp_path: Path):
-    src = tmp_path / "app.py"
-    src.write_text("import gradio as gr\nx = gr.Image(type='filepath', elem_id='image-input')\n"
-                   "app.queue(default_concurrency_limit=3, max_size=64)\n")
-    q = lt.demo_queue_settings(src)
-    assert (q["default_concurrency_limit"], q["max_size"]) == (3, 64)
-    assert lt.source_input_kind(src) == "image"
-    src.write_text("CONCURRENCY = 4\nx = ImageUpload(type='filepath', elem_id='image-input')\n"
-                   "app.queue(default_concurrency_limit=CONCURRENCY, max_size=256)\n")
-    assert lt.demo_queue_settings(src)["default_concurrency_limit"] == 4  # a module constant, resolved
-    assert lt.source_input_kind(src) == "image"
-    src.write_text("f = gr.File(elem_id='image-input')\napp.queue()\n")
-    assert lt.demo_queue_settings(src)["default_concurrency_limit"] == 2  # the brief's default when unsaid
-    assert lt.source_input_kind(src) == "file"
+    images = lt.make_browser_images(tmp_path, 40)
+    assert len(images) == 40
+    assert len({p.name for p in images}) == 40
+    assert len({Image.open(p).tobytes() for p in images}) == 40
 
 
 # ------------------------------------------------------------------------------------------ end to end
 @pytest.mark.timeout(120)
 def test_http_client_against_the_noop_floor(tmp_path: Path):
-    """Start ``python -m ui.loadtest --serve-noop`` (an image input, as the demo's) and run the REST
-    client against it: upload, call, stream; one and two clients; nothing erred or was lost."""
+    """Start ``python -m ui.loadtest --serve-noop`` (an image input and the queue settings of the demo)
+    and run the REST client against it: upload, call, stream; one and two clients; nothing erred or was lost."""
+    import urllib.request
+
+    from ui.app import CONCURRENCY, MAX_QUEUE
+
     log = tmp_path / "noop.log"
-    with lt.start_noop("image", log=log, timeout=90) as url:
-        assert lt.demo_input_kind(url) == "image"  # read back from the running app's /config
+    with lt.start_noop(log=log, timeout=90) as url:
+        assert lt.floor_queue(log) == {"default_concurrency_limit": CONCURRENCY, "max_size": MAX_QUEUE,
+                                       "from": "ui/app.py"}
+        with urllib.request.urlopen(url + "config", timeout=10) as r:
+            components = json.load(r)["components"]
+        assert [c["type"] for c in components if c.get("props", {}).get("elem_id") == "image-input"] == ["image"]
         client = lt.HttpClient(url)
         try:
             path = client.upload("03-foo.png", lt.DEFAULT_IMAGE.read_bytes())

@@ -52,6 +52,7 @@ MAX_PIXELS = 40_000_000  # larger images are refused from their header, before d
 TOP_K = 5
 VIEW = 224  # px: each of the three views (sent, seen, Grad-CAM)
 CONCURRENCY = 2  # requests that run the model at once (one per core here)
+MAX_QUEUE = 256  # requests that may wait in the queue; more are refused
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -524,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(1)  # at batch 1 one thread is as fast as two, so concurrent requests each get a core
     app = build_app(demo, a.results)
-    app.queue(default_concurrency_limit=CONCURRENCY, max_size=256)
+    app.queue(default_concurrency_limit=CONCURRENCY, max_size=MAX_QUEUE)
     app.launch(server_name=host, server_port=port, share=False, max_file_size=MAX_FILE_SIZE,
                show_error=True, allowed_paths=[str(EXAMPLES)])
     return 0

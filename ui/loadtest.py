@@ -1,51 +1,28 @@
-"""Load-test the demo itself: its /predict API over plain HTTP, and its page in Chromium, beside a no-op floor.
+"""Load-test the demo: its /predict API over plain HTTP and its page in Chromium, beside a no-op floor.
 
     python -m ui.loadtest [--url URL] [--checkpoint results/best] [--clients 8] [--requests 10]
                           [--serial-requests 30] [--client-requests 10] [--browser-uploads 20]
                           [--no-browser] [--image ui/examples/14-stop.png] [--out results/ui/loadtest.json]
 
-Without --url it starts ``python -m ui.app --checkpoint ...`` on a free port itself (and stops it
-afterwards); with --url the checkpoint is only recorded. It always starts its own *no-op floor*,
-``python -m ui.loadtest --serve-noop --port P``: a tiny Gradio app with the demo's queue settings
-(read from ``queue(...)`` in ui/app.py), the same kind of input component (``#image-input``), a
-``/predict`` endpoint that returns ``{"top5": []}`` at once, and a page whose upload fills
-``#summary`` with the file name. What the floor costs is Gradio and the client, not the model.
+Without --url it starts ``python -m ui.app --checkpoint ...`` itself; with --url the checkpoint is
+only recorded. It always starts the *no-op floor* (``serve_noop``): a Gradio app with the demo's
+queue settings and a gr.Image input like the demo's, whose /predict answers ``{"top5": []}`` at once.
+What the floor costs is Gradio and the client, not the model.
 
-The rows, all measured in one run, for the demo and then for the floor:
-
-* **HTTP, 1 client**: Gradio's REST protocol over one keep-alive connection (httpx):
-  ``POST gradio_api/upload`` (multipart ``files``) -> server path; ``POST gradio_api/call/predict``
-  -> ``event_id``; ``GET gradio_api/call/predict/{event_id}``, an SSE stream read until
-  ``event: complete`` or ``event: error``. Timed over the whole (upload + call + stream).
-* **HTTP, 1 client, pre-uploaded**: the file uploaded once beforehand, then call + stream only
-  (what a browser does: it uploads once, then calls).
-* **HTTP, N clients** (``--clients``): threads, each with its own connection, each sending
-  ``--requests`` requests (upload + call + stream) one after another.
-* **gradio_client** (demo only, 1 client, ``--client-requests``): ``Client.predict``; the client
-  library's own overhead (about 90 ms a call and more) is included, so it is no measure of the demo.
-* **Chromium**: upload -> every panel drawn, over ``--browser-uploads`` different images (the
-  examples and altered copies, each with its own name), timed in the page from just before
-  ``set_input_files`` until one ``requestAnimationFrame``-polled predicate holds: ``#summary``
-  shows the uploaded file's name; ``#top5`` shows a label; every ``[id^=se-plot]`` holds a drawn
-  Vega chart (a fresh ``canvas``, or an ``svg`` with marks, in ``.vega-embed``); every ``#views
-  img`` is decoded and the views' sources differ from the last upload's. Panels absent from a page
-  are not waited for (the floor has only ``#summary``; a model without SE blocks has no se-plot),
-  except that the demo's page must have ``#top5`` and ``#views``. Before each upload the input is
-  cleared with its own button ("Clear" on gr.File, "Remove Image" on gr.Image) where it shows one.
-  An upload not drawn within 30 s is an error (what the page showed is recorded); after two in a
-  row the page is given up.
-
-Every row has n, p50/p95/p99/mean/max latency (ms), errors, lost and answered requests/s. A
-request is an *error* when it raises, gets an HTTP error or an ``event: error``; it is *lost*
-when it ends without a dict holding ``"top5"`` (or never ends). Each server gets two warm-up
-requests (and each page one warm-up upload) that are not counted. Exit status 1 when any request
-to the demo erred or was lost, 2 when a server could not be started.
+Rows, each for the demo and then the floor: HTTP with 1 client (upload + call + SSE stream, Gradio's
+REST protocol over one keep-alive connection); the same with the file uploaded once beforehand; HTTP
+with ``--clients`` concurrent clients; gradio_client (demo only, its own overhead included); and
+Chromium: ``--browser-uploads`` different images uploaded on one page, each timed until every panel
+shows it (``DRAWN_JS``). Each row has n, p50/p95/p99/mean/max latency (ms), errors, lost and answered
+requests/s. A request is an *error* when it raises, gets an HTTP error or ``event: error``; *lost*
+when it ends without a dict holding ``"top5"``. Warm-up requests (two per server, one upload per page)
+are not counted. Exit status 1 when a request to the demo erred or was lost, 2 when a server could
+not be started.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import datetime as dt
 import json
@@ -68,15 +45,14 @@ from gtsrb.util import machine, sha256_file, write_text_atomic
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = Path(__file__).parent / "examples"
 DEFAULT_IMAGE = EXAMPLES / "14-stop.png"
-APP_SOURCE = Path(__file__).parent / "app.py"
 CHROMIUM = Path("/usr/bin/chromium")
 FILE_INPUT = "#image-input input[type=file]"
-# The input's own clear button: gr.File's "Clear", gr.Image's "Remove Image".
-CLEAR_BUTTON = "#image-input button[aria-label='Clear'], #image-input button[aria-label='Remove Image']"
+CLEAR_BUTTON = "#image-input button[aria-label='Remove Image']"  # gr.Image's own clear button
 HTTP_TIMEOUT = 120.0  # seconds for one request; 8 clients queue behind one model on 2 busy cores
 BROWSER_TIMEOUT_MS = 30_000  # one upload until every panel is drawn
 WARMUP = 2  # uncounted requests per server before the rows
-GRADIO_CLIENT_LABEL = "gradio_client (client library overhead included)"
+NOOP_ARGS = ["-m", "ui.loadtest", "--serve-noop"]
+QUEUE_LINE = "no-op floor queue: "  # the floor prints its queue settings after this
 
 
 # --------------------------------------------------------------------------- the servers
@@ -87,99 +63,88 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(args: list[str], log: Path | None):
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    if log:
-        out.close()  # the child holds its own copy
-    return proc
-
-
-def _wait_ready(proc, what: str, url: str, deadline: float, log: Path | None) -> None:
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {proc.returncode}" + (f"; see {log}" if log else ""))
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not answer on {url} within the time allowed")
-        time.sleep(0.5)
-
-
-def _stop(proc) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @contextlib.contextmanager
-def _serve(servers: list[tuple[list[str], str, int, Path | None]], timeout: float):
-    """Start every ``(args, what, port, log)`` at once (``python <args>`` listening on ``port``);
-    yield their URLs once all answer HTTP 200; stop them all afterwards."""
+def _serve(servers: list[tuple[list[str], str, Path | None]], timeout: float):
+    """Start every ``(args, what, log)`` at once, as ``python <args> --port P`` on a free port P with
+    its output in ``log``; yield their URLs once all answer HTTP 200; stop them all afterwards."""
+    ports: list[int] = []
+    while len(ports) < len(servers):
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     procs = []
     try:
-        for args, what, port, log in servers:
-            procs.append(_launch(args, log))
+        for (args, _, log), port in zip(servers, ports):
+            out = open(log, "w") if log else subprocess.DEVNULL
+            procs.append(subprocess.Popen([sys.executable, *args, "--port", str(port)], cwd=REPO, env=env,
+                                          stdout=out, stderr=subprocess.STDOUT))
+            if log:
+                out.close()  # the child holds its own copy
         deadline = time.monotonic() + timeout
-        urls = [f"http://127.0.0.1:{port}/" for _, _, port, _ in servers]
-        for proc, (_, what, _, log), url in zip(procs, servers, urls):
-            _wait_ready(proc, what, url, deadline, log)
+        urls = [f"http://127.0.0.1:{port}/" for port in ports]
+        for proc, (_, what, log), url in zip(procs, servers, urls):
+            while True:
+                if proc.poll() is not None:
+                    tail = log.read_text(errors="replace")[-1000:] if log else ""
+                    raise RuntimeError(f"{what} exited with status {proc.returncode}"
+                                       + (f"; its output ends:\n{tail}" if tail else ""))
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{what} did not answer on {url} within {timeout:.0f} s")
+                time.sleep(0.5)
         yield urls
     finally:
         for proc in procs:
-            _stop(proc)
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
-def app_args(checkpoint: str, port: int) -> list[str]:
-    return ["-m", "ui.app", "--checkpoint", str(checkpoint), "--port", str(port)]
-
-
-def noop_args(port: int, input_kind: str = "file", concurrency: int | None = 2, max_size: int | None = None):
-    args = ["-m", "ui.loadtest", "--serve-noop", "--port", str(port), "--input-kind", input_kind,
-            "--concurrency", "none" if concurrency is None else str(concurrency)]
-    return args + (["--max-size", str(max_size)] if max_size is not None else [])
+def app_args(checkpoint: str) -> list[str]:
+    return ["-m", "ui.app", "--checkpoint", str(checkpoint)]
 
 
 @contextlib.contextmanager
 def start_app(checkpoint: str, timeout: float = 180.0, log: Path | None = None):
     """Run ``python -m ui.app`` on a free port; yield its URL once it answers HTTP 200."""
-    port = free_port()
-    with _serve([(app_args(checkpoint, port), "ui.app", port, log)], timeout) as (url,):
+    with _serve([(app_args(checkpoint), "ui.app", log)], timeout) as (url,):
         yield url
 
 
 @contextlib.contextmanager
-def start_noop(input_kind: str = "file", concurrency: int | None = 2, max_size: int | None = None,
-               timeout: float = 120.0, log: Path | None = None):
-    """Run the no-op floor (``python -m ui.loadtest --serve-noop``) on a free port; yield its URL."""
-    port = free_port()
-    with _serve([(noop_args(port, input_kind, concurrency, max_size), "the no-op floor", port, log)],
-                timeout) as (url,):
+def start_noop(timeout: float = 120.0, log: Path | None = None):
+    """Run the no-op floor on a free port; yield its URL once it answers HTTP 200."""
+    with _serve([(NOOP_ARGS, "the no-op floor", log)], timeout) as (url,):
         yield url
 
 
-def build_noop(input_kind: str = "file"):
-    """The floor's page: ``#image-input`` whose upload puts the file's name into ``#summary``, and a
-    ``/predict`` API (the image and an optional list, as the demo's) that answers ``{"top5": []}`` at
-    once. Like the demo's ImageUpload and BlockSwitches, it leaves the payloads as sent (no decoding;
-    a null list stays None): ``preprocess=False``, not component subclasses, since Gradio writes a
-    .pyi stub beside any module that defines one. The page clears ``#summary`` in the browser."""
+def floor_queue(log: Path) -> dict:
+    """The queue settings a started floor printed into its output ``log``."""
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith(QUEUE_LINE):
+            return {**json.loads(line[len(QUEUE_LINE):]), "from": "ui/app.py"}
+    return {}
+
+
+def serve_noop(port: int) -> int:
+    """The floor's own process: a gr.Image ``#image-input`` whose upload writes the file name into
+    ``#summary``, and a ``/predict`` taking what the demo's takes (the image, an optional list) that
+    answers ``{"top5": []}`` at once. ``preprocess=False`` leaves payloads undecoded, as the demo does."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
+    from ui.app import CONCURRENCY, MAX_QUEUE  # here: the load generator itself needs no torch
+
     with gr.Blocks(title="loadtest: no-op floor") as app:
-        if input_kind == "image":
-            image_in = gr.Image(type="filepath", label="Image", elem_id="image-input", height=280)
-        else:
-            image_in = gr.File(label="Image", file_count="single", type="filepath", elem_id="image-input")
+        image_in = gr.Image(type="filepath", label="Image", elem_id="image-input", height=280)
         summary = gr.Markdown(elem_id="summary")
         se_off = gr.CheckboxGroup(choices=["se1"], value=[], visible=False)
         raw = gr.JSON(visible=False)
@@ -194,77 +159,10 @@ def build_noop(input_kind: str = "file"):
         image_in.clear(None, None, summary, js="() => ''")
         gr.Button(visible=False).click(lambda image, off: {"top5": []}, [image_in, se_off], raw,
                                        api_name="predict", preprocess=False)
-    return app
-
-
-def serve_noop(port: int, input_kind: str, concurrency: int | None, max_size: int | None) -> int:
-    app = build_noop(input_kind)
-    app.queue(default_concurrency_limit=concurrency, max_size=max_size)
+    app.queue(default_concurrency_limit=CONCURRENCY, max_size=MAX_QUEUE)
+    print(QUEUE_LINE + json.dumps({"default_concurrency_limit": CONCURRENCY, "max_size": MAX_QUEUE}), flush=True)
     app.launch(server_name="127.0.0.1", server_port=port, share=False, show_error=True)
     return 0
-
-
-def _module_constants(tree: ast.Module) -> dict:
-    """Module-level ``NAME = <constant>`` assignments (so ``queue(default_concurrency_limit=CONCURRENCY)`` reads)."""
-    consts = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
-            for target in node.targets:
-                if isinstance(target, ast.Name):
-                    consts[target.id] = node.value.value
-    return consts
-
-
-def demo_queue_settings(source: Path = APP_SOURCE) -> dict:
-    """``default_concurrency_limit`` and ``max_size`` of the ``.queue(...)`` call in ui/app.py
-    (read from its source, so the floor queues as the demo does); 2 and None where not given."""
-    settings: dict = {"default_concurrency_limit": 2, "max_size": None, "from": "default"}
-    try:
-        tree = ast.parse(source.read_text())
-    except (OSError, SyntaxError):
-        return settings
-    consts = _module_constants(tree)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "queue":
-            for kw in node.keywords:
-                if kw.arg not in ("default_concurrency_limit", "max_size"):
-                    continue
-                if isinstance(kw.value, ast.Constant):
-                    settings[kw.arg] = kw.value.value
-                elif isinstance(kw.value, ast.Name) and kw.value.id in consts:
-                    settings[kw.arg] = consts[kw.value.id]
-                else:
-                    continue
-                settings["from"] = _shown(source)
-    return settings
-
-
-def source_input_kind(source: Path = APP_SOURCE) -> str:
-    """'image' when ui/app.py makes ``#image-input`` with gr.Image (or a class named ...Image...), else 'file'."""
-    try:
-        tree = ast.parse(source.read_text())
-    except (OSError, SyntaxError):
-        return "file"
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and any(
-                kw.arg == "elem_id" and isinstance(kw.value, ast.Constant) and kw.value.value == "image-input"
-                for kw in node.keywords):
-            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-            return "image" if "image" in name.lower() else "file"
-    return "file"
-
-
-def demo_input_kind(url: str) -> str:
-    """'image' when the demo's ``#image-input`` is a gr.Image, else 'file' (read from its /config)."""
-    try:
-        with urllib.request.urlopen(url + "config", timeout=10) as r:
-            config = json.load(r)
-    except (OSError, ValueError):
-        return "file"
-    for comp in config.get("components", []):
-        if comp.get("props", {}).get("elem_id") == "image-input":
-            return "image" if "image" in str(comp.get("type", "")).lower() else "file"
-    return "file"
 
 
 # --------------------------------------------------------------------------- Gradio's REST protocol
@@ -319,17 +217,12 @@ def read_result(lines: Iterable[str]):
     raise Lost("the stream ended without an 'event: complete'")
 
 
-def well_formed(result) -> bool:
-    return isinstance(result, dict) and "top5" in result
-
-
 class HttpClient:
     """One keep-alive connection speaking Gradio's REST protocol to ``{url}gradio_api/``."""
 
     def __init__(self, url: str, timeout: float = HTTP_TIMEOUT):
         import httpx
 
-        self.url = url
         self.http = httpx.Client(base_url=url + "gradio_api/", timeout=timeout)
 
     def close(self) -> None:
@@ -368,14 +261,12 @@ class HttpClient:
 
 def summarise(latencies_s: list[float]) -> dict:
     """n and the p50/p95/p99/mean/min/max of latencies given in seconds, in ms (0.1 ms)."""
+    keys = ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "min_ms", "max_ms")
     if not latencies_s:
-        return {"n": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_ms": None,
-                "min_ms": None, "max_ms": None}
+        return {"n": 0, **dict.fromkeys(keys)}
     ms = np.asarray(latencies_s, dtype=float) * 1000.0
-    r = lambda x: round(float(x), 1)  # noqa: E731
-    return {"n": int(ms.size), "p50_ms": r(np.percentile(ms, 50)), "p95_ms": r(np.percentile(ms, 95)),
-            "p99_ms": r(np.percentile(ms, 99)), "mean_ms": r(ms.mean()), "min_ms": r(ms.min()),
-            "max_ms": r(ms.max())}
+    values = [*np.percentile(ms, [50, 95, 99]), ms.mean(), ms.min(), ms.max()]
+    return {"n": len(ms), **{k: round(float(v), 1) for k, v in zip(keys, values)}}
 
 
 def make_row(target: str, method: str, clients: int, requests: int, outcomes: list[dict], wall: float,
@@ -399,6 +290,7 @@ def make_row(target: str, method: str, clients: int, requests: int, outcomes: li
 
 
 def _one(fn) -> dict:
+    """Time one request ``fn()``: an outcome {'ok', 'seconds'} (and 'lost', 'error' when not ok)."""
     t0 = time.perf_counter()
     try:
         result = fn()
@@ -407,7 +299,7 @@ def _one(fn) -> dict:
     except Exception as e:  # noqa: BLE001: every failure is counted, none stops the run
         return {"ok": False, "error": f"{type(e).__name__}: {e}"[:300], "seconds": time.perf_counter() - t0}
     seconds = time.perf_counter() - t0
-    if not well_formed(result):
+    if not (isinstance(result, dict) and "top5" in result):
         return {"ok": False, "lost": True, "error": f"lost: answer without 'top5': {repr(result)[:150]}",
                 "seconds": seconds}
     return {"ok": True, "seconds": seconds}
@@ -427,19 +319,14 @@ def run_http(url: str, image: Path, clients: int, requests: int, preupload: bool
             c = HttpClient(url)
             path = c.upload(image.name, content) if preupload else None
         except Exception as e:  # noqa: BLE001: then every request of this client is an error
-            start.wait()
             rows.extend({"ok": False, "error": f"connect: {type(e).__name__}: {e}", "seconds": 0.0}
                         for _ in range(requests))
-            return
-        try:
             start.wait()
-            for _ in range(requests):
-                if preupload:
-                    rows.append(_one(lambda: c.call(path, image.name)))
-                else:
-                    rows.append(_one(lambda: c.call(c.upload(image.name, content), image.name)))
-        finally:
-            c.close()
+            return
+        with contextlib.closing(c):
+            start.wait()
+            for _ in range(requests):  # the file uploaded beforehand, or upload it now
+                rows.append(_one(lambda: c.call(path or c.upload(image.name, content), image.name)))
 
     threads = [threading.Thread(target=client, args=(i,), name=f"client-{i}", daemon=True) for i in range(clients)]
     for t in threads:
@@ -451,23 +338,17 @@ def run_http(url: str, image: Path, clients: int, requests: int, preupload: bool
     return [o for per in results for o in per], time.perf_counter() - t0
 
 
-def warm_up(url: str, image: Path, n: int = WARMUP) -> list[dict]:
-    outcomes, _ = run_http(url, image, 1, n)
-    return outcomes
-
-
 def run_gradio_client(url: str, image: Path, requests: int) -> tuple[list, float]:
-    """One gradio_client.Client sending ``requests`` predictions one after another."""
+    """One gradio_client.Client sending ``requests`` predictions one after another (the image and
+    None for the SE switches, as the HTTP rows send)."""
     from gradio_client import Client, handle_file
 
     try:
         client = Client(url, verbose=False)
-        params = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/predict"]["parameters"]
     except Exception as e:  # noqa: BLE001
         return [{"ok": False, "error": f"connect: {type(e).__name__}: {e}"[:300], "seconds": 0.0}] * requests, 1.0
-    rest = [None] * (len(params) - 1)  # the optional list(s) after the image: None, as the HTTP rows send
     t0 = time.perf_counter()
-    outcomes = [_one(lambda: client.predict(handle_file(str(image)), *rest, api_name="/predict"))
+    outcomes = [_one(lambda: client.predict(handle_file(str(image)), None, api_name="/predict"))
                 for _ in range(requests)]
     wall = time.perf_counter() - t0
     with contextlib.suppress(Exception):
@@ -477,38 +358,23 @@ def run_gradio_client(url: str, image: Path, requests: int) -> tuple[list, float
 
 # --------------------------------------------------------------------------- the browser
 
-def make_browser_images(folder: Path, n: int, sources: list[Path] | None = None) -> list[Path]:
-    """n PNGs with different contents and names: the examples, then mirrored and brightened copies."""
+def make_browser_images(folder: Path, n: int) -> list[Path]:
+    """n PNGs with different contents and names: the examples, then, round after round, copies of them
+    brightened a little more each round and mirrored every other round."""
     from PIL import Image, ImageEnhance, ImageOps
 
-    sources = sources or sorted(EXAMPLES.glob("*.png"))
-    folder.mkdir(parents=True, exist_ok=True)
-    out: list[Path] = []
-    seen: set[bytes] = set()
-    variant = 0
-    while len(out) < n:
-        for src in sources:
-            if len(out) >= n:
-                break
-            img = Image.open(src).convert("RGB")
-            tag = "orig"
-            if variant % 2:
-                img, tag = ImageOps.mirror(img), "mirror"
-            level = variant // 2  # 0: as is; then brighter and darker by turns, further each time
-            if level:
-                factor = 1 + 0.2 * ((level + 1) // 2) if level % 2 else 1 - 0.15 * (level // 2)
-                img, tag = ImageEnhance.Brightness(img).enhance(factor), f"{tag}-bright{factor:.2f}"
-            raw = img.tobytes()
-            if raw in seen:
-                continue
-            seen.add(raw)
-            path = folder / f"{len(out):02d}-{src.stem}-{tag}.png"
-            img.save(path)
-            out.append(path)
-        variant += 1
-        if variant > 64:
-            raise RuntimeError("could not make enough different images")
-    return out
+    sources = sorted(EXAMPLES.glob("*.png"))
+    paths = []
+    for i in range(n):
+        src, rnd = sources[i % len(sources)], i // len(sources)
+        img = Image.open(src).convert("RGB")
+        if rnd % 2:
+            img = ImageOps.mirror(img)
+        if rnd:
+            img = ImageEnhance.Brightness(img).enhance(1 + 0.15 * rnd)
+        paths.append(folder / f"{i:02d}-{src.stem}-v{rnd}.png")
+        img.save(paths[-1])
+    return paths
 
 
 # Before an upload: marks the charts now on the page as stale, and watches the Vega embeds that hold
@@ -572,7 +438,8 @@ DIAGNOSE_JS = """(name) => {
 def run_browser(browser, url: str, images: list[Path], warmup: Path, required: list[str],
                 timeout_ms: int = BROWSER_TIMEOUT_MS) -> tuple[list, float, dict]:
     """Upload each image on one page (clearing the input first); time upload -> every panel drawn.
-    Stops after two uploads in a row time out. (outcomes, wall seconds, notes)."""
+    An upload not drawn within ``timeout_ms`` is an error; two in a row end the page.
+    (outcomes, wall seconds, notes)."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(timeout_ms)
@@ -595,9 +462,9 @@ def run_browser(browser, url: str, images: list[Path], warmup: Path, required: l
                                                    f"showed {prev['name']} 3 s later (not waited for again)")
         page.locator(FILE_INPUT).wait_for(state="attached")
         prev["name"] = path.name
-        prev_views = page.evaluate(MARK_STALE_JS)
-        if prev["views"] is None:
-            prev["views"] = prev_views if prev_views else ""
+        views_now = page.evaluate(MARK_STALE_JS)
+        if prev["views"] is None:  # the first upload: what the page shows before it
+            prev["views"] = views_now or ""
         t0 = page.evaluate("performance.now()")
         page.locator(FILE_INPUT).set_input_files(str(path))
         try:
@@ -605,7 +472,10 @@ def run_browser(browser, url: str, images: list[Path], warmup: Path, required: l
                                                          "required": required},
                                           polling="raf", timeout=timeout_ms).json_value()
         except Exception as e:  # noqa: BLE001: a timeout, or the page went away
-            diag = _safe(lambda: page.evaluate(DIAGNOSE_JS, path.name))
+            try:
+                diag = page.evaluate(DIAGNOSE_JS, path.name)
+            except Exception as d:  # noqa: BLE001: the page is gone
+                diag = f"{type(d).__name__}: {d}"[:300]
             notes.setdefault("timeouts", []).append({"image": path.name, "state": diag})
             return {"ok": False, "error": f"{path.name}: not drawn within {timeout_ms / 1000:.0f} s "
                                           f"({type(e).__name__})", "seconds": timeout_ms / 1000}
@@ -615,7 +485,6 @@ def run_browser(browser, url: str, images: list[Path], warmup: Path, required: l
     outcomes: list[dict] = []
     try:
         page.goto(url)
-        page.locator(FILE_INPUT).wait_for(state="attached")
         first = upload(warmup)
         notes["warmup_upload_ms"] = round(first["seconds"] * 1000, 1)
         if not first["ok"]:
@@ -634,39 +503,40 @@ def run_browser(browser, url: str, images: list[Path], warmup: Path, required: l
     return outcomes, wall, notes
 
 
-def _safe(fn):
-    try:
-        return fn()
-    except Exception as e:  # noqa: BLE001
-        return f"{type(e).__name__}: {e}"[:300]
+def measure_browser(url: str, noop_url: str, uploads: int) -> list[dict]:
+    """The Chromium rows: the same ``uploads`` images on the demo's page, then on the floor's."""
+    method = "Chromium: upload -> every panel drawn"
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        err = [{"ok": False, "error": f"{CHROMIUM} not found (sudo apt-get install chromium)", "seconds": 0.0}]
+        return [make_row(t, method, 1, uploads, err * uploads, 1.0) for t in ("demo", "noop")]
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    from playwright.sync_api import sync_playwright
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="loadtest-images-") as tmp, sync_playwright() as p:
+        warmup, *images = make_browser_images(Path(tmp), uploads + 1)
+        names = [path.name for path in images]
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        try:
+            for target, u, required in (("demo", url, ["#top5", "#views"]), ("noop", noop_url, [])):
+                print(f"{target}: Chromium, {uploads} uploads ...", flush=True)
+                out, wall, notes = run_browser(browser, u, images, warmup, required)
+                rows.append(make_row(target, method, 1, len(images), out, wall, not_run=len(images) - len(out),
+                                     images=names, required_panels=["#summary", *required],
+                                     **notes))
+        finally:
+            browser.close()
+    return rows
 
 
 # --------------------------------------------------------------------------- main
 
-def resolve_checkpoint(path: str) -> Path:
-    p = Path(path)
-    return p / "best.pt" if p.is_dir() else p
-
-
-def print_table(rows: list[dict]) -> None:
-    head = f"{'target':<10} {'method':<52} {'c x r':>7} {'n':>4} {'p50':>7} {'p95':>7} {'p99':>7} " \
-           f"{'mean':>7} {'err':>4} {'lost':>4} {'req/s':>7}"
-    print(head)
-    print("-" * len(head))
-    f = lambda x: "-" if x is None else f"{x:.0f}"  # noqa: E731
-    for r in rows:
-        print(f"{r['target']:<10} {r['method'][:52]:<52} {str(r['clients']) + 'x' + str(r['requests_per_client']):>7} "
-              f"{r['n']:>4} {f(r['p50_ms']):>7} {f(r['p95_ms']):>7} {f(r['p99_ms']):>7} {f(r['mean_ms']):>7} "
-              f"{r['errors']:>4} {r['lost']:>4} {'-' if r['requests_per_s'] is None else r['requests_per_s']:>7}")
-    print("latencies in ms; req/s: answered requests per second of the row's wall time")
-
-
 def measure(url: str, noop_url: str, a) -> list[dict]:
-    """Every row, demo then floor (HTTP), gradio_client, then both pages in Chromium."""
+    """Every row: HTTP on the demo then the floor, gradio_client, then both pages in Chromium."""
     rows: list[dict] = []
     image = a.image
     for target, u in (("demo", url), ("noop", noop_url)):
-        w = warm_up(u, image)
+        w, _ = run_http(u, image, 1, WARMUP)
         warm = {"warmup_requests": len(w), "warmup_failed": sum(not o["ok"] for o in w)}
         print(f"{target}: HTTP rows ...", flush=True)
         out, wall = run_http(u, image, 1, a.serial_requests)
@@ -681,37 +551,24 @@ def measure(url: str, noop_url: str, a) -> list[dict]:
     if a.client_requests:
         print("demo: gradio_client row ...", flush=True)
         out, wall = run_gradio_client(url, image, a.client_requests)
-        rows.append(make_row("demo", GRADIO_CLIENT_LABEL, 1, a.client_requests, out, wall))
+        rows.append(make_row("demo", "gradio_client (client library overhead included)", 1, a.client_requests,
+                             out, wall))
     if not a.no_browser:
         rows += measure_browser(url, noop_url, a.browser_uploads)
     return rows
 
 
-def measure_browser(url: str, noop_url: str, uploads: int) -> list[dict]:
-    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-    from playwright.sync_api import sync_playwright
-
-    rows = []
-    method = "Chromium: upload -> every panel drawn"
-    with tempfile.TemporaryDirectory(prefix="loadtest-images-") as tmp:
-        images = make_browser_images(Path(tmp), uploads + 1)
-        warmup, images = images[0], images[1:]
-        names = [p.name for p in images]
-        if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-            err = [{"ok": False, "error": f"{CHROMIUM} not found (sudo apt-get install chromium)", "seconds": 0.0}]
-            return [make_row(t, method, 1, uploads, err * uploads, 1.0) for t in ("demo", "noop")]
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-            try:
-                for target, u, required in (("demo", url, ["#top5", "#views"]), ("noop", noop_url, [])):
-                    print(f"{target}: Chromium, {uploads} uploads ...", flush=True)
-                    out, wall, notes = run_browser(browser, u, images, warmup, required)
-                    rows.append(make_row(target, method, 1, len(images), out, wall, not_run=len(images) - len(out),
-                                         images=names,
-                                         required_panels=["#summary", *required], **notes))
-            finally:
-                browser.close()
-    return rows
+def print_table(rows: list[dict]) -> None:
+    head = f"{'target':<10} {'method':<52} {'c x r':>7} {'n':>4} {'p50':>7} {'p95':>7} {'p99':>7} " \
+           f"{'mean':>7} {'err':>4} {'lost':>4} {'req/s':>7}"
+    print(head)
+    print("-" * len(head))
+    f = lambda x: "-" if x is None else f"{x:.0f}"  # noqa: E731
+    for r in rows:
+        print(f"{r['target']:<10} {r['method'][:52]:<52} {str(r['clients']) + 'x' + str(r['requests_per_client']):>7} "
+              f"{r['n']:>4} {f(r['p50_ms']):>7} {f(r['p95_ms']):>7} {f(r['p99_ms']):>7} {f(r['mean_ms']):>7} "
+              f"{r['errors']:>4} {r['lost']:>4} {'-' if r['requests_per_s'] is None else r['requests_per_s']:>7}")
+    print("latencies in ms; req/s: answered requests per second of the row's wall time")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -730,43 +587,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-log", type=Path, help="where a started demo's output goes (default: discarded)")
     p.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)  # the floor's own process
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--input-kind", choices=("file", "image"), default="file", help=argparse.SUPPRESS)
-    p.add_argument("--concurrency", default="2", help=argparse.SUPPRESS)
-    p.add_argument("--max-size", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.serve_noop:
         if not a.port:
             p.error("--serve-noop needs --port")
-        return serve_noop(a.port, a.input_kind, None if a.concurrency == "none" else int(a.concurrency), a.max_size)
+        return serve_noop(a.port)
     if min(a.clients, a.requests, a.serial_requests) < 1 or a.client_requests < 0 or a.browser_uploads < 1:
         p.error("--clients, --requests, --serial-requests and --browser-uploads must be at least 1")
     if not a.image.is_file():
         p.error(f"{a.image}: no such image")
 
-    queue = demo_queue_settings()
-    floor = (queue["default_concurrency_limit"], queue["max_size"])
     with contextlib.ExitStack() as stack:
+        floor_log = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="loadtest-"))) / "noop.log"
+        servers = [] if a.url else [(app_args(a.checkpoint), "ui.app", a.server_log)]
+        servers.append((NOOP_ARGS, "the no-op floor", floor_log))
+        print(("starting the no-op floor" if a.url else
+               f"starting python -m ui.app --checkpoint {a.checkpoint} and the no-op floor") + " ...", flush=True)
         try:
-            if a.url:
-                url = a.url if a.url.endswith("/") else a.url + "/"
-                kind = demo_input_kind(url)
-                print(f"starting the no-op floor ({kind} input, queue {floor[0]}/{floor[1]}) ...", flush=True)
-                noop_url = stack.enter_context(start_noop(kind, *floor))
-            else:
-                kind = source_input_kind()
-                print(f"starting python -m ui.app --checkpoint {a.checkpoint} and the no-op floor "
-                      f"({kind} input, queue {floor[0]}/{floor[1]}) ...", flush=True)
-                port = free_port()
-                noop_port = free_port()
-                while noop_port == port:
-                    noop_port = free_port()
-                url, noop_url = stack.enter_context(_serve(
-                    [(app_args(a.checkpoint, port), "ui.app", port, a.server_log),
-                     (noop_args(noop_port, kind, *floor), "the no-op floor", noop_port, None)], timeout=180.0))
+            urls = stack.enter_context(_serve(servers, timeout=180.0))
         except RuntimeError as e:
             print(f"loadtest: error: {e}", file=sys.stderr)
             return 2
-        print(f"demo {url}  floor {noop_url}", flush=True)
+        url = (a.url if a.url.endswith("/") else a.url + "/") if a.url else urls[0]
+        noop_url, queue = urls[-1], floor_queue(floor_log)
+        print(f"demo {url}  floor {noop_url} (queue {queue})", flush=True)
         rows = measure(url, noop_url, a)
 
     print()
@@ -779,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = sum(r["errors"] + r["lost"] for r in rows if r["target"] == "demo")
 
     if a.out:
-        ckpt = resolve_checkpoint(a.checkpoint)
+        ckpt = Path(a.checkpoint)
+        ckpt = ckpt / "best.pt" if ckpt.is_dir() else ckpt
         record = {
             "command": shlex.join(["python", "-m", "ui.loadtest", *(sys.argv[1:] if argv is None else argv)]),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -789,9 +634,10 @@ def main(argv: list[str] | None = None) -> int:
             "checkpoint_sha256": sha256_file(ckpt) if ckpt.is_file() else None,
             "checkpoint_note": "as given; the server at --url is not checked against it" if a.url else None,
             "http_image": _shown(a.image),
-            "noop_floor": {"what": "python -m ui.loadtest --serve-noop: /predict returns {'top5': []} at once; "
-                                   "the page's upload only writes the file name into #summary",
-                           "input_kind": kind, "queue": queue},
+            "noop_floor": {"what": "python -m ui.loadtest --serve-noop: a gr.Image input and the demo's queue "
+                                   "settings; /predict returns {'top5': []} at once; the page's upload only "
+                                   "writes the file name into #summary",
+                           "input_kind": "image", "queue": queue},
             "protocol": "HTTP rows: POST gradio_api/upload, POST gradio_api/call/predict, GET the SSE stream "
                         "to 'event: complete'; httpx, one keep-alive connection per client",
             "browser_images": "ui/examples/*.png, then mirrored and brightened copies, each with its own name",
