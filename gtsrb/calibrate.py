@@ -80,7 +80,7 @@ def unsure_report(probs: np.ndarray, labels: np.ndarray, tau: float, unlike: np.
 def calibrate(checkpoint: str | os.PathLike, data: str | os.PathLike, target: float = DEFAULT_TARGET) -> dict:
     """Fit the temperature, the threshold and the excitation-distance rule on val; report on test."""
     from gtsrb.data import load_pack
-    from gtsrb.explain import class_excitations, class_mean_distance
+    from gtsrb.explain import class_excitations, class_mean_distance, distance_q99
     from gtsrb.inference import Classifier
     from gtsrb.util import sha256_file
 
@@ -94,9 +94,8 @@ def calibrate(checkpoint: str | os.PathLike, data: str | os.PathLike, target: fl
     block = clf.se_names[-1] if clf.se_names else None
     if block:
         st = class_excitations({block: pv.excitations[block]}, val.labels, clf.config.num_classes)[block]
-        d_val = class_mean_distance(pv.excitations[block], st["class_mean"], pv.logits.argmax(1))
-        q99 = float(np.quantile(d_val, 0.99))
-        unlike["val"] = d_val > q99
+        q99 = distance_q99(pv.excitations[block], st["class_mean"], pv.logits.argmax(1))
+        unlike["val"] = class_mean_distance(pv.excitations[block], st["class_mean"], pv.logits.argmax(1)) > q99
         unlike["test"] = class_mean_distance(pt.excitations[block], st["class_mean"], pt.logits.argmax(1)) > q99
     return {
         "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),

@@ -159,13 +159,12 @@ class Demo:
 
     def se_off(self, array: np.ndarray, blocks: list[str] | None, top: int) -> dict:
         """The prediction with the given SE blocks (None: all) replaced by the identity."""
-        blocks = self.clf.se_names if blocks is None else [b for b in self.clf.se_names if b in blocks] + sorted(
-            set(blocks) - set(self.clf.se_names))  # in the model's order; unknown names are refused below
         try:
-            with self.clf.se_disabled(blocks):
+            with self.clf.se_disabled(blocks):  # None: every block; an unknown name is a ValueError
                 off = self.clf.predict_arrays(array)
         except ValueError as e:
             raise _error(f"se_off: {e}") from None
+        blocks = [b for b in self.clf.se_names if blocks is None or b in blocks]  # in the model's order
         return {"blocks": blocks, "prediction": _top(off.probs[0], 1)[0], "top5": _top(off.probs[0]),
                 "probability_of_se_on_class": round(float(off.probs[0, top]), 6)}
 

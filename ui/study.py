@@ -78,7 +78,8 @@ def show_path(path: Path) -> str:
         return str(path)
 
 
-def _read_csv(path: Path, required: tuple[str, ...], what: str) -> Loaded:
+def _read_csv(path: Path, required: tuple[str, ...], what: str, empty: str) -> Loaded:
+    """The CSV, or an empty frame and a note saying why (missing, unreadable, malformed, or ``empty``)."""
     if not path.is_file():
         return Loaded(pd.DataFrame(columns=list(required)),
                       [f"`{show_path(path)}`: not found ({what})."])
@@ -91,7 +92,7 @@ def _read_csv(path: Path, required: tuple[str, ...], what: str) -> Loaded:
     if missing:
         return Loaded(pd.DataFrame(columns=list(required)),
                       [f"`{show_path(path)}`: malformed, no column {', '.join(f'`{c}`' for c in missing)}."])
-    return Loaded(df, [])
+    return Loaded(df, [f"`{show_path(path)}`: {empty}"] if df.empty else [])
 
 
 def _as_bool(v):
@@ -115,10 +116,8 @@ def find_studies(results: Path) -> list[Path]:
 def load_trials(folder: Path) -> Loaded:
     """``summary.csv``: one row per trial, typed (SE stages bool, numbers float), as the CSV orders it."""
     path = Path(folder) / "summary.csv"
-    df, notes = _read_csv(path, TRIAL_REQUIRED, "`make tune` writes it")
+    df, notes = _read_csv(path, TRIAL_REQUIRED, "`make tune` writes it", "no trials in it.")
     if df.empty:
-        if not notes:
-            notes.append(f"`{show_path(path)}`: no trials in it.")
         return Loaded(df, notes)
     df = df.copy()
     df["trial_id"] = df["trial_id"].astype(str)
@@ -146,10 +145,8 @@ def load_trials(folder: Path) -> Loaded:
 def load_curves(folder: Path) -> Loaded:
     """``curves.csv``: val accuracy per trial and epoch (long format), sorted by trial and epoch."""
     path = Path(folder) / "curves.csv"
-    df, notes = _read_csv(path, CURVE_REQUIRED, "`make tune` writes it beside summary.csv")
+    df, notes = _read_csv(path, CURVE_REQUIRED, "`make tune` writes it beside summary.csv", "no rows.")
     if df.empty:
-        if not notes:
-            notes.append(f"`{show_path(path)}`: no rows.")
         return Loaded(df, notes)
     df = df[list(CURVE_REQUIRED)].copy()
     df["trial_id"] = df["trial_id"].astype(str)
