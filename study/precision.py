@@ -41,20 +41,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("results/bench/precision.json"))
     p.add_argument("--runs", type=Path, default=Path("runs/precision"))
+    p.add_argument("--train-fraction", type=float, default=1.0, help="share of the train split (whole tracks)")
     a = p.parse_args(argv)
     record = json.loads(a.out.read_text()) if a.out.exists() else {"runs": []}
-    done = {(r["path"], r["seed"], r["epochs"]) for r in record["runs"]}
+    done = {(r["path"], r["seed"], r["epochs"], r.get("train_fraction", 1.0)) for r in record["runs"]}
     for seed in a.seeds:
         for path, options in PATHS.items():
-            if (path, seed, a.epochs) in done:
+            if (path, seed, a.epochs, a.train_fraction) in done:
                 continue
             t0 = time.perf_counter()
-            config = TrainConfig(epochs=a.epochs, seed=seed, **options)
-            run_dir = a.runs / f"{path}-seed{seed}-{a.epochs}ep"
+            config = TrainConfig(epochs=a.epochs, seed=seed, train_fraction=a.train_fraction, **options)
+            share = "" if a.train_fraction == 1 else f"-{a.train_fraction:g}train"
+            run_dir = a.runs / f"{path}-seed{seed}-{a.epochs}ep{share}"
             history = fit(PRESETS["seed"], a.data, run_dir, config, progress=False)
             ran = load_checkpoint(run_dir / "last.pt")["runtime"]  # what the training step ran
             record["runs"].append({
-                "path": path, "seed": seed, "epochs": a.epochs, "train_config": options,
+                "path": path, "seed": seed, "epochs": a.epochs, "train_fraction": a.train_fraction,
+                "train_config": options,
                 "precision_ran": ran["precision"], "activation_layout": "channels_last" if ran["channels_last"] else "NCHW",
                 "val_accuracy": [h["val_accuracy"] for h in history],
                 "final_val_accuracy": history[-1]["val_accuracy"],
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             write_text_atomic(a.out, json.dumps(record, indent=1) + "\n")
             print(f"{path} seed {seed}, {a.epochs} epochs: final val {history[-1]['val_accuracy']:.4f}", flush=True)
     for seed in a.seeds:
-        final = {r["path"]: r["final_val_accuracy"] for r in record["runs"] if r["seed"] == seed and r["epochs"] == a.epochs}
+        final = {r["path"]: r["final_val_accuracy"] for r in record["runs"] if r["seed"] == seed and r["epochs"] == a.epochs
+                 and r.get("train_fraction", 1.0) == a.train_fraction}
         if "fp32" in final:
             others = ", ".join(f"{path} {final[path]:.2%} ({100 * (final[path] - final['fp32']):+.2f} points)"
                                for path in PATHS if path != "fp32" and path in final)

@@ -118,7 +118,8 @@ def test_precision_check_trains_each_path_per_seed_and_resumes(synthetic_pack, t
     from study.precision import main as precision_check
 
     out = tmp_path / "precision.json"
-    args = ["--data", str(synthetic_pack), "--seeds", "0", "--epochs", "1", "--out", str(out), "--runs", str(tmp_path)]
+    args = ["--data", str(synthetic_pack), "--seeds", "0", "--epochs", "1", "--train-fraction", "0.25",
+            "--out", str(out), "--runs", str(tmp_path)]
     assert precision_check(args) == 0
     record = json.loads(out.read_text())
     assert [(r["path"], r["seed"], r["epochs"]) for r in record["runs"]] == [
