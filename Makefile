@@ -82,8 +82,8 @@ URL ?=
 loadtest: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m ui.loadtest --checkpoint $(CKPT) $(if $(URL),--url $(URL)) --out results/ui/loadtest.json
 
-tune: $(DATA)
-	$(BIN)/python -m study.tune --data $(abspath $(DATA)) $(if $(SMOKE),--smoke-test) \
+tune: $(DATA_ROI)
+	$(BIN)/python -m study.tune --data $(abspath $(DATA_ROI)) $(if $(SMOKE),--smoke-test) \
 		$(if $(NAME),--name $(NAME)) $(if $(TRIALS),--trials $(TRIALS)) \
 		$(if $(TUNE_EPOCHS),--epochs $(TUNE_EPOCHS)) $(if $(CPUS_PER_TRIAL),--cpus-per-trial $(CPUS_PER_TRIAL)) \
 		$(if $(GPUS_PER_TRIAL),--gpus-per-trial $(GPUS_PER_TRIAL)) $(if $(TRAIN_FRACTION),--train-fraction $(TRAIN_FRACTION))

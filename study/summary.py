@@ -1,9 +1,13 @@
 """Summaries of a stored study, rewritable at any time from its trial folders.
 
 Writes into the study folder: summary.csv (one row per trial), curves.csv (val
-accuracy per trial and epoch), best_config.json,
-top.md (the top trials and the two fixed ones), params.png (each searched
-parameter against the trial's best val accuracy).
+accuracy per trial and epoch), best_config.json, top.md (the top trials and the
+two fixed ones), params.png (each searched parameter against the trial's best
+val accuracy, the seed and no-SE trials in red, which Optuna's ``plot_slice``
+cannot mark) and, from the Optuna study in optuna.db, Optuna's own plots:
+history.png, parallel.png, intermediate.png (every trial's per-epoch val
+accuracy, pruned ones included) and, when at least IMPORTANCE_MIN_TRIALS trials
+completed the full budget, importances.png (fANOVA).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from study.space import FIXED_POINTS, SE_STAGE_KEYS, best_config_json
+from study.tune import OPTUNA_DB, optuna_storage_url
 
+IMPORTANCE_MIN_TRIALS = 20  # fANOVA on fewer completed trials than this says more about noise than factors
 PARAM_ORDER = (*SE_STAGE_KEYS, "se_form", "se_position", "se_reduction", "conv_dropout",
                "classifier_dropout", "pool", "lr", "weight_decay")
 
@@ -66,7 +72,7 @@ def load_trials(study_dir: Path) -> pd.DataFrame:
 
 
 def write_summaries(study_dir: Path, max_epochs: int | None = None, top: int = 5) -> str:
-    """Write the four files; return the markdown table."""
+    """Write the summaries; return the markdown table (and the Optuna study's line)."""
     study_dir = Path(study_dir)
     trials = load_trials(study_dir).sort_values("best_val_accuracy", ascending=False)
     max_epochs = max_epochs or int(trials["epochs_run"].max() or 0)
@@ -85,9 +91,11 @@ def write_summaries(study_dir: Path, max_epochs: int | None = None, top: int = 5
         (study_dir / "best_config.json").write_text(json.dumps(best_config_json(params), indent=1) + "\n")
     shown = pd.concat([finished.head(top), finished[finished["role"] != "searched"]]).drop_duplicates("trial_id")
     table = _markdown(shown, len(trials))
-    (study_dir / "top.md").write_text(table + "\n")
     if len(finished) >= 2:
         _plot(finished, study_dir / "params.png")
+    if (study_dir / OPTUNA_DB).is_file():
+        table += "\n\n" + optuna_plots(study_dir)
+    (study_dir / "top.md").write_text(table + "\n")
     return table
 
 
@@ -113,6 +121,45 @@ def _markdown(df: pd.DataFrame, n_trials: int) -> str:
             f"{fmt(r['lr'], '{:.1e}')} | {fmt(r['weight_decay'], '{:.1e}')} |"
         )
     return "\n".join(lines)
+
+
+def optuna_plots(study_dir: Path) -> str:
+    """Optuna's plots of the study in study_dir/optuna.db; returns a line on the trial states and on
+    whether the importances were computed."""
+    import warnings
+
+    import matplotlib
+    import optuna
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as vis
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=None, storage=optuna_storage_url(study_dir))  # its only study
+    states = pd.Series([t.state.name for t in study.trials]).value_counts()
+    complete = int(states.get("COMPLETE", 0))
+    plots = {"history.png": (vis.plot_optimization_history, (9, 4.5)),
+             "parallel.png": (vis.plot_parallel_coordinate, (18, 6)),
+             "intermediate.png": (vis.plot_intermediate_values, (9, 5))}
+    if complete >= IMPORTANCE_MIN_TRIALS:
+        plots["importances.png"] = (vis.plot_param_importances, (9, 5))
+        note = f"Parameter importances (fANOVA) over the {complete} trials that completed the full budget."
+    else:
+        note = (f"No parameter importances: {complete} trials completed the full budget, fewer than the "
+                f"{IMPORTANCE_MIN_TRIALS} that fANOVA needs to say more about the factors than about noise.")
+    for name, (plot, size) in plots.items():
+        if not complete and name != "intermediate.png":
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            ax = plot(study)
+        fig = ax.figure
+        fig.set_size_inches(*size)
+        fig.savefig(study_dir / name, dpi=90, bbox_inches="tight")
+        plt.close(fig)
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in states.items())
+    return f"Optuna study `{OPTUNA_DB}`: {len(study.trials)} trials ({counts}). {note}"
 
 
 def _plot(df: pd.DataFrame, path: Path) -> None:

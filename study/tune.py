@@ -1,15 +1,18 @@
 """`make tune`: the Ray Tune study. Optuna (seeded TPE) searches, ASHA stops early.
 
-The trial is a thin function over ``gtsrb.train.fit``. On a laptop it runs on a
-local Ray; with ``RAY_ADDRESS`` set it joins that cluster and spreads trials
-over every node (fractional GPUs per trial where there are GPUs).
+The trial is a thin function over ``gtsrb.train.fit`` with the accuracy recipe
+(``gtsrb.train.RECIPE``) on the ROI pack. On a laptop it runs on a local Ray;
+with ``RAY_ADDRESS`` set it joins that cluster and spreads trials over every
+node (fractional GPUs per trial where there are GPUs).
 
-    python -m study.tune --data data/gtsrb28.h5 [--profile cpu|gpu] [--smoke-test] [--name NAME]
+    python -m study.tune --data data/gtsrb28-roi.h5 [--profile cpu|gpu] [--smoke-test] [--name NAME]
     python -m study.tune --summarize results/study/NAME     # rewrite the summaries only
 
 Running the same command again after a crash or Ctrl-C continues the same
 study (finished trials are kept, errored ones resumed); a new study needs a
-new --name.
+new --name. The Optuna study is kept in ``results/study/NAME/optuna.db``
+(SQLite) with every trial, pruned ones included, for ``optuna.load_study``,
+Optuna's plots and optuna-dashboard.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STUDY_ROOT = REPO / "results" / "study"
 METRIC, MODE = "val_accuracy", "max"
+OPTUNA_DB = "optuna.db"  # the Optuna study, beside Ray's files: optuna.load_study(study_name=NAME, storage=URL)
 
 
 @dataclass(frozen=True)
@@ -40,19 +44,30 @@ class Profile:
     max_concurrent: int | None = None
 
 
+# ASHA's rule, every profile: the first rung is at half the schedule (grace = epochs // 2) and the
+# reduction factor is 2. So a trial is stopped only after half its one-cycle schedule, and only when
+# it sits in the bottom half of the trials that reached that rung; a slow starter still has half
+# its epochs to catch up before anyone judges it. results/REPORT.md checks the rule on the study's
+# own curves (how well the rung's ranking predicted the last epoch's).
 PROFILES = {
-    # 2-core laptop, real data, about 40 minutes: a quarter of the train split
-    # (6,270 images, whole tracks), a third of val (2,100), at most 8 epochs,
-    # ASHA rungs at 2, 4 and 8 epochs, 2 trials at a time with 1 CPU each.
-    "cpu": Profile(trials=12, epochs=8, grace=2, train_fraction=0.25, val_fraction=0.34,
+    # 2 cores, real data, the recipe, compared near convergence: 24 trials on the whole train split
+    # and the whole val split, 8 epochs (the recipe's schedule, which reaches 99% track-split test),
+    # rungs at 4 and 8 epochs, 2 trials at a time with 1 CPU each. Many hours on a 2-core CPU:
+    # `make tune` continues where it stopped.
+    "cpu": Profile(trials=24, epochs=8, grace=4, train_fraction=1.0, val_fraction=1.0,
                    cpus_per_trial=1, gpus_per_trial=0),
-    # GPUs: the full splits, longer schedules, 4 trials share each GPU.
-    "gpu": Profile(trials=48, epochs=15, grace=3, train_fraction=1.0, val_fraction=1.0,
+    # GPUs: more trials, a longer schedule, 4 trials share each GPU.
+    "gpu": Profile(trials=48, epochs=16, grace=8, train_fraction=1.0, val_fraction=1.0,
                    cpus_per_trial=2, gpus_per_trial=0.25),
     # The tests and `make tune SMOKE=1`: 3 trials, 2 epochs, a small share of the data.
     "smoke": Profile(trials=3, epochs=2, grace=1, train_fraction=0.05, val_fraction=0.2,
                      cpus_per_trial=1, gpus_per_trial=0, max_concurrent=2),
 }
+
+
+def optuna_storage_url(study_dir: Path) -> str:
+    """The SQLite URL of a study's Optuna storage (optuna-dashboard takes it too)."""
+    return f"sqlite:///{Path(study_dir).resolve() / OPTUNA_DB}"
 
 
 def train_trial(config: dict, data: str, profile: dict) -> None:
@@ -61,13 +76,15 @@ def train_trial(config: dict, data: str, profile: dict) -> None:
     from ray import tune
 
     from gtsrb.checkpoint import load_checkpoint
-    from gtsrb.train import TrainConfig, fit
-    from study.space import to_configs
+    from gtsrb.train import RECIPE, TrainConfig, fit, split_config
+    from study.space import best_config_json
 
     ctx = tune.get_context()
     # fit() sets torch's threads to this trial's CPUs.
     cpus = ctx.get_trial_resources().required_resources.get("CPU", 1)
-    model_config, train_over = to_configs(config)
+    # What `make train-best` would train from this trial's best_config.json: the accuracy recipe
+    # (gtsrb.train.RECIPE, model and training parts) on top of the trial's parameters.
+    model_config, train_over = split_config({**best_config_json(config), **RECIPE})
     # The trainer's event files and history live in the trial folder; its
     # checkpoints stay in a scratch folder (Ray keeps its own copy of each one).
     out_dir = Path(ctx.get_trial_dir()) / "train"
@@ -167,8 +184,8 @@ def build_tuner(trainable, profile: Profile, name: str, seed: int = 0):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
+    from study.searcher import PruningOptunaSearch
     from study.space import FIXED_POINTS, define_space
 
     seen = ray.cluster_resources()
@@ -177,12 +194,19 @@ def build_tuner(trainable, profile: Profile, name: str, seed: int = 0):
     else:
         slots = int(seen.get("CPU", 1) // profile.cpus_per_trial)
     concurrent = max(1, min(profile.max_concurrent or slots, slots))
-    searcher = OptunaSearch(
+    study_dir = study_root() / name
+    study_dir.mkdir(parents=True, exist_ok=True)
+    searcher = PruningOptunaSearch(
         space=define_space,
         metric=METRIC,
         mode=MODE,
         points_to_evaluate=list(FIXED_POINTS.values()),
         sampler=optuna.samplers.TPESampler(seed=seed),
+        # Every trial, pruned ones too, in a SQLite file in the study folder. Ray's restore reopens it by
+        # this path, so a study is continued where it was started.
+        storage=optuna.storages.RDBStorage(optuna_storage_url(study_dir)),
+        study_name=name,
+        max_t=profile.epochs,
     )
     return tune.Tuner(
         trainable,
@@ -220,7 +244,8 @@ def run_study(data: Path, profile: Profile, name: str, seed: int = 0):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m study.tune", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=REPO / "data" / "gtsrb28.h5", help="packed HDF5 (absolute path is used)")
+    p.add_argument("--data", type=Path, default=REPO / "data" / "gtsrb28-roi.h5",
+                   help="packed HDF5, made with --roi for the recipe (absolute path is used)")
     p.add_argument("--profile", choices=sorted(PROFILES), help="default: gpu where Ray sees GPUs, else cpu")
     p.add_argument("--smoke-test", action="store_true", help="3 short trials: about 3 minutes")
     p.add_argument("--name", help="study name (default: the profile's name); same name = continue")

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # a real Ray study
 from gtsrb.model import PRESETS
 from gtsrb.train import split_config
 from study.space import FIXED_POINTS, NO_SE_POINT, SEED_POINT, best_config_json, define_space, to_configs
-from study.tune import REPO
+from study.tune import REPO, optuna_storage_url
 
 
 def test_fixed_points_are_the_seed_and_the_seed_without_se():
@@ -135,8 +135,10 @@ def test_smoke_study_runs_without_errors_and_writes_its_summaries(smoke_study):
     study_dir, r, _ = smoke_study
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     assert "trial error" not in r.stderr
-    for name in ("summary.csv", "best_config.json", "top.md", "params.png"):
+    for name in ("summary.csv", "curves.csv", "best_config.json", "top.md", "optuna.db", "params.png", "history.png",
+                 "parallel.png", "intermediate.png"):
         assert (study_dir / name).is_file(), name
+    assert "No parameter importances: " in (study_dir / "top.md").read_text()  # 3 trials are too few
     summary = pd.read_csv(study_dir / "summary.csv")
     assert len(summary) == 3 and (summary["status"] == "TERMINATED").all()
     best = json.loads((study_dir / "best_config.json").read_text())
@@ -163,6 +165,40 @@ def test_a_trial_killed_on_purpose_is_retried_from_its_checkpoint(smoke_study):
     trial_dir = study_dir / retried.iloc[0]["trial_dir"]
     epochs = [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
     assert epochs == [1, 2]
+
+
+def test_the_optuna_study_holds_every_trial_with_asha_stops_as_pruned(smoke_study):
+    study_dir, _, _ = smoke_study
+    study = optuna.load_study(study_name="smoke", storage=optuna_storage_url(study_dir))
+    summary = pd.read_csv(study_dir / "summary.csv")
+    assert len(study.trials) == len(summary) == 3
+    by_params = {json.dumps({k: v for k, v in sorted(t.params.items())}): t for t in study.trials}
+    for trial_dir in summary["trial_dir"]:
+        params = json.loads((study_dir / trial_dir / "params.json").read_text())
+        t = by_params[json.dumps(dict(sorted(params.items())))]
+        curve = [json.loads(line)["val_accuracy"] for line in (study_dir / trial_dir / "result.json").read_text().splitlines()]
+        assert list(t.intermediate_values.values()) == pytest.approx(curve)
+        if len(curve) < 2:  # ASHA stopped it at the first rung
+            assert t.state == optuna.trial.TrialState.PRUNED
+        else:
+            assert t.state == optuna.trial.TrialState.COMPLETE and t.value == pytest.approx(curve[-1])
+
+
+def test_an_asha_stop_is_told_to_optuna_as_pruned_and_a_full_run_as_complete():
+    from study.searcher import PruningOptunaSearch
+    from study.space import define_space
+
+    search = PruningOptunaSearch(space=define_space, metric="val_accuracy", mode="max", max_t=4)
+    for trial_id, epochs in (("stopped", 2), ("full", 4)):
+        search.suggest(trial_id)
+        for epoch in range(1, epochs + 1):
+            result = {"val_accuracy": epoch / 10, "epoch": epoch, "training_iteration": 1 + epoch % 2}
+            if epoch < epochs:
+                search.on_trial_result(trial_id, result)
+        search.on_trial_complete(trial_id, result)  # Ray hands the last result to this one only
+    stopped, full = search._ot_study.trials
+    assert stopped.state == optuna.trial.TrialState.PRUNED and stopped.intermediate_values == {1: 0.1, 2: 0.2}
+    assert full.state == optuna.trial.TrialState.COMPLETE and full.value == 0.4
 
 
 def test_trainer_event_files_live_inside_each_trial_folder(smoke_study):
@@ -221,6 +257,14 @@ def test_an_interrupted_driver_resumes_without_rerunning_finished_trials(synthet
         assert after[trial] == n_results, f"{trial} was run again"
     summary = pd.read_csv(study_dir / "summary.csv")
     assert len(summary) == 3 and (summary["status"] == "TERMINATED").all()
+    # The Optuna study went on in the same SQLite file: the trials told before the interrupt are still
+    # there (TPE's history), and the study ends with the 3 trials told once each.
+    study = optuna.load_study(study_name="resume", storage=optuna_storage_url(study_dir))
+    told = [t for t in study.trials if t.state.is_finished()]
+    assert len(told) == 3
+    told_params = [t.params for t in told]
+    for trial in finished:
+        assert json.loads((study_dir / trial / "params.json").read_text()) in told_params, trial
 
 
 def test_the_trials_ran_on_both_ray_nodes_and_the_script_stopped_the_cluster(smoke_study):
