@@ -13,7 +13,8 @@ the schedule is fixed, nothing is chosen on val. Arms:
 - ``no_<piece>``: the recipe without one piece (``no_roi`` trains on the
   full-frame pack instead);
 - ``balanced``, ``ema``: the recipe plus class-balanced sampling, or plus an EMA of
-  the weights (candidates it does not hold). The EMA does not change the training
+  the weights (candidates it does not hold);
+- ``long``: the recipe for LONG times ``--epochs`` (the same one-cycle schedule, stretched). The EMA does not change the training
   trajectory, so the ``ema`` record also scores the run's raw weights (``raw``):
   the EMA's effect is an exactly paired difference within one run.
 
@@ -39,12 +40,13 @@ from gtsrb.util import machine, write_text_atomic
 PIECES = {"norm": "input_norm", "mirror": "mirror", "smoothing": "label_smoothing"}
 # Candidates the recipe does not hold, each added to it.
 EXTRAS: dict[str, dict] = {"balanced": {"balanced": True}, "ema": {"ema_decay": 0.998}}
-ARMS = ("recipe", "old", "no_roi", *(f"no_{p}" for p in PIECES), *EXTRAS)
+LONG = 2  # the long arm trains this many times --epochs
+ARMS = ("recipe", "old", "no_roi", *(f"no_{p}" for p in PIECES), *EXTRAS, "long")
 
 
 def arm_spec(arm: str) -> tuple[dict, bool]:
     """(config overrides on top of the preset, whether the arm trains on the ROI pack)."""
-    if arm == "recipe":
+    if arm in ("recipe", "long"):
         return dict(RECIPE), True
     if arm == "old":
         return {}, True
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"recipe: error: arm {arm} needs --full-frame-data", file=sys.stderr)
                 return 2
             model_config, train_over = split_config({**base_config(a.preset, a.config), **overrides})
-            train_config = TrainConfig(**{**train_over, "epochs": a.epochs, "seed": seed,
+            epochs = a.epochs * (LONG if arm == "long" else 1)
+            train_config = TrainConfig(**{**train_over, "epochs": epochs, "seed": seed,
                                               "train_fraction": a.train_fraction, "histograms": False})
             out = a.runs / a.preset / arm / f"seed{seed}"
             print(f"{a.preset} {arm} seed {seed}: training -> {out}", flush=True)

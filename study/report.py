@@ -285,6 +285,7 @@ RECIPE_LABELS = {
     "no_smoothing": "recipe without label smoothing",
     "ema": "recipe + EMA of the weights (decay 0.998)",
     "balanced": "recipe + class-balanced sampling",
+    "long": "recipe, twice the epochs",
 }
 
 
@@ -330,10 +331,11 @@ def recipe_table(df: pd.DataFrame) -> str:
     header = ["arm", "seed(s)", "val acc %", "test acc %", "Δ val vs recipe (points)", "Δ test vs recipe (points)",
               "epochs", "min per run", "s per epoch"]
     notes = [f"- {RECIPE_LABELS[r['arm']]}, seed {r['seed']}: {r['from']}." for _, r in df.iterrows() if r["from"]]
-    r0 = df.iloc[0]
+    r0 = df[df["arm"] != "long"].iloc[0]
+    long = " (the long arm: twice that)" if (df["arm"] == "long").any() else ""
     text = (md_table(header, rows) + "\n\n"
             f"Each run: the `{r0['preset']}` configuration, the track split's whole train part, {r0['epochs']} "
-            f"epochs, batch 128, one-cycle, scored at its last epoch (no selection on val); test = the held-out "
+            f"epochs{long}, batch 128, one-cycle, scored at its last epoch (no selection on val); test = the held-out "
             f"test split (n={r0['test_n']}). A seed fixes the initial weights and the data order, so Δ is a paired "
             f"difference (mean ± std over seeds). Hardware: {machine_text(r0['machine'])}. Command: "
             f"`{r0['command']}` (per arm: `make recipe`).")

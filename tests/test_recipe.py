@@ -138,6 +138,7 @@ def test_recipe_arms_drop_exactly_one_piece():
         assert roi and set(RECIPE) - set(over) == {key}
     assert arm_spec("balanced")[0] == {**RECIPE, "balanced": True}
     assert arm_spec("ema")[0]["ema_decay"] > 0 and "ema_decay" not in RECIPE
+    assert arm_spec("long") == (RECIPE, True)  # the recipe; main() doubles its epochs
     for arm in ARMS:
         arm_spec(arm)
     with pytest.raises(ValueError, match="unknown arm"):
@@ -148,8 +149,9 @@ def test_recipe_arms_drop_exactly_one_piece():
 def test_the_recipe_ablation_records_each_run_once(synthetic_pack, tmp_path, capsys):
     from study.recipe import main as recipe
 
-    args = ["--data", str(synthetic_pack), "--full-frame-data", str(synthetic_pack), "--arms", "recipe", "no_roi",
-            "--seeds", "0", "--epochs", "1", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]
+    args = ["--data", str(synthetic_pack), "--full-frame-data", str(synthetic_pack),
+            "--arms", "recipe", "no_roi", "long", "--seeds", "0", "--epochs", "1",
+            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]
     # The seed preset is slow for a unit test; a config file with the tiny layout stands in for "best".
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps({"cfg": list(TINY.cfg)}))
@@ -160,8 +162,10 @@ def test_the_recipe_ablation_records_each_run_once(synthetic_pack, tmp_path, cap
     assert rec["val_accuracy"] == pytest.approx(rec["history"][-1]["val_accuracy"], abs=0.02)
     assert 0 <= rec["test"]["accuracy"] <= 1
     assert not json.loads((tmp_path / "res" / "best" / "no_roi-seed0.json").read_text())["roi"]
+    long = json.loads((tmp_path / "res" / "best" / "long-seed0.json").read_text())
+    assert long["train_config"]["epochs"] == 2 and len(long["history"]) == 2 and long["roi"]
     # The EMA arm also scores its raw weights, which follow the recipe arm's trajectory exactly.
-    assert recipe([*args[:5], "ema", *args[7:], "--preset", "best", "--config", str(cfg)]) == 0
+    assert recipe([*args[:5], "ema", *args[8:], "--preset", "best", "--config", str(cfg)]) == 0
     ema = json.loads((tmp_path / "res" / "best" / "ema-seed0.json").read_text())
     assert ema["raw"]["val_accuracy"] == rec["val_accuracy"]
     assert ema["raw"]["test_accuracy"] == rec["test"]["accuracy"]
