@@ -31,9 +31,13 @@ from gtsrb.plots import plt, save_figure
 from gtsrb.util import machine, write_text_atomic
 
 ARM_LABELS = {"seed": "seed preset (SE on all 5 stages)", "no_se": "no SE (plain VGG-11)",
-              "best": "study best config", "seed_random": "seed preset, random split"}
-ARM_COLORS = {"seed": "tab:orange", "no_se": "tab:gray", "best": "tab:blue"}
-THRESHOLDS = (0.80, 0.90, 0.95, 0.98)
+              "best": "study best config", "top1": "study's best config", "top2": "study's 2nd config",
+              "top3": "study's 3rd config", "seed_random": "seed preset, random split"}
+ARM_COLORS = {"seed": "tab:orange", "no_se": "tab:gray", "best": "tab:blue", "top1": "tab:blue",
+              "top2": "tab:green", "top3": "tab:purple"}
+# The arms compared in the tables, in this order (study.ablation; "best" is the earlier ablation's top1).
+COMPARED = ("seed", "no_se", "best", "top1", "top2", "top3")
+THRESHOLDS = (0.80, 0.90, 0.95, 0.98, 0.99)
 # The cited CPU bench run (results/SPEED.md): `make bench` on the development machine.
 BENCH_CPU = "results/bench/2026-12-01-cpu-2core-amd-avx2.json"
 
@@ -84,6 +88,8 @@ def load_ablation(folder: Path) -> pd.DataFrame:
             "final_val": r["history"][-1]["val_accuracy"],
             "best_val": max(h["val_accuracy"] for h in r["history"]),
             "test": r["test"]["accuracy"], "test_f1": r["test"]["macro_f1"], "test_n": r["test"]["n"],
+            "test_ece": r["test"].get("ece", np.nan), "test_at": r.get("test_at", "best-val epoch"),
+            "recipe": bool(r.get("recipe")),
             "wall_seconds": r["wall_seconds"], "epochs": r["train_config"]["epochs"],
             "train_fraction": r["train_config"]["train_fraction"], "val_fraction": r["train_config"]["val_fraction"],
             "machine": r.get("machine", "?"), "command": r.get("command", ""),
@@ -93,7 +99,7 @@ def load_ablation(folder: Path) -> pd.DataFrame:
 
 def ablation_table(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     rows, csv = [], []
-    for arm in ("seed", "no_se", "best"):
+    for arm in COMPARED:
         d = df[df["arm"] == arm]
         if d.empty:
             continue
@@ -102,12 +108,14 @@ def ablation_table(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
             eps = [first_epoch(c, t) for c in d["curve"]]
             hit = [e for e in eps if e is not None]
             reach[t] = (f"{pm(hit, 1, 1)} ({len(hit)}/{len(eps)} runs)" if hit else f"not reached (0/{len(eps)})")
-        rows.append([ARM_LABELS[arm], len(d), pm(d["final_val"]), pm(d["best_val"]), pm(d["test"]),
+        ece = pm(d["test_ece"]) if d["test_ece"].notna().all() else "–"
+        rows.append([ARM_LABELS[arm], len(d), pm(d["final_val"]), pm(d["best_val"]), pm(d["test"]), ece,
                      *(reach[t] for t in THRESHOLDS), f"{d['wall_seconds'].mean() / 60:.1f}"])
         csv.append({"arm": arm, "runs": len(d), "final_val_mean": d["final_val"].mean(),
                     "final_val_std": d["final_val"].std(ddof=1), "test_mean": d["test"].mean(),
                     "test_std": d["test"].std(ddof=1), **{f"epochs_to_{t:.0%}": reach[t] for t in THRESHOLDS}})
-    header = ["arm", "seeds", "final val acc %", "best val acc %", "test acc % (best-val epoch)",
+    test_at = " / ".join(sorted(set(df["test_at"])))
+    header = ["arm", "seeds", "final val acc %", "best val acc %", f"test acc % ({test_at})", "test ECE %",
               *(f"epochs to {t:.0%} val" for t in THRESHOLDS), "min per run"]
     return md_table(header, rows), pd.DataFrame(csv)
 
@@ -115,7 +123,9 @@ def ablation_table(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
 def paired_table(df: pd.DataFrame) -> str:
     """Arm differences seed by seed: a seed fixes the train/val subsets, so the pairs share their data."""
     rows = []
-    for a, b in (("best", "seed"), ("no_se", "seed"), ("best", "no_se")):
+    present = [arm for arm in COMPARED if (df["arm"] == arm).any()]
+    pairs = [(a, "seed") for a in present if a != "seed"] + [(a, "no_se") for a in present if a not in ("seed", "no_se")]
+    for a, b in pairs:
         x = df[df["arm"] == a].set_index("seed")
         y = df[df["arm"] == b].set_index("seed")
         common = sorted(set(x.index) & set(y.index))
@@ -138,7 +148,7 @@ def machine_text(m) -> str:
 
 def ablation_figure(df: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for arm in ("seed", "no_se", "best"):
+    for arm in ("seed", "no_se", "best", "top1"):
         d = df[df["arm"] == arm]
         if d.empty:
             continue
@@ -707,15 +717,19 @@ def main(argv: list[str] | None = None) -> int:
         csv.to_csv(a.out / "ablation.csv", index=False)
         ablation_figure(df, a.out / "ablation_curves.png")
         r = df.iloc[0]
-        blocks["ablation"] = (table + f"\n\nEach run: {r['train_fraction']:.0%} of the train split and "
+        recipe = "the accuracy recipe on the ROI pack" if r["recipe"] else "the recipe of its day (no RECIPE pieces)"
+        blocks["ablation"] = (table + f"\n\nEach run: {recipe}, {r['train_fraction']:.0%} of the train split and "
                               f"{r['val_fraction']:.0%} of the val split (track-grouped subsets), {r['epochs']} "
-                              f"epochs, batch 128, one-cycle; test = the full test split (n={r['test_n']}). "
+                              f"epochs, batch 128, one-cycle; test = the full test split (n={r['test_n']}) at the "
+                              f"{r['test_at']}. "
                               f"A seed sets the initialisation and the subsets, so arms with the same seed saw the "
                               f"same images. Hardware: {machine_text(r['machine'])}; wall time "
                               f"{df['wall_seconds'].sum() / 60:.0f} min for all {len(df)} runs (including the "
                               f"leakage run). Command: `{r['command']}`.\n\nPaired by seed:\n\n" + paired_table(df))
         blocks["leakage"], headline["leakage"] = leakage_table(df)
-        for arm in ("seed", "no_se", "best"):
+        headline["ablation_budget"] = (f"{'the recipe' if r['recipe'] else 'old recipe'}, "
+                                       f"{r['train_fraction']:.0%} of train, {r['epochs']} epochs")
+        for arm in COMPARED:
             d = df[df["arm"] == arm]
             if len(d):
                 headline[arm] = {"final_val": pm(d["final_val"]), "test": pm(d["test"]), "runs": len(d)}
@@ -805,8 +819,8 @@ def main(argv: list[str] | None = None) -> int:
             h += (f"; {vs} points on test against the old recipe, paired over {rc['pairs']} seed(s)."
                   if "vs_old" in rc else ".")
         rows = [[ARM_LABELS[k], headline[k]["runs"], headline[k]["final_val"], headline[k]["test"]]
-                for k in ("best", "seed", "no_se")]
-        h += "\n\nSE ablation (old recipe, small budget; `make ablation`):\n\n"
+                for k in COMPARED if k in headline]
+        h += f"\n\nSE ablation ({headline.get('ablation_budget', '?')}; `make ablation`):\n\n"
         h += md_table(["model (ablation budget)", "seeds", "final val acc %", "test acc %"], rows)
         h += "\n"
         if headline.get("specificity"):

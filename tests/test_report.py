@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 def test_report_fill_rewrites_only_its_block(tmp_path):
     from study.report import fill, first_epoch, pm
 
@@ -17,10 +19,44 @@ def test_report_fill_rewrites_only_its_block(tmp_path):
 def test_ablation_plan_runs_every_arm_per_seed_and_leakage_once():
     from study.ablation import plan
 
-    runs = plan(["seed", "no_se", "best", "seed_random"], [0, 1, 2])
-    assert runs[:4] == [("seed", 0), ("no_se", 0), ("best", 0), ("seed_random", 0)]
+    runs = plan(["seed", "no_se", "top1", "seed_random"], [0, 1, 2])
+    assert runs[:4] == [("seed", 0), ("no_se", 0), ("top1", 0), ("seed_random", 0)]
     assert len(runs) == 10 and runs.count(("seed_random", 0)) == 1
     assert json.dumps(runs)  # plain values
+
+
+def test_ablation_top_arms_are_the_studys_best_full_budget_trials_by_last_epoch(tmp_path):
+    import pandas as pd
+
+    from gtsrb.train import split_config
+    from study.ablation import arm_spec, top_configs
+
+    base = {"se_form": "gate", "se_position": "post_act", "pool": "max", "lr": 2e-3, "weight_decay": 0.05,
+            "classifier_dropout": 0.5}
+    trials = [  # (trial, epochs run, val curve, SE stages, r, conv dropout)
+        ("a", 4, [0.9, 0.99, 0.99, 0.95], (1, 0, 0, 0, 1), 8, 0.1),   # best at any epoch, not at the last
+        ("b", 4, [0.5, 0.8, 0.9, 0.97], (0, 1, 0, 0, 0), 16, 0.2),
+        ("c", 2, [0.98, 0.99], (1, 1, 1, 1, 1), 4, 0.3),              # stopped early: never a top arm
+        ("d", 4, [0.6, 0.7, 0.8, 0.96], (0, 0, 0, 0, 0), None, 0.4),  # no SE: no form, position or r
+    ]
+    summary, curves = [], []
+    for trial, epochs, curve, stages, r, drop in trials:
+        se = {**base, "se_reduction": r} if any(stages) else {"pool": "max", "lr": 2e-3, "weight_decay": 0.05,
+                                                              "classifier_dropout": 0.5}
+        summary.append({"trial_id": trial, **{f"se_stage{i + 1}": bool(v) for i, v in enumerate(stages)}, **se,
+                        "conv_dropout": drop, "best_val_accuracy": max(curve), "epochs_run": epochs})
+        curves += [{"trial_id": trial, "epoch": e + 1, "val_accuracy": v} for e, v in enumerate(curve)]
+    pd.DataFrame(summary).to_csv(tmp_path / "summary.csv", index=False)
+    pd.DataFrame(curves).to_csv(tmp_path / "curves.csv", index=False)
+    top = top_configs(tmp_path)
+    assert [c["conv_dropout"] for c in top] == [0.2, 0.4, 0.1]  # b, d, a: last epoch's val, full budget only
+    assert top[0]["se_stages"] == [False, True, False, False, False] and top[0]["se_reduction"] == 16
+    assert not any(top[1]["se_stages"])
+    for c in top:
+        split_config(c)  # each builds a ModelConfig and TrainConfig overrides
+    assert arm_spec("top2", tmp_path) == (top[1], "track")
+    with pytest.raises(ValueError, match="needs a study"):
+        arm_spec("top1", None)
 
 
 def test_report_gpu_table_shows_each_variant_its_peak_share_and_fallbacks():
