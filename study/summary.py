@@ -53,7 +53,9 @@ def load_trials(study_dir: Path) -> pd.DataFrame:
         config = {k: v for k, v in json.loads(params_file.read_text()).items() if k in PARAM_ORDER}
         results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()
                    if line.strip()] if (trial_dir / "result.json").exists() else []
-        results = [r for r in results if "val_accuracy" in r]
+        # One result per epoch, the latest: a trial that started over (its checkpoint's weights were not
+        # on the machine that continued the study) reported its first epochs twice.
+        results = sorted({r["epoch"]: r for r in results if "val_accuracy" in r}.values(), key=lambda r: r["epoch"])
         best = max(results, key=lambda r: r["val_accuracy"]) if results else None
         rows.append({
             "trial_id": results[0]["trial_id"] if results else trial_dir.name.split("_")[2],

@@ -70,6 +70,13 @@ def optuna_storage_url(study_dir: Path) -> str:
     return f"sqlite:///{Path(study_dir).resolve() / OPTUNA_DB}"
 
 
+def _has_file(checkpoint, name: str) -> bool:
+    """Whether a Ray checkpoint (on whatever filesystem Ray stores it) holds the file."""
+    import pyarrow.fs
+
+    return checkpoint.filesystem.get_file_info(f"{checkpoint.path}/{name}").type != pyarrow.fs.FileType.NotFound
+
+
 def train_trial(config: dict, data: str, profile: dict) -> None:
     """One trial: ModelConfig from the trial's parameters, then gtsrb's trainer."""
     import ray
@@ -90,13 +97,16 @@ def train_trial(config: dict, data: str, profile: dict) -> None:
     out_dir = Path(ctx.get_trial_dir()) / "train"
     scratch = Path(tempfile.mkdtemp(prefix="gtsrb-trial-"))
 
-    # Resume from Ray's checkpoint (after a failure, or a restored study).
+    # Resume from Ray's checkpoint (after a failure, or a restored study). A study carried to another
+    # machine by git has its checkpoint folders without their weights: its unfinished trials start over.
     resumed_from = 0
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
+    if checkpoint is not None and _has_file(checkpoint, "last.pt"):
         with checkpoint.as_directory() as d:
             shutil.copy(Path(d) / "last.pt", scratch / "last.pt")
         resumed_from = int(load_checkpoint(scratch / "last.pt")["epoch"])
+    elif checkpoint is not None:
+        print(f"trial: checkpoint {checkpoint.path} is not on this machine: starting over", file=sys.stderr)
     node_id = ray.get_runtime_context().get_node_id()
 
     def report(row: dict, ckpt_dir: Path) -> None:
@@ -114,6 +124,9 @@ def train_trial(config: dict, data: str, profile: dict) -> None:
         with tempfile.TemporaryDirectory(dir=ckpt_dir) as tmp:
             # A hard link, not a copy: Ray copies the file into storage itself.
             os.link(ckpt_dir / "last.pt", Path(tmp) / "last.pt")
+            # What git carries of a checkpoint (last.pt is ignored): Ray finds the folder on a fresh
+            # clone, and the trial, finding no weights in it, starts over.
+            (Path(tmp) / "epoch.json").write_text(json.dumps({"epoch": row["epoch"]}) + "\n")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train_config = TrainConfig(
