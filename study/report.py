@@ -203,10 +203,47 @@ FACTORS = [("se_stage1", "SE in stage 1"), ("se_stage2", "SE in stage 2"), ("se_
            ("conv_dropout", "conv dropout"), ("classifier_dropout", "classifier dropout")]
 
 
-def effects_table(study: Path, at_epoch: int = 2) -> tuple[str, int]:
-    """Grouped comparison: per factor level, val accuracy at a fixed epoch that every trial reached."""
+FLAT_POINTS = 0.3  # a curve is flat at its end when its last epoch gained at most this much val accuracy
+
+
+def first_rung(summary: pd.DataFrame) -> int:
+    """The epoch every finished trial reached: ASHA's first rung."""
+    done = summary[summary["status"] == "TERMINATED"]
+    return int((done if len(done) else summary)["epochs_run"].min())
+
+
+def rung_check(study: Path) -> str:
+    """Did ASHA's first rung keep the good finishers, and were the finishers' curves flat at the end?"""
+    from scipy.stats import spearmanr
+
+    summary = pd.read_csv(study / "summary.csv")
+    curves = pd.read_csv(study / "curves.csv").pivot_table(index="trial_id", columns="epoch", values="val_accuracy")
+    rung, last = first_rung(summary), int(summary["epochs_run"].max())
+    full = summary.loc[summary["epochs_run"] == last, "trial_id"]
+    if rung >= last or len(full) < 3:
+        return (f"ASHA check: {len(full)} trial(s) ran all {last} epochs and the first rung is at epoch {rung}: "
+                f"too few to check the rule on.")
+    at_rung, at_last = curves.loc[full, rung], curves.loc[full, last]
+    rho = spearmanr(at_rung, at_last).statistic
+    winner = at_last.idxmax()
+    rank = int((curves[rung].dropna() > curves.loc[winner, rung]).sum()) + 1
+    gain = (curves.loc[full, last] - curves.loc[full, last - 1]) * 100
+    flat = int((gain <= FLAT_POINTS).sum())
+    return (f"**ASHA's rule on this study's curves.** First rung at epoch {rung}: {len(summary) - len(full)} trials "
+            f"stopped there or earlier, {len(full)} ran all {last} epochs. Among those {len(full)}, the rank "
+            f"correlation (Spearman) between val accuracy at epoch {rung} and at epoch {last} is ρ = {rho:.2f}; the "
+            f"best finisher (`{winner}`, {at_last[winner] * 100:.2f}%) ranked {rank} of "
+            f"{int(curves[rung].notna().sum())} trials at epoch {rung}. **Flat at the end:** {flat} of {len(full)} "
+            f"finishers gained at most {FLAT_POINTS} points of val accuracy over their last epoch (largest gain "
+            f"{gain.max():+.2f} points).")
+
+
+def effects_table(study: Path, at_epoch: int | None = None) -> tuple[str, int]:
+    """Grouped comparison: per factor level, val accuracy at a fixed epoch that every trial reached
+    (default: ASHA's first rung)."""
     summary = pd.read_csv(study / "summary.csv")
     curves = pd.read_csv(study / "curves.csv")
+    at_epoch = at_epoch or first_rung(summary)
     at = curves[curves["epoch"] == at_epoch].set_index("trial_id")["val_accuracy"]
     final_epoch = int(curves["epoch"].max())
     fin = curves[curves["epoch"] == final_epoch].set_index("trial_id")["val_accuracy"]
@@ -764,7 +801,7 @@ def main(argv: list[str] | None = None) -> int:
         blocks["best"] = release_text(m, hist, split) if "release" in m else best_run_text(m, hist)
     if (a.study / "curves.csv").is_file():
         blocks["effects"], n_trials = effects_table(a.study)
-        blocks["effects"] += f"\n\n{n_trials} trials in `{a.study}` back this table."
+        blocks["effects"] += f"\n\n{n_trials} trials in `{a.study}` back this table.\n\n" + rung_check(a.study)
     if a.checkpoint.is_file():
         from gtsrb.util import sha256_file
 

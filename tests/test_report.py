@@ -179,3 +179,24 @@ def test_report_recipe_table_pairs_arms_by_seed_and_names_borrowed_rows(tmp_path
     ema_row = next(line for line in text.splitlines() if line.startswith("| recipe + EMA"))
     assert "-1.50 (n=1)" in ema_row
     assert "raw weights of `best/ema-seed0.json`" in text
+
+
+def test_rung_check_reads_the_rank_correlation_and_flatness_off_the_curves(tmp_path):
+    import pandas as pd
+
+    from study.report import effects_table, rung_check
+
+    curves = {  # trial: val per epoch; c and d were stopped at ASHA's first rung (epoch 2)
+        "a": [0.50, 0.90, 0.950, 0.952], "b": [0.40, 0.80, 0.900, 0.990], "e": [0.45, 0.85, 0.930, 0.932],
+        "c": [0.30, 0.60], "d": [0.20, 0.70]}
+    pd.DataFrame([{"trial_id": t, "epochs_run": len(c), "status": "TERMINATED", "pool": "max",
+                   **{f"se_stage{i}": False for i in range(1, 6)}, "conv_dropout": 0.1, "classifier_dropout": 0.5}
+                  for t, c in curves.items()]).to_csv(tmp_path / "summary.csv", index=False)
+    pd.DataFrame([{"trial_id": t, "epoch": e + 1, "val_accuracy": v} for t, c in curves.items()
+                  for e, v in enumerate(c)]).to_csv(tmp_path / "curves.csv", index=False)
+    text = rung_check(tmp_path)
+    assert "First rung at epoch 2: 2 trials stopped there or earlier, 3 ran all 4 epochs" in text
+    assert "ρ = -0.50" in text  # ranks (a, b, e): (3, 1, 2) at epoch 2 against (2, 3, 1) at epoch 4
+    assert "best finisher (`b`, 99.00%) ranked 3 of 5 trials at epoch 2" in text
+    assert "2 of 3 finishers gained at most 0.3 points" in text and "largest gain +9.00 points" in text
+    assert "mean val % at epoch 2" in effects_table(tmp_path)[0]  # the effects compare trials at the first rung
