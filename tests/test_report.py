@@ -190,7 +190,8 @@ def test_rung_check_reads_the_rank_correlation_and_flatness_off_the_curves(tmp_p
         "a": [0.50, 0.90, 0.950, 0.952], "b": [0.40, 0.80, 0.900, 0.990], "e": [0.45, 0.85, 0.930, 0.932],
         "c": [0.30, 0.60], "d": [0.20, 0.70]}
     pd.DataFrame([{"trial_id": t, "epochs_run": len(c), "status": "TERMINATED", "pool": "max",
-                   **{f"se_stage{i}": False for i in range(1, 6)}, "conv_dropout": 0.1, "classifier_dropout": 0.5}
+                   **{f"se_stage{i}": False for i in range(1, 6)}, "se_form": None, "se_position": None,
+                   "se_reduction": None, "conv_dropout": 0.1, "classifier_dropout": 0.5}
                   for t, c in curves.items()]).to_csv(tmp_path / "summary.csv", index=False)
     pd.DataFrame([{"trial_id": t, "epoch": e + 1, "val_accuracy": v} for t, c in curves.items()
                   for e, v in enumerate(c)]).to_csv(tmp_path / "curves.csv", index=False)
