@@ -36,15 +36,19 @@ OPTUNA_DB = "optuna.db"  # the Optuna study, beside Ray's files: optuna.load_stu
 class Profile:
     trials: int
     epochs: int  # the most a trial runs (ASHA's max_t)
-    grace: int  # ASHA: epochs every trial gets
     train_fraction: float  # track-grouped share of the train split
     val_fraction: float
     cpus_per_trial: float
     gpus_per_trial: float
     max_concurrent: int | None = None
 
+    @property
+    def grace(self) -> int:
+        """ASHA's first rung, the epochs every trial gets: half the schedule (see PROFILES)."""
+        return max(1, self.epochs // 2)
 
-# ASHA's rule, every profile: the first rung is at half the schedule (grace = epochs // 2) and the
+
+# ASHA's rule, every profile: the first rung is at half the schedule (Profile.grace) and the
 # reduction factor is 2. So a trial is stopped only after half its one-cycle schedule, and only when
 # it sits in the bottom half of the trials that reached that rung; a slow starter still has half
 # its epochs to catch up before anyone judges it. results/REPORT.md checks the rule on the study's
@@ -54,13 +58,13 @@ PROFILES = {
     # and the whole val split, 8 epochs (the recipe's schedule, which reaches 99% track-split test),
     # rungs at 4 and 8 epochs, 2 trials at a time with 1 CPU each. Many hours on a 2-core CPU:
     # `make tune` continues where it stopped.
-    "cpu": Profile(trials=24, epochs=8, grace=4, train_fraction=1.0, val_fraction=1.0,
+    "cpu": Profile(trials=24, epochs=8, train_fraction=1.0, val_fraction=1.0,
                    cpus_per_trial=1, gpus_per_trial=0),
     # GPUs: more trials, a longer schedule, 4 trials share each GPU.
-    "gpu": Profile(trials=48, epochs=16, grace=8, train_fraction=1.0, val_fraction=1.0,
+    "gpu": Profile(trials=48, epochs=16, train_fraction=1.0, val_fraction=1.0,
                    cpus_per_trial=2, gpus_per_trial=0.25),
     # The tests and `make tune SMOKE=1`: 3 trials, 2 epochs, a small share of the data.
-    "smoke": Profile(trials=3, epochs=2, grace=1, train_fraction=0.05, val_fraction=0.2,
+    "smoke": Profile(trials=3, epochs=2, train_fraction=0.05, val_fraction=0.2,
                      cpus_per_trial=1, gpus_per_trial=0, max_concurrent=2),
 }
 
@@ -227,8 +231,8 @@ def build_tuner(trainable, profile: Profile, name: str, seed: int = 0):
         # OptunaSearch takes them only when it is built.
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent),
-            scheduler=ASHAScheduler(metric=METRIC, mode=MODE, time_attr="epoch", max_t=profile.epochs, grace_period=profile.grace,
-                                    reduction_factor=2),
+            scheduler=ASHAScheduler(metric=METRIC, mode=MODE, time_attr="epoch", max_t=profile.epochs,
+                                    grace_period=profile.grace, reduction_factor=2),
             num_samples=profile.trials,
         ),
         run_config=tune.RunConfig(
@@ -290,10 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         }.items() if v is not None
     }
     profile = replace(profile, **overrides)
-    if profile.grace > profile.epochs:
-        profile = replace(profile, grace=profile.epochs)
     name = a.name or ("smoke" if a.smoke_test else (a.profile or ("gpu" if profile.gpus_per_trial else "cpu")))
-    print(f"study {name}: {json.dumps(asdict(profile))}", file=sys.stderr)
+    print(f"study {name}: {json.dumps({**asdict(profile), 'grace': profile.grace})}", file=sys.stderr)
     results = run_study(data, profile, name, a.seed)
     print(write_summaries(study_root() / name, max_epochs=profile.epochs))
     if results.errors:
