@@ -13,10 +13,10 @@ the schedule is fixed, nothing is chosen on val. Arms:
 - ``no_<piece>``: the recipe without one piece (``no_roi`` trains on the
   full-frame pack instead);
 - ``balanced``, ``ema``: the recipe plus class-balanced sampling, or plus an EMA of
-  the weights (candidates it does not hold);
-- ``long``: the recipe for LONG times ``--epochs`` (the same one-cycle schedule, stretched). The EMA does not change the training
+  the weights (candidates it does not hold). The EMA does not change the training
   trajectory, so the ``ema`` record also scores the run's raw weights (``raw``):
-  the EMA's effect is an exactly paired difference within one run.
+  the EMA's effect is an exactly paired difference within one run;
+- ``long``: the recipe for LONG times ``--epochs`` (the same one-cycle schedule, stretched).
 
 Seed k of every arm shares the initial weights' seed and the data order's seed, so
 arms are compared as paired differences. Each finished run writes
