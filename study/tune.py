@@ -29,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STUDY_ROOT = REPO / "results" / "study"
 METRIC, MODE = "val_accuracy", "max"
+PROFILE_FILE = "profile.json"  # how the study was run: the profile after overrides, the data, the command
 OPTUNA_DB = "optuna.db"  # the Optuna study, beside Ray's files: optuna.load_study(study_name=NAME, storage=URL)
 
 
@@ -295,7 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     profile = replace(profile, **overrides)
     name = a.name or ("smoke" if a.smoke_test else (a.profile or ("gpu" if profile.gpus_per_trial else "cpu")))
-    print(f"study {name}: {json.dumps({**asdict(profile), 'grace': profile.grace})}", file=sys.stderr)
+    record = {**asdict(profile), "grace": profile.grace, "data": str(data), "tpe_seed": a.seed,
+              "command": "python -m study.tune " + " ".join(argv if argv is not None else sys.argv[1:])}
+    print(f"study {name}: {json.dumps(record)}", file=sys.stderr)
+    recorded = study_root() / name / PROFILE_FILE
+    if not recorded.exists():  # the first run's: a continued study keeps the settings it started with
+        recorded.parent.mkdir(parents=True, exist_ok=True)
+        recorded.write_text(json.dumps(record, indent=1) + "\n")
     results = run_study(data, profile, name, a.seed)
     print(write_summaries(study_root() / name, max_epochs=profile.epochs))
     if results.errors:

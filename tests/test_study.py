@@ -140,6 +140,9 @@ def test_smoke_study_runs_without_errors_and_writes_its_summaries(smoke_study):
                  "parallel.png", "intermediate.png"):
         assert (study_dir / name).is_file(), name
     assert "No parameter importances: " in (study_dir / "top.md").read_text()  # 3 trials are too few
+    profile = json.loads((study_dir / "profile.json").read_text())  # how it was run, overrides included
+    assert (profile["trials"], profile["epochs"], profile["grace"], profile["train_fraction"]) == (3, 2, 1, 0.25)
+    assert "--smoke-test" in profile["command"]
     summary = pd.read_csv(study_dir / "summary.csv")
     assert len(summary) == 3 and (summary["status"] == "TERMINATED").all()
     best = json.loads((study_dir / "best_config.json").read_text())

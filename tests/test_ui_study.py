@@ -254,6 +254,14 @@ def test_made_up_study_loads_and_draws(tmp_path):
 
     md, table2, cmd, curves_chart, fmd, factors_chart = study_view(folder)
     assert "**3 trials**" in md and "summary.csv" in md
+    assert "no `profile.json`" not in md  # "tiny" is no profile of study/tune.py
+    # How the study was run, from the profile.json that `make tune` writes: it wins over the profile's name.
+    (folder / "profile.json").write_text(json.dumps({
+        "trials": 3, "epochs": 4, "grace": 2, "train_fraction": 1.0, "val_fraction": 1.0,
+        "command": "python -m study.tune --name tiny --trials 3 --epochs 4"}))
+    md = study_view(folder)[0]
+    assert "`profile.json` records how it was run: 3 trials, at most 4 epochs each with ASHA rungs from epoch 2" in md
+    assert "`python -m study.tune --name tiny --trials 3 --epochs 4`" in md and "agree with it" in md
     assert len(table2) == 3
     assert curves_chart is not None and factors_chart is not None
     data = [row for ds in curves_chart.to_dict()["datasets"].values() for row in ds]

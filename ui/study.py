@@ -22,10 +22,12 @@ the same definitions (final val = last epoch, mean ± sample std over seeds).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import NamedTuple
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -449,13 +451,21 @@ def ablation_chart(runs: pd.DataFrame, bands: pd.DataFrame) -> alt.Chart | None:
 
 # --------------------------------------------------------------------------- captions
 
-def _profile(name: str):
-    """study/tune.py's profile of the same name as the folder (the default --name), or None."""
+def _profile(folder: Path):
+    """How the study was run: its own ``profile.json`` (written by ``make tune``), else study/tune.py's
+    profile of the same name as the folder (the default --name), else None."""
+    recorded = folder / "profile.json"
+    if recorded.is_file():
+        try:
+            return SimpleNamespace(**json.loads(recorded.read_text()), recorded=True)
+        except (OSError, ValueError, TypeError):
+            pass  # unreadable: fall back to the profile of the same name
     try:
         from study.tune import PROFILES  # stdlib-only at import; no Ray, no torch
     except Exception:  # noqa: BLE001 - the tab must work without the study package
         return None
-    return PROFILES.get(name)
+    p = PROFILES.get(folder.name)
+    return None if p is None else SimpleNamespace(**dataclasses.asdict(p), grace=p.grace, recorded=False)
 
 
 def _profile_text(name: str, trials: pd.DataFrame, p) -> str:
@@ -464,12 +474,18 @@ def _profile_text(name: str, trials: pd.DataFrame, p) -> str:
                 "studies are run.")
     n, top = len(trials), trials["epochs_run"].max() if "epochs_run" in trials else float("nan")
     agree = (n == p.trials and pd.notna(top) and int(top) <= p.epochs)
-    return (f"The folder is named after `study/tune.py`'s `{name}` profile: {p.trials} trials, at most "
-            f"{p.epochs} epochs each with ASHA rungs from epoch {p.grace} (reduction factor 2), on a track-grouped "
-            f"{p.train_fraction:.0%} of the train split and {p.val_fraction:.0%} of the val split. The folder does not "
-            f"record the command line, so flags that override the profile would not show here; its {n} trials and "
-            f"at most {int(top) if pd.notna(top) else '?'} epochs {'agree with' if agree else 'do NOT match'} "
-            f"the profile.")
+    budget = (f"{p.trials} trials, at most {p.epochs} epochs each with ASHA rungs from epoch {p.grace} (reduction "
+              f"factor 2), on a track-grouped {p.train_fraction:.0%} of the train split and {p.val_fraction:.0%} "
+              f"of the val split")
+    if p.recorded:
+        return (f"The folder's `profile.json` records how it was run: {budget}; command `{p.command}`. Its {n} "
+                f"trials and at most {int(top) if pd.notna(top) else '?'} epochs "
+                f"{'agree with' if agree else 'do NOT match'} it" + ("" if agree else " (the study is unfinished)")
+                + ".")
+    return (f"The folder is named after `study/tune.py`'s `{name}` profile: {budget}. The folder has no "
+            f"`profile.json` (studies before it was written), so flags that overrode the profile would not show "
+            f"here; its {n} trials and at most {int(top) if pd.notna(top) else '?'} epochs "
+            f"{'agree with' if agree else 'do NOT match'} the profile.")
 
 
 def study_text(folder: Path, trials: pd.DataFrame, notes: list[str]) -> str:
@@ -489,7 +505,7 @@ def study_text(folder: Path, trials: pd.DataFrame, notes: list[str]) -> str:
         parts.append(f"{full} trial(s) ran the most epochs any trial ran ({top}); "
                      + (f"{len(trials) - full} stopped earlier (after {', '.join(map(str, budgets))} epochs; the "
                         f"`outcome` column says why)." if budgets else "none stopped earlier."))
-    p = _profile(folder.name)
+    p = _profile(folder)
     parts.append(_profile_text(folder.name, trials, p))
     caveat = "A trial's best val accuracy depends on how many epochs it got"
     if top is not None:
