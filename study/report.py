@@ -754,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
         csv.to_csv(a.out / "ablation.csv", index=False)
         ablation_figure(df, a.out / "ablation_curves.png")
         r = df.iloc[0]
-        recipe = "the accuracy recipe on the ROI pack" if r["recipe"] else "the recipe of its day (no RECIPE pieces)"
+        recipe = "the accuracy recipe on the ROI pack" if r["recipe"] else "the old recipe"
         blocks["ablation"] = (table + f"\n\nEach run: {recipe}, {r['train_fraction']:.0%} of the train split and "
                               f"{r['val_fraction']:.0%} of the val split (track-grouped subsets), {r['epochs']} "
                               f"epochs, batch 128, one-cycle; test = the full test split (n={r['test_n']}) at the "
