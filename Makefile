@@ -110,10 +110,12 @@ train-best: $(DATA_ROI)
 calibrate: $(DATA_ROI)
 	$(BIN)/gtsrb calibrate results/best/split/best.pt --data $(DATA_ROI) --out results/best/calibration.json
 
-# The recipe ablation (study best config; recipe vs old recipe, then one piece off at a time; 3 seeds).
-RECIPE_ARMS ?= recipe old no_roi no_norm no_mirror no_smoothing ema balanced
+# The recipe ablation (study best config, or RECIPE_PRESET=seed; recipe vs old recipe, then one piece off
+# at a time, then candidates; 3 seeds).
+RECIPE_ARMS ?= recipe old no_roi no_norm no_mirror no_smoothing ema balanced long
+RECIPE_PRESET ?= best
 recipe: $(DATA) $(DATA_ROI)
-	$(BIN)/python -m study.recipe --data $(DATA_ROI) --full-frame-data $(DATA) --preset best \
+	$(BIN)/python -m study.recipe --data $(DATA_ROI) --full-frame-data $(DATA) --preset $(RECIPE_PRESET) \
 		--config $(CONFIG) --arms $(RECIPE_ARMS) --epochs $(BEST_EPOCHS)
 
 # Score CKPT on the official GTSRB test set (12,630 images): fetches the two zips into data/ once
