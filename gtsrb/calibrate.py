@@ -94,8 +94,9 @@ def calibrate(checkpoint: str | os.PathLike, data: str | os.PathLike, target: fl
     block = clf.se_names[-1] if clf.se_names else None
     if block:
         st = class_excitations({block: pv.excitations[block]}, val.labels, clf.config.num_classes)[block]
-        q99 = distance_q99(pv.excitations[block], st["class_mean"], pv.logits.argmax(1))
-        unlike["val"] = class_mean_distance(pv.excitations[block], st["class_mean"], pv.logits.argmax(1)) > q99
+        d_val = class_mean_distance(pv.excitations[block], st["class_mean"], pv.logits.argmax(1))
+        q99 = distance_q99(d_val)
+        unlike["val"] = d_val > q99
         unlike["test"] = class_mean_distance(pt.excitations[block], st["class_mean"], pt.logits.argmax(1)) > q99
     return {
         "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),

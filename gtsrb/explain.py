@@ -63,9 +63,9 @@ def class_mean_distance(excitation: np.ndarray, class_mean: np.ndarray, predicte
     return np.linalg.norm(np.asarray(excitation, np.float64) - class_mean[np.asarray(predicted)], axis=1)
 
 
-def distance_q99(excitation: np.ndarray, class_mean: np.ndarray, predicted: np.ndarray) -> float:
-    """The 99th percentile of ``class_mean_distance`` on a set: beyond it, an image looks unlike that set."""
-    return float(np.quantile(class_mean_distance(excitation, class_mean, predicted), 0.99))
+def distance_q99(distances: np.ndarray) -> float:
+    """The 99th percentile of a set's ``class_mean_distance``: beyond it, an image looks unlike that set."""
+    return float(np.quantile(distances, 0.99))
 
 
 def save_excitations(stats: dict[str, dict], path: str | os.PathLike, checkpoint_sha256: str, source: str) -> None:
@@ -116,7 +116,7 @@ def compute_excitations_file(checkpoint: str | os.PathLike, data: str | os.PathL
     stats = class_excitations(pred.excitations, packed.labels, clf.config.num_classes)
     predicted = pred.probs.argmax(1)
     for name, st in stats.items():
-        st["distance_q99"] = distance_q99(pred.excitations[name], st["class_mean"], predicted)
+        st["distance_q99"] = distance_q99(class_mean_distance(pred.excitations[name], st["class_mean"], predicted))
     out = Path(out) if out is not None else checkpoint.parent / EXCITATIONS_FILE
     save_excitations(stats, out, sha256_file(checkpoint), f"{Path(data).name} {split} split, n={len(packed.labels)}")
     return out
