@@ -94,8 +94,10 @@ tune-summary: $(STAMP)
 
 # The release model: the study's best config with the recipe, on all 39,209 images (the official
 # protocol) -> results/best/; then its twin on the train split alone, scored on the held-out test
-# split -> results/best/split/ (CONFIG=..., OFFICIAL_TEST=...).
-CONFIG       ?= results/study/$(STUDY)/best_config.json
+# split -> results/best/split/ (CONFIG=..., OFFICIAL_TEST=...). CONFIG is the release model's
+# configuration: the winner of the first, quick study (results/study/cpu-quick). The converging study
+# (results/study/cpu, `make tune`) replaces it only once its winner is checked over seeds (`make ablation`).
+CONFIG       ?= results/study/cpu-quick/best_config.json
 BEST_EPOCHS  ?= 8
 OFFICIAL_TEST ?=
 train-best: $(DATA_ROI)

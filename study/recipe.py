@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="track-split pack made with --roi")
     p.add_argument("--full-frame-data", type=Path, help="the same split without --roi (for no_roi)")
     p.add_argument("--preset", default="seed", choices=("seed", "best"))
-    p.add_argument("--config", type=Path, default=Path("results/study/cpu/best_config.json"),
-                   help="the study's best config, for --preset best")
+    p.add_argument("--config", type=Path, default=Path("results/study/cpu-quick/best_config.json"),
+                   help="the release model's config (the quick study's winner), for --preset best")
     p.add_argument("--arms", nargs="+", default=["recipe", "old"], choices=ARMS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=8)

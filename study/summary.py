@@ -92,7 +92,7 @@ def write_summaries(study_dir: Path, max_epochs: int | None = None, top: int = 5
         params = json.loads((study_dir / finished.iloc[0]["trial_dir"] / "params.json").read_text())
         (study_dir / "best_config.json").write_text(json.dumps(best_config_json(params), indent=1) + "\n")
     shown = pd.concat([finished.head(top), finished[finished["role"] != "searched"]]).drop_duplicates("trial_id")
-    table = _markdown(shown, len(trials))
+    table = _markdown(shown, trials["outcome"].value_counts().to_dict())
     if len(finished) >= 2:
         _plot(finished, study_dir / "params.png")
     if (study_dir / OPTUNA_DB).is_file():
@@ -101,23 +101,26 @@ def write_summaries(study_dir: Path, max_epochs: int | None = None, top: int = 5
     return table
 
 
-def _markdown(df: pd.DataFrame, n_trials: int) -> str:
+def _markdown(df: pd.DataFrame, outcomes: dict[str, int]) -> str:
     def text(v):
         return "–" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
 
     def stages(r):
         return "".join("1" if r[k] else "0" for k in SE_STAGE_KEYS)
 
+    # A study in progress shows its running trials too: say how many trials are in each state.
+    counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items(), key=lambda kv: -kv[1]))
     lines = [
-        f"Top trials and the two fixed ones ({n_trials} trials in all). SE stages: 1 = SE in stage 1..5.",
+        f"Top trials and the two fixed ones ({sum(outcomes.values())} trials: {counts}). "
+        "SE stages: 1 = SE in stage 1..5.",
         "",
-        "| trial | role | best val acc | epochs | SE stages | form | position | r | conv drop | cls drop | pool | lr | wd |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| trial | role | outcome | best val acc | epochs | SE stages | form | position | r | conv drop | cls drop | pool | lr | wd |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in df.iterrows():
         fmt = lambda v, f: (f.format(v) if pd.notna(v) else "–")  # noqa: E731
         lines.append(
-            f"| {r['trial_id']} | {r['role']} | {fmt(r['best_val_accuracy'], '{:.4f}')} | {r['epochs_run']} | "
+            f"| {r['trial_id']} | {r['role']} | {r['outcome']} | {fmt(r['best_val_accuracy'], '{:.4f}')} | {r['epochs_run']} | "
             f"{stages(r)} | {text(r['se_form'])} | {text(r['se_position'])} | {fmt(r['se_reduction'], '{:.0f}')} | "
             f"{fmt(r['conv_dropout'], '{:.2f}')} | {fmt(r['classifier_dropout'], '{:.2f}')} | {r['pool']} | "
             f"{fmt(r['lr'], '{:.1e}')} | {fmt(r['weight_decay'], '{:.1e}')} |"

@@ -1,6 +1,6 @@
 """`make train-best`: the release model, the study's best configuration with the accuracy recipe.
 
-    python -m study.train_best --config results/study/cpu/best_config.json --data data/gtsrb28-roi.h5 \
+    python -m study.train_best --config results/study/cpu-quick/best_config.json --data data/gtsrb28-roi.h5 \
         [--epochs 10] [--protocol official|split] [--out results/best] [--official-test PATH...]
 
 ``--protocol official`` (the default) is GTSRB's protocol: it trains on all

@@ -186,18 +186,54 @@ def test_rung_check_reads_the_rank_correlation_and_flatness_off_the_curves(tmp_p
 
     from study.report import effects_table, rung_check
 
-    curves = {  # trial: val per epoch; c and d were stopped at ASHA's first rung (epoch 2)
+    curves = {  # trial: val per epoch; c and d were stopped at ASHA's first rung (epoch 2), f is running
         "a": [0.50, 0.90, 0.950, 0.952], "b": [0.40, 0.80, 0.900, 0.990], "e": [0.45, 0.85, 0.930, 0.932],
-        "c": [0.30, 0.60], "d": [0.20, 0.70]}
-    pd.DataFrame([{"trial_id": t, "epochs_run": len(c), "status": "TERMINATED", "pool": "max",
+        "c": [0.30, 0.60], "d": [0.20, 0.70], "f": [0.1, 0.2, 0.3]}
+    # The study's own budget, as `make tune` records it: the running trial is read against it.
+    (tmp_path / "profile.json").write_text(json.dumps({"grace": 2, "epochs": 4}))
+    pd.DataFrame([{"trial_id": t, "epochs_run": len(c), "status": "RUNNING" if t == "f" else "TERMINATED",
+                   "pool": "max",
                    **{f"se_stage{i}": False for i in range(1, 6)}, "se_form": None, "se_position": None,
                    "se_reduction": None, "conv_dropout": 0.1, "classifier_dropout": 0.5}
                   for t, c in curves.items()]).to_csv(tmp_path / "summary.csv", index=False)
     pd.DataFrame([{"trial_id": t, "epoch": e + 1, "val_accuracy": v} for t, c in curves.items()
                   for e, v in enumerate(c)]).to_csv(tmp_path / "curves.csv", index=False)
     text = rung_check(tmp_path)
-    assert "First rung at epoch 2: 2 trials stopped there or earlier, 3 ran all 4 epochs" in text
+    assert "First rung at epoch 2: 2 trials stopped there or earlier, 3 ran all 4 epochs, 1 not finished yet" in text
     assert "ρ = -0.50" in text  # ranks (a, b, e): (3, 1, 2) at epoch 2 against (2, 3, 1) at epoch 4
-    assert "best finisher (`b`, 99.00%) ranked 3 of 5 trials at epoch 2" in text
+    assert "best finisher (`b`, 99.00%) ranked 3 of 6 trials at epoch 2" in text
     assert "2 of 3 finishers gained at most 0.3 points" in text and "largest gain +9.00 points" in text
-    assert "mean val % at epoch 2" in effects_table(tmp_path)[0]  # the effects compare trials at the first rung
+    table, n = effects_table(tmp_path)
+    # The effects compare trials at the first rung, and the last columns are at the study's last epoch.
+    assert "mean val % at epoch 2" in table and "trials reaching epoch 4" in table and n == 6
+    # Before the study's budget is known, the rung and the schedule are read off the finished trials.
+    (tmp_path / "profile.json").unlink()
+    assert "First rung at epoch 2: 2 trials stopped there or earlier, 3 ran all 4 epochs, 1 not finished" in \
+        rung_check(tmp_path)
+
+
+def test_confused_pairs_say_how_many_test_tracks_the_errors_come_from(synthetic_pack, tmp_path):
+    import numpy as np
+    import torch
+
+    from gtsrb.checkpoint import save_checkpoint
+    from gtsrb.data import load_pack
+    from gtsrb.inference import Classifier
+    from gtsrb.model import ModelConfig, build_model
+    from study.report import best_model_section
+
+    torch.manual_seed(0)
+    tiny = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint({"model_config": tiny.to_dict(), "model": build_model(tiny).state_dict(), "epoch": 0}, ckpt)
+    _, pairs_md = best_model_section(ckpt, synthetic_pack, tmp_path)
+    test = load_pack(synthetic_pack, "test")
+    pred = Classifier.load(ckpt).predict_arrays(test.images).probs.argmax(1)
+    rows = [line.split(" | ") for line in pairs_md.splitlines()[2:]]
+    assert rows, "an untrained model confuses something"
+    for row in rows:
+        t, p = int(row[0].lstrip("| ").split()[0]), int(row[1].split()[0])
+        errors = (test.labels == t) & (pred == p)
+        assert int(row[2]) == errors.sum()
+        assert row[4].rstrip(" |") == (f"{len(np.unique(test.groups[errors]))} of "
+                                       f"{len(np.unique(test.groups[test.labels == t]))}")

@@ -139,7 +139,14 @@ def test_smoke_study_runs_without_errors_and_writes_its_summaries(smoke_study):
     for name in ("summary.csv", "curves.csv", "best_config.json", "top.md", "optuna.db", "params.png", "history.png",
                  "parallel.png", "intermediate.png"):
         assert (study_dir / name).is_file(), name
-    assert "No parameter importances: " in (study_dir / "top.md").read_text()  # 3 trials are too few
+    top = (study_dir / "top.md").read_text()
+    assert "No parameter importances: " in top  # 3 trials are too few
+    # Each trial's outcome is in the table, and the header counts them: a running study's leader can be
+    # a trial that has not finished.
+    summary = pd.read_csv(study_dir / "summary.csv")
+    counts = summary["outcome"].value_counts()
+    assert "(3 trials: " in top and all(f"{n} {outcome}" in top for outcome, n in counts.items())
+    assert top.count(" | full budget | ") + top.count(" | stopped early (ASHA) | ") == len(summary)
     profile = json.loads((study_dir / "profile.json").read_text())  # how it was run, overrides included
     assert (profile["trials"], profile["epochs"], profile["grace"], profile["train_fraction"]) == (3, 2, 1, 0.25)
     assert "--smoke-test" in profile["command"]
