@@ -266,6 +266,16 @@ def test_made_up_study_loads_and_draws(tmp_path):
     assert curves_chart is not None and factors_chart is not None
     data = [row for ds in curves_chart.to_dict()["datasets"].values() for row in ds]
     assert len(data) == len(curves)
+    assert "1 stopped earlier (after 2 epochs" in md and "still running" not in md
+
+
+def test_a_study_in_progress_says_which_trials_are_still_running(tmp_path):
+    folder = make_study(tmp_path / "study" / "tiny")
+    rows = [*SUMMARY_ROWS[:2], SUMMARY_ROWS[2].replace("TERMINATED", "RUNNING").replace("stopped early (ASHA)", "running")]
+    (folder / "summary.csv").write_text("\n".join([SUMMARY_HEADER, *rows]) + "\n")
+    md = study_view(folder)[0]
+    # The running trial at epoch 2 is not "stopped": its numbers are so far.
+    assert "none stopped earlier" in md and "**1 trial(s) are still running**" in md
 
 
 def test_made_up_ablation_band_is_mean_and_sample_std(tmp_path):

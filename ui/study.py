@@ -501,10 +501,17 @@ def study_text(folder: Path, trials: pd.DataFrame, notes: list[str]) -> str:
     if "epochs_run" in trials.columns and trials["epochs_run"].notna().any():
         top = int(trials["epochs_run"].max())
         full = int((trials["epochs_run"] == top).sum())
-        budgets = sorted({int(e) for e in trials["epochs_run"].dropna() if e < top})
+        # A study in progress has trials still running: they are not "stopped", and their numbers are so far.
+        unfinished = (trials["outcome"].isin(["running", "pending"]) if "outcome" in trials.columns
+                      else pd.Series(False, index=trials.index))
+        budgets = sorted({int(e) for e in trials.loc[~unfinished, "epochs_run"].dropna() if e < top})
+        stopped = int((~unfinished & (trials["epochs_run"] < top)).sum())
         parts.append(f"{full} trial(s) ran the most epochs any trial ran ({top}); "
-                     + (f"{len(trials) - full} stopped earlier (after {', '.join(map(str, budgets))} epochs; the "
+                     + (f"{stopped} stopped earlier (after {', '.join(map(str, budgets))} epochs; the "
                         f"`outcome` column says why)." if budgets else "none stopped earlier."))
+        if unfinished.any():
+            parts.append(f"**{int(unfinished.sum())} trial(s) are still running** (the study is in progress): "
+                         f"their epochs and best val accuracy are so far, not final.")
     p = _profile(folder)
     parts.append(_profile_text(folder.name, trials, p))
     caveat = "A trial's best val accuracy depends on how many epochs it got"
@@ -528,8 +535,9 @@ def curves_text(folder: Path, curves: pd.DataFrame, trials: pd.DataFrame, notes:
     n = curves["trial_id"].nunique()
     stops = sorted(curves.groupby("trial_id")["epoch"].max().unique())
     text = (head + f"From `{show_path(folder / 'curves.csv')}`: {n} trials, {len(curves)} (trial, epoch) points, "
-            f"the val accuracy each trial reported after each epoch. Lines end where a trial stopped "
-            f"(here after {', '.join(map(str, stops))} epochs): at each rung ASHA (reduction factor 2 in "
+            f"the val accuracy each trial reported after each epoch. Lines end where a trial stopped, or where "
+            f"a trial still running has got to (here after {', '.join(map(str, stops))} epochs; the tooltip's "
+            f"outcome says which): at each rung ASHA (reduction factor 2 in "
             f"`study/tune.py`) lets a trial go on only if it is in the top half of the trials that reached that "
             f"rung before it, so a short line is a trial that was behind when it got there. Hover a point for "
             f"its trial.")
