@@ -249,6 +249,42 @@ def rung_check(study: Path) -> str:
             f"{gain.max():+.2f} points).")
 
 
+def asha_controls(study: Path, ablation: pd.DataFrame) -> str:
+    """Where the study's fixed trials that ASHA stopped would have ended.
+
+    The ablation's seed-0 runs of the ``seed`` and ``no_se`` arms train exactly what the study's two
+    fixed trials trained (same configuration, recipe, data, schedule and seed), outside Ray and to the
+    end. So they continue a stopped fixed trial: its last epoch says whether stopping it lost a
+    finisher, and its epochs before the rung say whether the two runs agree."""
+    summary = pd.read_csv(study / "summary.csv")
+    curves = pd.read_csv(study / "curves.csv").pivot_table(index="trial_id", columns="epoch", values="val_accuracy")
+    rung, last = study_budget(study, summary)
+    finals = curves.loc[summary.loc[summary["epochs_run"] >= last, "trial_id"], last]
+    lines = []
+    for role in ("seed", "no_se"):
+        trial = summary[summary["role"] == role]
+        runs = ablation[(ablation["arm"] == role) & (ablation["seed"] == 0) & ablation["recipe"]
+                        & (ablation["epochs"] == last) & (ablation["train_fraction"] == 1.0)
+                        & (ablation["split_kind"] == "track")] if not ablation.empty else ablation
+        if trial.empty or runs.empty:
+            continue
+        t, curve = trial.iloc[0], runs.iloc[0]["curve"]
+        ran = int(t["epochs_run"])
+        if ran >= last:
+            lines.append(f"- `{role}` ran the whole schedule in the study ({curves.loc[t['trial_id'], last]:.2%} val "
+                         f"at epoch {last}); the ablation's seed-0 re-run ends at {curve[-1]:.2%}.")
+            continue
+        rank = int((finals > curve[-1]).sum()) + 1
+        lines.append(f"- `{role}`: ASHA stopped it at epoch {ran} ({curves.loc[t['trial_id'], ran]:.2%} val; "
+                     f"the re-run had {curve[ran - 1]:.2%} there). Trained to the end, it reaches {curve[-1]:.2%} "
+                     f"at epoch {last}, which would rank {rank} of {len(finals) + 1} among the study's finishers.")
+    if not lines:
+        return ""
+    return ("**The stopped fixed trials, continued.** The ablation's seed-0 runs of `seed` and `no_se` train the "
+            "same configuration, recipe, data, schedule and seed as the study's two fixed trials, to the end:\n\n"
+            + "\n".join(lines))
+
+
 def effects_table(study: Path, at_epoch: int | None = None) -> tuple[str, int]:
     """Grouped comparison: per factor level, val accuracy at a fixed epoch that every trial reached
     (default: ASHA's first rung)."""
@@ -822,6 +858,9 @@ def main(argv: list[str] | None = None) -> int:
         blocks["effects"] = (f"{table}\n\n{n_trials} trials in `{a.study}` back this table." if n_trials else
                              f"No trial in `{a.study}` has reached ASHA's first rung yet.")
         blocks["effects"] += "\n\n" + rung_check(a.study)
+        controls = asha_controls(a.study, df)
+        if controls:
+            blocks["effects"] += "\n\n" + controls
     if a.checkpoint.is_file():
         from gtsrb.util import sha256_file
 

@@ -237,3 +237,31 @@ def test_confused_pairs_say_how_many_test_tracks_the_errors_come_from(synthetic_
         assert int(row[2]) == errors.sum()
         assert row[4].rstrip(" |") == (f"{len(np.unique(test.groups[errors]))} of "
                                        f"{len(np.unique(test.groups[test.labels == t]))}")
+
+
+def test_the_stopped_fixed_trials_are_continued_by_the_ablations_seed_0_runs(tmp_path):
+    import pandas as pd
+
+    from study.report import asha_controls
+
+    curves = {"a": [0.5, 0.90, 0.95, 0.96], "b": [0.4, 0.80, 0.90, 0.99], "seed": [0.3, 0.60], "no_se": [0.45, 0.85, 0.93, 0.94]}
+    roles = {"a": "searched", "b": "searched", "seed": "seed", "no_se": "no_se"}
+    (tmp_path / "profile.json").write_text(json.dumps({"grace": 2, "epochs": 4}))
+    pd.DataFrame([{"trial_id": t, "role": roles[t], "epochs_run": len(c), "status": "TERMINATED"}
+                  for t, c in curves.items()]).to_csv(tmp_path / "summary.csv", index=False)
+    pd.DataFrame([{"trial_id": t, "epoch": e + 1, "val_accuracy": v} for t, c in curves.items()
+                  for e, v in enumerate(c)]).to_csv(tmp_path / "curves.csv", index=False)
+
+    def run(arm, seed, curve, epochs=4, recipe=True):
+        return {"arm": arm, "seed": seed, "curve": curve, "recipe": recipe, "epochs": epochs, "train_fraction": 1.0,
+                "split_kind": "track"}
+
+    ablation = pd.DataFrame([run("seed", 0, [0.31, 0.61, 0.9, 0.97]), run("seed", 1, [0.1, 0.2, 0.3, 0.999]),
+                             run("no_se", 0, [0.45, 0.85, 0.93, 0.941]),
+                             run("no_se", 0, [0.1, 0.1, 0.1, 0.1], epochs=10)])  # another budget: not a control
+    text = asha_controls(tmp_path, ablation)
+    # Finishers at epoch 4: b 0.99, a 0.96, no_se 0.94; the seed trial's continuation (0.97) ranks 2nd of 4.
+    assert ("`seed`: ASHA stopped it at epoch 2 (60.00% val; the re-run had 61.00% there). Trained to the end, "
+            "it reaches 97.00% at epoch 4, which would rank 2 of 4 among the study's finishers.") in text
+    assert "`no_se` ran the whole schedule in the study (94.00% val at epoch 4); the ablation's seed-0 re-run ends at 94.10%" in text
+    assert asha_controls(tmp_path, ablation[ablation["epochs"] == 10]) == ""  # no run at the study's budget
