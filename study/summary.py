@@ -1,6 +1,6 @@
 """Summaries of a stored study, rewritable at any time from its trial folders.
 
-Writes into the study folder: summary.csv (one row per trial), curves.csv (val
+Writes into the study folder: summary.csv (one row per trial that reported an epoch), curves.csv (val
 accuracy per trial and epoch), best_config.json, top.md (the top trials and the
 two fixed ones), params.png (each searched parameter against the trial's best
 val accuracy, the seed and no-SE trials in red, which Optuna's ``plot_slice``
@@ -82,6 +82,10 @@ def write_summaries(study_dir: Path, max_epochs: int | None = None, top: int = 5
         "error" if s == "ERROR" else ("stopped early (ASHA)" if e < max_epochs else "full budget") if s == "TERMINATED" else s.lower()
         for s, e in zip(trials["status"], trials["epochs_run"])
     ]
+    outcomes = trials["outcome"].value_counts().to_dict()
+    # A trial that has not reported an epoch yet (a study stopped between sittings) has nothing to show:
+    # top.md counts it, summary.csv and curves.csv list the trials with at least one epoch.
+    trials = trials[trials["epochs_run"] > 0].copy()
     # Per-epoch validation accuracy, long format: the effects in the report compare trials at equal epochs.
     curves = [(t, e + 1, v) for t, c in zip(trials["trial_id"], trials.pop("val_curve")) for e, v in enumerate(c)]
     pd.DataFrame(curves, columns=["trial_id", "epoch", "val_accuracy"]).to_csv(study_dir / "curves.csv", index=False)
@@ -92,7 +96,7 @@ def write_summaries(study_dir: Path, max_epochs: int | None = None, top: int = 5
         params = json.loads((study_dir / finished.iloc[0]["trial_dir"] / "params.json").read_text())
         (study_dir / "best_config.json").write_text(json.dumps(best_config_json(params), indent=1) + "\n")
     shown = pd.concat([finished.head(top), finished[finished["role"] != "searched"]]).drop_duplicates("trial_id")
-    table = _markdown(shown, trials["outcome"].value_counts().to_dict())
+    table = _markdown(shown, outcomes)
     if len(finished) >= 2:
         _plot(finished, study_dir / "params.png")
     if (study_dir / OPTUNA_DB).is_file():

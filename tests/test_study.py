@@ -291,3 +291,22 @@ def test_the_trials_ran_on_both_ray_nodes_and_the_script_stopped_the_cluster(smo
     assert len(nodes) >= 2, f"all trials on one node: {nodes}"
     with pytest.raises(ConnectionRefusedError):  # the head's GCS port is closed
         socket.create_connection(("127.0.0.1", 6390), timeout=5).close()
+
+
+def test_summaries_count_a_trial_that_has_not_reported_yet_but_do_not_list_it(tmp_path):
+    """A study stopped between sittings can hold a trial Ray started but that never reported an epoch."""
+    from study.summary import write_summaries
+
+    for name, results in (("train_trial_aaaa0001_1", [0.5, 0.9]), ("train_trial_bbbb0002_2", [])):
+        trial = tmp_path / name
+        trial.mkdir()
+        (trial / "params.json").write_text(json.dumps(NO_SE_POINT))
+        if results:
+            (trial / "result.json").write_text("".join(
+                json.dumps({"trial_id": "aaaa0001", "epoch": e + 1, "val_accuracy": v, "done": e == 1}) + "\n"
+                for e, v in enumerate(results)))
+    top = write_summaries(tmp_path, max_epochs=2)
+    assert "(2 trials: 1 full budget, 1 pending)" in top
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert list(summary["trial_id"]) == ["aaaa0001"]
+    assert set(pd.read_csv(tmp_path / "curves.csv")["trial_id"]) == {"aaaa0001"}
