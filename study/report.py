@@ -29,6 +29,7 @@ import pandas as pd
 from gtsrb.classes import CLASS_NAMES
 from gtsrb.plots import plt, save_figure
 from gtsrb.util import machine, write_text_atomic
+from study.summary import study_budget
 
 ARM_LABELS = {"seed": "seed preset (SE on all 5 stages)", "no_se": "no SE (plain VGG-11)",
               "best": "study best config", "top1": "study's best config", "top2": "study's 2nd config",
@@ -204,20 +205,6 @@ FACTORS = [("se_stage1", "SE in stage 1"), ("se_stage2", "SE in stage 2"), ("se_
 
 
 FLAT_POINTS = 0.3  # a curve is flat at its end when its last epoch gained at most this much val accuracy
-
-
-def study_budget(study: Path, summary: pd.DataFrame) -> tuple[int, int]:
-    """ASHA's first rung and the full schedule, in epochs: from the study's profile.json (written by
-    `make tune`, so a study in progress is read against the budget it runs to), else from the trials
-    (the epoch every finished trial reached, and the most any trial ran)."""
-    from study.tune import PROFILE_FILE
-
-    profile = study / PROFILE_FILE
-    if profile.is_file():
-        p = json.loads(profile.read_text())
-        return int(p["grace"]), int(p["epochs"])
-    done = summary[summary["status"] == "TERMINATED"]
-    return int((done if len(done) else summary)["epochs_run"].min()), int(summary["epochs_run"].max())
 
 
 def rung_check(study: Path) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from study.space import FIXED_POINTS, SE_STAGE_KEYS, best_config_json
-from study.tune import OPTUNA_DB, optuna_storage_url
+from study.tune import OPTUNA_DB, PROFILE_FILE, optuna_storage_url
 
 IMPORTANCE_MIN_TRIALS = 20  # fANOVA on fewer completed trials than this says more about noise than factors
 PARAM_ORDER = (*SE_STAGE_KEYS, "se_form", "se_position", "se_reduction", "conv_dropout",
@@ -73,11 +73,23 @@ def load_trials(study_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def study_budget(study: Path, summary: pd.DataFrame) -> tuple[int, int]:
+    """ASHA's first rung and the full schedule, in epochs: from the study's profile.json (written by
+    `make tune`, so a study in progress is read against the budget it runs to), else from the trials
+    (the epoch every finished trial reached, and the most any trial ran)."""
+    profile = study / PROFILE_FILE
+    if profile.is_file():
+        p = json.loads(profile.read_text())
+        return int(p["grace"]), int(p["epochs"])
+    done = summary[summary["status"] == "TERMINATED"]
+    return int((done if len(done) else summary)["epochs_run"].min()), int(summary["epochs_run"].max())
+
+
 def write_summaries(study_dir: Path, max_epochs: int | None = None, top: int = 5) -> str:
     """Write the summaries; return the markdown table (and the Optuna study's line)."""
     study_dir = Path(study_dir)
     trials = load_trials(study_dir).sort_values("best_val_accuracy", ascending=False)
-    max_epochs = max_epochs or int(trials["epochs_run"].max() or 0)
+    max_epochs = max_epochs or study_budget(study_dir, trials)[1]
     trials["outcome"] = [
         "error" if s == "ERROR" else ("stopped early (ASHA)" if e < max_epochs else "full budget") if s == "TERMINATED" else s.lower()
         for s, e in zip(trials["status"], trials["epochs_run"])

@@ -502,7 +502,7 @@ def study_text(folder: Path, trials: pd.DataFrame, notes: list[str]) -> str:
         top = int(trials["epochs_run"].max())
         full = int((trials["epochs_run"] == top).sum())
         # A study in progress has trials still running: they are not "stopped", and their numbers are so far.
-        unfinished = (trials["outcome"].isin(["running", "pending"]) if "outcome" in trials.columns
+        unfinished = (trials["outcome"].eq("running") if "outcome" in trials.columns
                       else pd.Series(False, index=trials.index))
         budgets = sorted({int(e) for e in trials.loc[~unfinished, "epochs_run"].dropna() if e < top})
         stopped = int((~unfinished & (trials["epochs_run"] < top)).sum())
