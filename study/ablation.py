@@ -9,9 +9,10 @@ one-cycle, scored at the LAST epoch (the schedule is fixed; nothing is chosen on
 
 - ``seed``:  the seed preset (SE on every stage);
 - ``no_se``: the same net with no SE block (the ``vgg11`` preset);
-- ``top1``, ``top2``, ``top3``: the study's best three configurations among the trials
-  that ran its full budget, ranked by their last epoch's val accuracy (``--study``'s
-  summary.csv and curves.csv; each with its own LR and weight decay);
+- ``top1``, ``top2``, ``top3``: the study's best three searched configurations among the
+  trials that ran its full budget, ranked by their last epoch's val accuracy (``--study``'s
+  summary.csv and curves.csv; each with its own LR and weight decay). The fixed trials are
+  left out of that ranking: they are the ``seed`` and ``no_se`` arms already;
 - ``seed_random``: the seed preset on a pack split *at random* instead of by track,
   first seed only. Its test split shares tracks with its train split, so its gap to
   ``seed`` on the track split measures how much that protocol flatters.
@@ -21,45 +22,133 @@ compare as paired differences. Each finished run writes ``<results>/<arm>-seed<k
 (per-epoch history, test accuracy, macro F1 and ECE of the last epoch); a run with that
 file is skipped, and a killed run resumes from its ``last.pt``. Checkpoints stay under
 ``runs/ablation``.
+
+A run the study has already trained is not trained again. The study's fixed trials (``seed``,
+``no_se``) and its top three train with seed 0, the recipe, the whole train split and the same
+schedule. So the seed-0 run of those arms starts from its study trial's last checkpoint (where
+this machine still has it: git does not carry the weights) and trains only the epochs the trial
+did not reach. A trial ASHA stopped at its rung is thus continued to the end. The run's record
+says so (``adopted``: trial, checkpoint, epochs and their training seconds), and the checkpoint
+is adopted only when its model configuration, training configuration (all but threads, device,
+logging) and pack match this run's.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
+import h5py
 import pandas as pd
 
+from gtsrb.checkpoint import load_checkpoint
 from gtsrb.data import load_pack
 from gtsrb.inference import Classifier
 from gtsrb.metrics import calibration, classification_metrics
+from gtsrb.model import ModelConfig
 from gtsrb.train import RECIPE, TrainConfig, fit, split_config
-from gtsrb.util import machine, write_text_atomic
+from gtsrb.util import atomic_path, machine, write_text_atomic
 from study.space import best_config_json
-from study.summary import PARAM_ORDER
+from study.summary import PARAM_ORDER, study_budget
 
 TOP = ("top1", "top2", "top3")
 ARMS = ("seed", "no_se", *TOP, "seed_random")
 
 
+# How a run is carried out, not what it trains: a study trial that differs from an ablation run only
+# here trained the same network on the same data in the same order.
+NOT_COMPARED = ("threads", "device", "histograms", "log_every")
+
+
+def ranked_finishers(study: Path) -> pd.DataFrame:
+    """The study's searched trials that ran its full budget, best last-epoch val accuracy first. The fixed
+    trials (role ``seed``, ``no_se``) have arms of their own, so a top arm is never a second copy of one."""
+    summary = pd.read_csv(study / "summary.csv")
+    curves = pd.read_csv(study / "curves.csv")
+    last_epoch = study_budget(study, summary)[1]
+    full = summary[summary["epochs_run"] >= last_epoch]
+    if "role" in full:
+        full = full[~full["role"].isin(["seed", "no_se"])]
+    last = curves.sort_values("epoch").groupby("trial_id")["val_accuracy"].last()
+    return full.assign(last_val=full["trial_id"].map(last)).sort_values("last_val", ascending=False, kind="stable")
+
+
 def top_configs(study: Path, k: int = len(TOP)) -> list[dict]:
     """The study's best k configurations (best_config.json's shape) among the trials that ran the full
     budget, by their last epoch's val accuracy."""
-    summary = pd.read_csv(study / "summary.csv")
-    curves = pd.read_csv(study / "curves.csv")
-    full = summary[summary["epochs_run"] == summary["epochs_run"].max()]
-    last = curves.sort_values("epoch").groupby("trial_id")["val_accuracy"].last()
-    ranked = full.assign(last_val=full["trial_id"].map(last)).sort_values("last_val", ascending=False, kind="stable")
     configs = []
-    for row in ranked.head(k).to_dict("records"):
+    for row in ranked_finishers(study).head(k).to_dict("records"):
         params = {key: row[key] for key in PARAM_ORDER if key in row and not pd.isna(row[key])}
         if "se_reduction" in params:
             params["se_reduction"] = int(params["se_reduction"])  # a float column where some trials have no SE
         configs.append(best_config_json(params))
     return configs
+
+
+def study_trial(arm: str, study: Path | None) -> str | None:
+    """The id of the study trial that trained this arm's configuration: the fixed trial of that role
+    (``seed``, ``no_se``) or the k-th finisher (``top<k>``); None for other arms or without a study."""
+    if study is None or not (study / "summary.csv").is_file():
+        return None
+    if arm in TOP:
+        ranked = ranked_finishers(study)
+        rank = TOP.index(arm)
+        return str(ranked["trial_id"].iloc[rank]) if rank < len(ranked) else None
+    summary = pd.read_csv(study / "summary.csv")
+    if arm in ("seed", "no_se") and "role" in summary:
+        rows = summary[summary["role"] == arm]
+        return str(rows["trial_id"].iloc[0]) if len(rows) else None
+    return None
+
+
+def _pack_attrs(pack: Path) -> dict:
+    with h5py.File(pack, "r") as f:
+        return {k: str(v) for k, v in f.attrs.items()}
+
+
+def adopt_trial(study: Path, trial_id: str, out: Path, model_config: ModelConfig, train_config: TrainConfig,
+                pack: Path) -> dict | None:
+    """Put the study trial's last checkpoint at ``out/last.pt`` when that trial trained exactly this run;
+    what was adopted (trial, checkpoint, epochs, their training seconds), or None with the reason printed."""
+    found = sorted(study.glob(f"train_trial_{trial_id}_*/checkpoint_*/last.pt"))
+    if not found:
+        print(f"  study trial {trial_id}: no checkpoint with weights on this machine; training from scratch",
+              flush=True)
+        return None
+    ckpt = load_checkpoint(found[-1])
+    theirs, mine = ckpt["train_config"], dataclasses.asdict(train_config)
+    differ = [k for k in mine if k not in NOT_COMPARED and theirs.get(k) != mine[k]]
+    if ModelConfig.from_dict(ckpt["model_config"]) != model_config:
+        differ.append("model_config")
+    data = {k: str(v) for k, v in ckpt["data"].items() if k != "path"}
+    if data != _pack_attrs(pack):
+        differ.append("pack")
+    if differ:
+        print(f"  study trial {trial_id}: {found[-1]} differs in {', '.join(differ)}; training from scratch",
+              flush=True)
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "last.pt") as tmp:
+        shutil.copyfile(found[-1], tmp)
+    history = ckpt["history"]
+    print(f"  adopted study trial {trial_id} at epoch {ckpt['epoch']} ({found[-1]})", flush=True)
+    return {"trial": trial_id, "checkpoint": str(found[-1]), "epochs": int(ckpt["epoch"]),
+            "train_seconds": round(sum(h["seconds"] for h in history), 1)}
+
+
+def done_at_another_budget(record: dict, train_config: TrainConfig) -> list[str]:
+    """The budget fields where a finished run's record differs from what this ablation would train."""
+    tc = record.get("train_config", {})
+    fields = ("epochs", "train_fraction", "val_fraction", "label_smoothing", "mirror", "train_splits")
+    mine = dataclasses.asdict(train_config)
+    return [f"{k} {tc.get(k)!r} (this run: {mine[k]!r})" for k in fields
+            if (list(tc[k]) if isinstance(tc.get(k), (list, tuple)) else tc.get(k))
+            != (list(mine[k]) if isinstance(mine[k], tuple) else mine[k])]
 
 
 def arm_spec(arm: str, study: Path | None) -> tuple[dict, str]:
@@ -120,16 +209,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     a.results.mkdir(parents=True, exist_ok=True)
     for arm, seed in plan(arms, a.seeds):
-        done = a.results / f"{arm}-seed{seed}.json"
-        if done.exists():
-            print(f"{arm} seed {seed}: done, skipped", flush=True)
-            continue
         flat, pack_kind = specs[arm]
         model_config, train_over = split_config({**flat, **RECIPE})
         train_config = TrainConfig(**{**train_over, "epochs": a.epochs, "seed": seed,
                                       "train_fraction": a.train_fraction, "histograms": False})
+        done = a.results / f"{arm}-seed{seed}.json"
+        if done.exists():
+            other = done_at_another_budget(json.loads(done.read_text()), train_config)
+            if other:
+                print(f"ablation: error: {done} holds a run at another budget ({'; '.join(other)}). Move that "
+                      f"folder's records away (the quick ablation's are in results/ablation-quick) or pass "
+                      f"--results DIR.", file=sys.stderr)
+                return 2
+            print(f"{arm} seed {seed}: done, skipped", flush=True)
+            continue
         out = a.runs / arm / f"seed{seed}"
         print(f"{arm} seed {seed}: training -> {out}", flush=True)
+        trial = study_trial(arm, a.study) if not (out / "last.pt").exists() else None
+        adopted = adopt_trial(a.study, trial, out, model_config, train_config, packs[pack_kind]) if trial else None
         t0 = time.perf_counter()
         history = fit(model_config, packs[pack_kind], out, train_config,
                       resume=(out / "last.pt").exists(), progress=False)
@@ -139,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             "arm": arm, "seed": seed, "pack": str(packs[pack_kind]), "split_kind": pack_kind,
             "config": flat, "recipe": RECIPE, "model_config": model_config.to_dict(),
             "train_config": train_config.__dict__, "history": history, "test": test, "test_at": "last epoch",
-            "wall_seconds": round(seconds, 1), "machine": machine(),
+            # This process's time; the adopted epochs' training time is in `adopted`.
+            "wall_seconds": round(seconds, 1), "adopted": adopted, "machine": machine(),
             "command": "python -m study.ablation " + " ".join(argv or sys.argv[1:]),
         }
         write_text_atomic(done, json.dumps(record, indent=1) + "\n")

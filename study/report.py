@@ -3,7 +3,8 @@
     python -m study.report [--data data/gtsrb28.h5] [--study results/study/cpu]
 
 Reads, without training anything:
-- results/ablation/*.json (``make ablation``): curves and the convergence table;
+- results/ablation/*.json (``make ablation``; until it holds a run, the quick ablation's
+  results/ablation-quick): curves and the convergence table;
 - results/study/<name>/summary.csv and curves.csv (``make tune``): factor effects;
 - results/best/best.pt on the pack's test split: calibration and errors.
 
@@ -91,7 +92,9 @@ def load_ablation(folder: Path) -> pd.DataFrame:
             "test": r["test"]["accuracy"], "test_f1": r["test"]["macro_f1"], "test_n": r["test"]["n"],
             "test_ece": r["test"].get("ece", np.nan), "test_at": r.get("test_at", "best-val epoch"),
             "recipe": bool(r.get("recipe")),
-            "wall_seconds": r["wall_seconds"], "epochs": r["train_config"]["epochs"],
+            # The run's training time, counting the epochs it adopted from a study trial (study.ablation).
+            "wall_seconds": r["wall_seconds"] + (r.get("adopted") or {}).get("train_seconds", 0),
+            "adopted_epochs": (r.get("adopted") or {}).get("epochs", 0), "epochs": r["train_config"]["epochs"],
             "train_fraction": r["train_config"]["train_fraction"], "val_fraction": r["train_config"]["val_fraction"],
             "machine": r.get("machine", "?"), "command": r.get("command", ""),
         })
@@ -241,8 +244,9 @@ def asha_controls(study: Path, ablation: pd.DataFrame) -> str:
 
     The ablation's seed-0 runs of the ``seed`` and ``no_se`` arms train exactly what the study's two
     fixed trials trained (same configuration, recipe, data, schedule and seed), outside Ray and to the
-    end. So they continue a stopped fixed trial: its last epoch says whether stopping it lost a
-    finisher, and its epochs before the rung say whether the two runs agree."""
+    end: continued from the trial's own checkpoint where the machine had it (study.ablation adopts
+    it), else re-run from scratch. Either way the last epoch says whether stopping the trial lost a
+    finisher; a re-run's epochs before the rung also say whether the two runs agree."""
     summary = pd.read_csv(study / "summary.csv")
     curves = pd.read_csv(study / "curves.csv").pivot_table(index="trial_id", columns="epoch", values="val_accuracy")
     rung, last = study_budget(study, summary)
@@ -255,16 +259,19 @@ def asha_controls(study: Path, ablation: pd.DataFrame) -> str:
                         & (ablation["split_kind"] == "track")] if not ablation.empty else ablation
         if trial.empty or runs.empty:
             continue
-        t, curve = trial.iloc[0], runs.iloc[0]["curve"]
-        ran = int(t["epochs_run"])
+        t, run = trial.iloc[0], runs.iloc[0]
+        curve, ran, adopted = run["curve"], int(t["epochs_run"]), int(run.get("adopted_epochs", 0) or 0)
         if ran >= last:
+            how = "run is that trial itself" if adopted >= last else f"re-run ends at {curve[-1]:.2%}"
             lines.append(f"- `{role}` ran the whole schedule in the study ({curves.loc[t['trial_id'], last]:.2%} val "
-                         f"at epoch {last}); the ablation's seed-0 re-run ends at {curve[-1]:.2%}.")
+                         f"at epoch {last}); the ablation's seed-0 {how}.")
             continue
         rank = int((finals > curve[-1]).sum()) + 1
-        lines.append(f"- `{role}`: ASHA stopped it at epoch {ran} ({curves.loc[t['trial_id'], ran]:.2%} val; "
-                     f"the re-run had {curve[ran - 1]:.2%} there). Trained to the end, it reaches {curve[-1]:.2%} "
-                     f"at epoch {last}, which would rank {rank} of {len(finals) + 1} among the study's finishers.")
+        how = (f"continued from its epoch-{adopted} checkpoint" if adopted == ran else
+               f"re-run from scratch, which had {curve[ran - 1]:.2%} at epoch {ran}")
+        lines.append(f"- `{role}`: ASHA stopped it at epoch {ran} ({curves.loc[t['trial_id'], ran]:.2%} val). "
+                     f"Trained to the end ({how}), it reaches {curve[-1]:.2%} at epoch {last}, which would rank "
+                     f"{rank} of {len(finals) + 1} among the study's finishers.")
     if not lines:
         return ""
     return ("**The stopped fixed trials, continued.** The ablation's seed-0 runs of `seed` and `no_se` train the "
@@ -772,7 +779,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("data/gtsrb28.h5"))
     p.add_argument("--study", type=Path, default=Path("results/study/cpu"))
-    p.add_argument("--ablation", type=Path, default=Path("results/ablation"))
+    p.add_argument("--ablation", type=Path, default=None,
+                   help="default: results/ablation once it holds a run, else results/ablation-quick")
     p.add_argument("--checkpoint", type=Path, default=Path("results/best/best.pt"))
     p.add_argument("--recipe", type=Path, default=Path("results/recipe"))
     p.add_argument("--out", type=Path, default=Path("results/report"))
@@ -785,6 +793,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bench-gpu", type=Path, default=Path("results/bench/2026-11-26-h200-run3.json"))
     p.add_argument("--bench-gpu-before", type=Path, default=Path("results/bench/2026-11-26-h200-run1-kornia.json"))
     a = p.parse_args(argv)
+    if a.ablation is None:  # the converging ablation once it has a run, else the quick one before it
+        new, quick = Path("results/ablation"), Path("results/ablation-quick")
+        a.ablation = new if any(new.glob("*-seed*.json")) or not quick.is_dir() else quick
+        print(f"ablation records: {a.ablation}")
     a.out.mkdir(parents=True, exist_ok=True)
     blocks: dict[str, str] = {}
     headline: dict = {}

@@ -81,7 +81,7 @@ def study_budget(study: Path, summary: pd.DataFrame) -> tuple[int, int]:
     if profile.is_file():
         p = json.loads(profile.read_text())
         return int(p["grace"]), int(p["epochs"])
-    done = summary[summary["status"] == "TERMINATED"]
+    done = summary[summary["status"] == "TERMINATED"] if "status" in summary else summary
     return int((done if len(done) else summary)["epochs_run"].min()), int(summary["epochs_run"].max())
 
 

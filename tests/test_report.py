@@ -38,13 +38,15 @@ def test_ablation_top_arms_are_the_studys_best_full_budget_trials_by_last_epoch(
         ("b", 4, [0.5, 0.8, 0.9, 0.97], (0, 1, 0, 0, 0), 16, 0.2),
         ("c", 2, [0.98, 0.99], (1, 1, 1, 1, 1), 4, 0.3),              # stopped early: never a top arm
         ("d", 4, [0.6, 0.7, 0.8, 0.96], (0, 0, 0, 0, 0), None, 0.4),  # no SE: no form, position or r
+        ("n", 4, [0.6, 0.7, 0.8, 0.999], (0, 0, 0, 0, 0), None, 0.4),  # the fixed no-SE trial: its own arm
     ]
     summary, curves = [], []
     for trial, epochs, curve, stages, r, drop in trials:
         se = {**base, "se_reduction": r} if any(stages) else {"pool": "max", "lr": 2e-3, "weight_decay": 0.05,
                                                               "classifier_dropout": 0.5}
         summary.append({"trial_id": trial, **{f"se_stage{i + 1}": bool(v) for i, v in enumerate(stages)}, **se,
-                        "conv_dropout": drop, "best_val_accuracy": max(curve), "epochs_run": epochs})
+                        "conv_dropout": drop, "best_val_accuracy": max(curve), "epochs_run": epochs,
+                        "role": "no_se" if trial == "n" else "searched"})
         curves += [{"trial_id": trial, "epoch": e + 1, "val_accuracy": v} for e, v in enumerate(curve)]
     pd.DataFrame(summary).to_csv(tmp_path / "summary.csv", index=False)
     pd.DataFrame(curves).to_csv(tmp_path / "curves.csv", index=False)
@@ -57,6 +59,63 @@ def test_ablation_top_arms_are_the_studys_best_full_budget_trials_by_last_epoch(
     assert arm_spec("top2", tmp_path) == (top[1], "track")
     with pytest.raises(ValueError, match="needs a study"):
         arm_spec("top1", None)
+    from study.ablation import study_trial
+
+    assert [study_trial(arm, tmp_path) for arm in ("top1", "top2", "top3", "seed_random")] == ["b", "d", "a", None]
+    assert study_trial("top1", None) is None
+
+
+@pytest.mark.slow
+def test_the_ablation_continues_the_study_trial_that_trained_the_same_run(synthetic_pack, tmp_path, capsys):
+    """A study trial stopped after epoch 1 of 2 is adopted only by the run that trains exactly it, and
+    that run trains just the missing epoch."""
+    import pandas as pd
+    import torch
+
+    from gtsrb.model import ModelConfig
+    from gtsrb.train import TrainConfig, fit
+    from study.ablation import adopt_trial, done_at_another_budget, study_trial
+
+    tiny = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))
+    study = tmp_path / "study"
+    trial = study / "train_trial_abc_1_lr=0.002"
+
+    class Stopped(Exception):  # what ASHA does to a trial at its rung
+        pass
+
+    def stop(row, ckpt_dir):
+        raise Stopped
+
+    trial_config = TrainConfig(epochs=2, batch_size=64, threads=1, histograms=True)
+    with pytest.raises(Stopped):
+        fit(tiny, synthetic_pack, tmp_path / "scratch", trial_config, on_epoch=stop, progress=False)
+    (trial / "checkpoint_000000").mkdir(parents=True)
+    (tmp_path / "scratch" / "last.pt").rename(trial / "checkpoint_000000" / "last.pt")
+    pd.DataFrame([{"trial_id": "abc", "role": "seed", "epochs_run": 1, "status": "TERMINATED"}]).to_csv(
+        study / "summary.csv", index=False)
+    assert study_trial("seed", study) == "abc" and study_trial("no_se", study) is None
+
+    run_config = TrainConfig(epochs=2, batch_size=64, threads=2, histograms=False)
+    other = tmp_path / "other"
+    assert adopt_trial(study, "abc", other, tiny, TrainConfig(epochs=2, batch_size=64, seed=1), synthetic_pack) is None
+    assert adopt_trial(study, "abc", other, ModelConfig(**{**tiny.to_dict(), "pool": "avg"}), run_config,
+                       synthetic_pack) is None
+    assert adopt_trial(study, "zzz", other, tiny, run_config, synthetic_pack) is None
+    printed = capsys.readouterr().out
+    assert "differs in seed" in printed and "differs in model_config" in printed and "no checkpoint" in printed
+    assert not other.exists()
+
+    out = tmp_path / "run"
+    adopted = adopt_trial(study, "abc", out, tiny, run_config, synthetic_pack)
+    assert adopted["trial"] == "abc" and adopted["epochs"] == 1 and adopted["train_seconds"] > 0
+    first = torch.load(out / "last.pt", weights_only=False)["history"]
+    history = fit(tiny, synthetic_pack, out, run_config, resume=True, progress=False)
+    assert [h["epoch"] for h in history] == [1, 2] and history[0] == first[0]
+
+    record = {"train_config": {**run_config.__dict__, "train_splits": ["train"]}}
+    assert done_at_another_budget(record, run_config) == []
+    assert done_at_another_budget({"train_config": {**run_config.__dict__, "epochs": 10}}, run_config) == [
+        "epochs 10 (this run: 2)"]
 
 
 def test_report_gpu_table_shows_each_variant_its_peak_share_and_fallbacks():
@@ -252,16 +311,23 @@ def test_the_stopped_fixed_trials_are_continued_by_the_ablations_seed_0_runs(tmp
     pd.DataFrame([{"trial_id": t, "epoch": e + 1, "val_accuracy": v} for t, c in curves.items()
                   for e, v in enumerate(c)]).to_csv(tmp_path / "curves.csv", index=False)
 
-    def run(arm, seed, curve, epochs=4, recipe=True):
+    def run(arm, seed, curve, epochs=4, recipe=True, adopted=0):
         return {"arm": arm, "seed": seed, "curve": curve, "recipe": recipe, "epochs": epochs, "train_fraction": 1.0,
-                "split_kind": "track"}
+                "split_kind": "track", "adopted_epochs": adopted}
 
     ablation = pd.DataFrame([run("seed", 0, [0.31, 0.61, 0.9, 0.97]), run("seed", 1, [0.1, 0.2, 0.3, 0.999]),
                              run("no_se", 0, [0.45, 0.85, 0.93, 0.941]),
                              run("no_se", 0, [0.1, 0.1, 0.1, 0.1], epochs=10)])  # another budget: not a control
     text = asha_controls(tmp_path, ablation)
     # Finishers at epoch 4: b 0.99, a 0.96, no_se 0.94; the seed trial's continuation (0.97) ranks 2nd of 4.
-    assert ("`seed`: ASHA stopped it at epoch 2 (60.00% val; the re-run had 61.00% there). Trained to the end, "
-            "it reaches 97.00% at epoch 4, which would rank 2 of 4 among the study's finishers.") in text
+    assert ("`seed`: ASHA stopped it at epoch 2 (60.00% val). Trained to the end (re-run from scratch, which had "
+            "61.00% at epoch 2), it reaches 97.00% at epoch 4, which would rank 2 of 4 among the study's "
+            "finishers.") in text
     assert "`no_se` ran the whole schedule in the study (94.00% val at epoch 4); the ablation's seed-0 re-run ends at 94.10%" in text
     assert asha_controls(tmp_path, ablation[ablation["epochs"] == 10]) == ""  # no run at the study's budget
+    # On the study's machine the ablation adopts the trials' checkpoints (study.ablation.adopt_trial).
+    adopted = pd.DataFrame([run("seed", 0, [0.3, 0.6, 0.9, 0.98], adopted=2),
+                            run("no_se", 0, [0.45, 0.85, 0.93, 0.94], adopted=4)])
+    text = asha_controls(tmp_path, adopted)
+    assert "Trained to the end (continued from its epoch-2 checkpoint), it reaches 98.00% at epoch 4" in text
+    assert "the ablation's seed-0 run is that trial itself." in text

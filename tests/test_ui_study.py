@@ -29,6 +29,7 @@ from ui.study import (  # noqa: E402
     MEASURE_AT,
     MEASURE_BEST,
     ablation_bands,
+    ablation_folder,
     ablation_view,
     build_study_tab,
     common_epoch,
@@ -43,7 +44,7 @@ from ui.study import (  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
-ABLATION = RESULTS / "ablation"
+ABLATION = ablation_folder(RESULTS)
 ARTIFACTS = REPO / "artifacts" / "ui"
 CHROMIUM = Path("/usr/bin/chromium")
 WAIT_MS = 60_000
@@ -176,6 +177,17 @@ def test_real_factor_effects_at_the_common_epoch_are_the_hand_computed_means():
     lr = best[best["factor"] == "lr"].set_index("trial_id")
     assert lr.loc[summary[0]["trial_id"], "x"] == pytest.approx(float(summary[0]["lr"]))
     assert lr.loc[summary[0]["trial_id"], "y"] == pytest.approx(float(summary[0]["best_val_accuracy"]))
+
+
+def test_the_tab_shows_the_quick_ablation_until_make_ablation_writes_a_run(tmp_path):
+    (tmp_path / "ablation-quick").mkdir()
+    assert ablation_folder(tmp_path) == tmp_path / "ablation-quick"
+    (tmp_path / "ablation").mkdir()
+    assert ablation_folder(tmp_path) == tmp_path / "ablation-quick"  # an empty folder is no ablation yet
+    (tmp_path / "ablation" / "seed-seed0.json").write_text("{}")
+    assert ablation_folder(tmp_path) == tmp_path / "ablation"
+    (tmp_path / "ablation-quick").rmdir()
+    assert ablation_folder(tmp_path / "nothing") == tmp_path / "nothing" / "ablation"  # says what is missing
 
 
 def test_real_ablation_band_mean_is_the_hand_computed_mean():

@@ -10,7 +10,8 @@ Nothing here trains or loads a model (no torch): the tab only reads
   at the end of ``make tune``): the trial table, the val curve of every trial and the
   effect of each searched factor;
 - ``results/ablation/<arm>-seed<k>.json`` (``make ablation``): per arm, the mean val
-  accuracy per epoch over seeds with a ±1 standard deviation band.
+  accuracy per epoch over seeds with a ±1 standard deviation band. Until that folder holds a
+  run, the quick ablation that came before it (``results/ablation-quick``).
 
 The loaders are pure functions that return a :class:`Loaded` (a DataFrame and the notes
 on what was missing or malformed); they never raise on a bad file, so a broken result
@@ -677,6 +678,13 @@ def study_view(folder: Path | None, measure: str = MEASURE_BEST) -> tuple:
             factors_text(trials, long, measure, epoch), factors_chart(long, measure, y_title))
 
 
+def ablation_folder(results: Path) -> Path:
+    """``results/ablation`` (``make ablation``, at the converging budget) once it holds a run, else the
+    quick ablation that came before it, ``results/ablation-quick``. study/report.py picks the same way."""
+    new, quick = results / "ablation", results / "ablation-quick"
+    return new if any(new.glob("*-seed*.json")) or not quick.is_dir() else quick
+
+
 def ablation_view(folder: Path) -> tuple[str, alt.Chart | None]:
     runs, notes = load_ablation(folder)
     if runs.empty:
@@ -716,10 +724,11 @@ def build_study_tab(results: Path = Path("results")) -> None:
     measure = gr.Radio(choices=list(MEASURES), value=MEASURE_BEST, label="Accuracy on the y axis",
                        elem_id="study-measure")
     factors_plot = gr.Plot(value=view[5], show_label=False, elem_id="study-factors")
+    abl_folder = ablation_folder(results)
     try:
-        abl_md, abl_chart = ablation_view(results / "ablation")
+        abl_md, abl_chart = ablation_view(abl_folder)
     except Exception as e:  # noqa: BLE001
-        abl_md, abl_chart = f"### SE ablation\n⚠ Cannot show `{results / 'ablation'}`: {type(e).__name__}: {e}", None
+        abl_md, abl_chart = f"### SE ablation\n⚠ Cannot show `{abl_folder}`: {type(e).__name__}: {e}", None
     gr.Markdown(abl_md, elem_id="study-ablation-text")
     gr.Plot(value=abl_chart, show_label=False, elem_id="study-ablation")
 
