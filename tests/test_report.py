@@ -5,7 +5,8 @@ import json
 import pytest
 
 def test_report_fill_rewrites_only_its_block(tmp_path):
-    from study.report import fill, first_epoch, pm
+    from study.report import fill
+    from study.report.common import first_epoch, pm
 
     f = tmp_path / "R.md"
     f.write_text("intro\n<!-- report:x -->\nold\n<!-- /report:x -->\noutro\n")
@@ -119,7 +120,7 @@ def test_the_ablation_continues_the_study_trial_that_trained_the_same_run(synthe
 
 
 def test_report_gpu_table_shows_each_variant_its_peak_share_and_fallbacks():
-    from study.report import gpu_table
+    from study.report.speed import gpu_table
 
     def run(img_s: float, host: float) -> dict:
         gpu = {"bf16_matmul_tflops": 800.0}
@@ -158,7 +159,7 @@ def _bench_run(default: float, stock: float, naive: float, fp32: float, bf16: fl
 
 
 def test_report_speed_table_shows_each_variant_with_its_spread_against_stock():
-    from study.report import speed_table
+    from study.report.speed import speed_table
 
     text = speed_table(_bench_run(120.0, 100.0, 50.0, 120.0, 40.0), "run.json")
     lines = text.splitlines()
@@ -170,7 +171,7 @@ def test_report_speed_table_shows_each_variant_with_its_spread_against_stock():
 
 
 def test_report_precision_rule_table_reads_old_and_new_bench_runs():
-    from study.report import precision_rule_table
+    from study.report.speed import precision_rule_table
 
     old = {"machine": {"cpu": "Intel Xeon", "cores": 2, "torch": "2.14.1"}, "ceiling_bf16_img_s": 1.0,
            "train_variants_img_s": {"fp32": 379.0, "bf16_channels_last": 829.0}}
@@ -180,7 +181,7 @@ def test_report_precision_rule_table_reads_old_and_new_bench_runs():
 
 
 def test_report_precision_table_pairs_each_path_with_fp32_by_seed():
-    from study.report import precision_table
+    from study.report.speed import precision_table
 
     def run(path, seed, acc, epochs=3):
         return {"path": path, "seed": seed, "epochs": epochs, "final_val_accuracy": acc, "images_per_s": [100.0, 300.0]}
@@ -219,7 +220,7 @@ def _record(folder, arm, seed, val, test, raw=None):
 
 
 def test_report_recipe_table_pairs_arms_by_seed_and_names_borrowed_rows(tmp_path):
-    from study.report import load_recipe, recipe_table
+    from study.report.runs import load_recipe, recipe_table
 
     folder = tmp_path / "best"
     folder.mkdir()
@@ -243,7 +244,7 @@ def test_report_recipe_table_pairs_arms_by_seed_and_names_borrowed_rows(tmp_path
 def test_rung_check_reads_the_rank_correlation_and_flatness_off_the_curves(tmp_path):
     import pandas as pd
 
-    from study.report import effects_table, rung_check
+    from study.report.trials import effects_table, rung_check
 
     curves = {  # trial: val per epoch; c and d were stopped at ASHA's first rung (epoch 2), f is running
         "a": [0.50, 0.90, 0.950, 0.952], "b": [0.40, 0.80, 0.900, 0.990], "e": [0.45, 0.85, 0.930, 0.932],
@@ -279,7 +280,7 @@ def test_confused_pairs_say_how_many_test_tracks_the_errors_come_from(synthetic_
     from gtsrb.data import load_pack
     from gtsrb.inference import Classifier
     from gtsrb.model import ModelConfig, build_model
-    from study.report import best_model_section
+    from study.report.model import best_model_section
 
     torch.manual_seed(0)
     tiny = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))
@@ -301,7 +302,7 @@ def test_confused_pairs_say_how_many_test_tracks_the_errors_come_from(synthetic_
 def test_the_stopped_fixed_trials_are_continued_by_the_ablations_seed_0_runs(tmp_path):
     import pandas as pd
 
-    from study.report import asha_controls
+    from study.report.trials import asha_controls
 
     curves = {"a": [0.5, 0.90, 0.95, 0.96], "b": [0.4, 0.80, 0.90, 0.99], "seed": [0.3, 0.60], "no_se": [0.45, 0.85, 0.93, 0.94]}
     roles = {"a": "searched", "b": "searched", "seed": "seed", "no_se": "no_se"}
@@ -331,3 +332,21 @@ def test_the_stopped_fixed_trials_are_continued_by_the_ablations_seed_0_runs(tmp
     text = asha_controls(tmp_path, adopted)
     assert "Trained to the end (continued from its epoch-2 checkpoint), it reaches 98.00% at epoch 4" in text
     assert "the ablation's seed-0 run is that trial itself." in text
+
+
+def test_make_report_with_no_results_fills_nothing_and_says_so(tmp_path, capsys):
+    """Every source is optional: a fresh folder gives an empty headline and leaves the page's blocks alone."""
+    from study.report import main
+
+    page = tmp_path / "REPORT.md"
+    page.write_text("<!-- report:ablation -->\nkept\n<!-- /report:ablation -->\n")
+    missing = tmp_path / "none"
+    args = ["--data", str(missing / "p.h5"), "--study", str(missing), "--ablation", str(missing),
+            "--checkpoint", str(missing / "best.pt"), "--recipe", str(missing), "--out", str(tmp_path / "out"),
+            "--report", str(page), "--readme", str(missing / "R.md"), "--speed", str(missing / "S.md"),
+            "--loadtest", str(missing / "l.json"), "--bench", str(missing / "b.json"),
+            "--precision", str(missing / "pr.json"), "--bench-gpu", str(missing / "g.json")]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "out" / "headline.json").read_text()) == {}
+    assert "kept" in page.read_text()
+    assert f"ablation records: {missing}" in capsys.readouterr().out

@@ -213,8 +213,9 @@ def test_real_ablation_band_mean_is_the_hand_computed_mean():
 
 
 def test_real_ablation_numbers_agree_with_the_report():
-    """The tab's per-arm table is study/report.py's: same final val and test figures, same formatting."""
-    report = pytest.importorskip("study.report")  # needs the `study` extra (scipy)
+    """The tab's per-arm table is study.report's: same final val and test figures, same formatting."""
+    report = pytest.importorskip("study.report.runs")  # needs the `study` extra (scipy)
+    from study.report.common import pm
     if not any(ABLATION.glob("*-seed*.json")):
         pytest.skip("no results/ablation/*.json committed")
     text, chart = ablation_view(ABLATION)
@@ -223,7 +224,7 @@ def test_real_ablation_numbers_agree_with_the_report():
         d = df[df["arm"] == arm]
         if d.empty:
             continue
-        assert f"| {report.pm(d['final_val'])} | {report.pm(d['test'])} |" in text, arm
+        assert f"| {pm(d['final_val'])} | {pm(d['test'])} |" in text, arm
     assert "±1" in text.replace(" ", "") and "sample standard deviation" in text
     assert "python -m study.ablation" in text  # the recorded command
     spec = chart.to_dict()

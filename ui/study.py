@@ -17,7 +17,7 @@ The loaders are pure functions that return a :class:`Loaded` (a DataFrame and th
 on what was missing or malformed); they never raise on a bad file, so a broken result
 shows as a note in the tab and the rest of the demo keeps working. The figures are
 Altair (Vega-Lite) specs that ``gr.Plot`` hands to the browser, which draws them.
-``study/report.py`` reads the same files for results/REPORT.md; the numbers here use
+``study.report`` (`make report`) reads the same files for results/REPORT.md; the numbers here use
 the same definitions (final val = last epoch, mean ± sample std over seeds).
 """
 
@@ -215,7 +215,7 @@ def load_ablation(folder: Path) -> Loaded:
 # --------------------------------------------------------------------------- derived tables
 
 def pm(values, scale: float = 100.0, digits: int = 2) -> str:
-    """mean ± sample std (n-1), scaled, as study/report.py writes it; a single value shows no std."""
+    """mean ± sample std (n-1), scaled, as study.report writes it; a single value shows no std."""
     v = np.asarray(values, float) * scale
     if len(v) == 1:
         return f"{v[0]:.{digits}f}"
@@ -680,7 +680,8 @@ def study_view(folder: Path | None, measure: str = MEASURE_BEST) -> tuple:
 
 def ablation_folder(results: Path) -> Path:
     """``results/ablation`` (``make ablation``, at the converging budget) once it holds a run, else the
-    quick ablation that came before it, ``results/ablation-quick``. study/report.py picks the same way."""
+    quick ablation that came before it, ``results/ablation-quick``. ``study.report.ablation_folder``
+    picks the same way (this tab does not import the study package)."""
     new, quick = results / "ablation", results / "ablation-quick"
     return new if any(new.glob("*-seed*.json")) or not quick.is_dir() else quick
 

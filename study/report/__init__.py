@@ -1,0 +1,304 @@
+"""`make report`: every table and plot of results/REPORT.md, from stored run outputs.
+
+    python -m study.report [--data data/gtsrb28-roi.h5] [--study results/study/cpu]
+
+Reads, without training anything:
+- results/ablation/*.json (``make ablation``; until it holds a run, the quick ablation's
+  results/ablation-quick): curves and the convergence table (``runs.py``);
+- results/recipe/<preset>/*.json (``make recipe``): the recipe ablation (``runs.py``);
+- results/study/<name>/summary.csv and curves.csv (``make tune``): ASHA's rule and the
+  factor effects (``trials.py``);
+- results/best/ (``make train-best``): the release run, and its split twin on the pack's
+  test split: calibration, errors, TTA, SE off (``model.py``);
+- results/bench/, results/ui/ (``make bench``, ``make precision-check``, ``make loadtest``):
+  speed (``speed.py``).
+
+Writes figures and CSVs into results/report/ and rewrites the blocks between
+``<!-- report:NAME -->`` and ``<!-- /report:NAME -->`` in results/REPORT.md, README.md
+and results/SPEED.md, so no number there is typed by hand. Each ``*_blocks`` function
+below makes the blocks of one source, and returns ``(blocks, headline)``: the block
+texts by name, and the figures the headline block quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from gtsrb.util import machine, write_text_atomic
+from study.report.common import machine_text, md_table, pm
+from study.report.model import (
+    _train_splits,
+    best_model_section,
+    best_run_text,
+    release_text,
+    tta_text,
+    unsure_text,
+)
+from study.report.runs import (
+    ARM_LABELS,
+    COMPARED,
+    ablation_figure,
+    ablation_table,
+    leakage_table,
+    load_ablation,
+    load_recipe,
+    paired_table,
+    recipe_table,
+)
+from study.report.speed import (
+    BENCH_CPU,
+    PRECISION_RULE_RUNS,
+    demo_speed_text,
+    gpu_table,
+    precision_rule_table,
+    precision_table,
+    speed_table,
+)
+from study.report.trials import asha_controls, effects_table, rung_check
+
+
+def fill(path: Path, name: str, text: str) -> bool:
+    """Replace the block ``<!-- report:name -->...<!-- /report:name -->`` in ``path``."""
+    if not path.is_file():
+        return False
+    src = path.read_text()
+    pattern = re.compile(rf"(<!-- report:{re.escape(name)} -->\n).*?(<!-- /report:{re.escape(name)} -->)", re.S)
+    if not pattern.search(src):
+        return False
+    new = pattern.sub(lambda m: m.group(1) + text.rstrip("\n") + "\n" + m.group(2), src)
+    if new != src:
+        write_text_atomic(path, new)
+    return True
+
+
+def ablation_folder(results: Path = Path("results")) -> Path:
+    """``results/ablation`` (``make ablation``, at the converging budget) once it holds a run, else the
+    quick ablation that came before it, ``results/ablation-quick``. ui/study.py picks the same way."""
+    new, quick = results / "ablation", results / "ablation-quick"
+    return new if any(new.glob("*-seed*.json")) or not quick.is_dir() else quick
+
+
+def ablation_blocks(df: pd.DataFrame, out: Path) -> tuple[dict, dict]:
+    """The SE ablation's table, curves, paired differences and the leakage run."""
+    if df.empty:
+        return {}, {}
+    table, csv = ablation_table(df)
+    csv.to_csv(out / "ablation.csv", index=False)
+    ablation_figure(df, out / "ablation_curves.png")
+    r = df.iloc[0]
+    recipe = "the accuracy recipe on the ROI pack" if r["recipe"] else "the old recipe"
+    adopted = df[df["adopted_epochs"] > 0]
+    reuse = ("" if adopted.empty else
+             f" {len(adopted)} run(s) continue the study's own trial of that configuration and seed "
+             f"(`study.ablation` adopts its checkpoint: {', '.join(f'{a} seed {s}' for a, s in zip(adopted['arm'], adopted['seed']))}); "
+             f"their minutes count the study's epochs, trained with 1 thread beside another trial.")
+    blocks, headline = {}, {}
+    blocks["ablation"] = (table + f"\n\nEach run: {recipe}, {r['train_fraction']:.0%} of the train split and "
+                          f"{r['val_fraction']:.0%} of the val split (track-grouped subsets), {r['epochs']} "
+                          f"epochs, batch 128, one-cycle; test = the full test split (n={r['test_n']}) at the "
+                          f"{r['test_at']}. "
+                          f"A seed sets the initialisation and the subsets, so arms with the same seed saw the "
+                          f"same images. Hardware: {machine_text(r['machine'])}; wall time "
+                          f"{df['wall_seconds'].sum() / 60:.0f} min for all {len(df)} runs (including the "
+                          f"leakage run).{reuse} Command: `{r['command']}`.\n\nPaired by seed:\n\n" + paired_table(df))
+    blocks["leakage"], headline["leakage"] = leakage_table(df)
+    headline["ablation_budget"] = (f"{'the recipe' if r['recipe'] else 'old recipe'}, "
+                                   f"{r['train_fraction']:.0%} of train, {r['epochs']} epochs")
+    for arm in COMPARED:
+        d = df[df["arm"] == arm]
+        if len(d):
+            headline[arm] = {"final_val": pm(d["final_val"]), "test": pm(d["test"]), "runs": len(d)}
+    return blocks, headline
+
+
+def study_blocks(study: Path, ablation: pd.DataFrame) -> dict:
+    """The study's top trials, its factor effects, ASHA's rule checked on its curves."""
+    blocks = {}
+    if (study / "top.md").is_file():
+        blocks["study"] = (study / "top.md").read_text().strip()
+    if (study / "curves.csv").is_file():
+        table, n_trials = effects_table(study)
+        blocks["effects"] = (f"{table}\n\n{n_trials} trials in `{study}` back this table." if n_trials else
+                             f"No trial in `{study}` has reached ASHA's first rung yet.")
+        blocks["effects"] += "\n\n" + rung_check(study)
+        controls = asha_controls(study, ablation)
+        if controls:
+            blocks["effects"] += "\n\n" + controls
+    return blocks
+
+
+def recipe_blocks(folder: Path) -> tuple[dict, dict]:
+    """The recipe ablation's table, and the recipe's headline figures (test, against the old recipe)."""
+    rdf = load_recipe(folder)
+    if rdf.empty:
+        return {}, {}
+    rec, old = rdf[rdf["arm"] == "recipe"].set_index("seed"), rdf[rdf["arm"] == "old"].set_index("seed")
+    common = sorted(set(rec.index) & set(old.index))
+    headline = {}
+    if len(rec):
+        headline["recipe"] = {"test": pm(rec["test"]), "seeds": len(rec), "epochs": int(rec["epochs"].iloc[0]),
+                              "minutes": rec["train_seconds"].mean() / 60}
+        if common:
+            headline["recipe"]["vs_old"] = pm((rec.loc[common, "test"] - old.loc[common, "test"]).to_numpy())
+            headline["recipe"]["pairs"] = len(common)
+    return {"recipe": recipe_table(rdf)}, headline
+
+
+def model_blocks(checkpoint: Path, data: Path, out: Path) -> tuple[dict, dict, Path | None]:
+    """The release run, the checkpoint's line, and on a model that never saw the test split (the release
+    model's split twin where there is one): TTA, calibration, confusions, SE off; the SE blocks' class
+    specificity. Also returns that held-out checkpoint (None when there is none)."""
+    blocks, headline = {}, {}
+    split_ckpt = checkpoint.parent / "split" / "best.pt"
+    # The release model saw every split, so without its twin there is no held-out figure to make.
+    held_out = split_ckpt if split_ckpt.is_file() else (None if "test" in _train_splits(checkpoint) else checkpoint)
+    if held_out is None:
+        print(f"{split_ckpt}: absent (`make train-best` makes it); the held-out blocks keep their text")
+    metrics_file = checkpoint.parent / "metrics.json"
+    if metrics_file.is_file():
+        hist_file = checkpoint.parent / "history.json"
+        hist = json.loads(hist_file.read_text()) if hist_file.is_file() else []
+        m = json.loads(metrics_file.read_text())
+        split_file = split_ckpt.parent / "metrics.json"
+        split = json.loads(split_file.read_text()) if split_file.is_file() else None
+        blocks["best"] = release_text(m, hist, split) if "release" in m else best_run_text(m, hist)
+    if checkpoint.is_file():
+        from gtsrb.util import sha256_file
+
+        blocks["checkpoint"] = (f"`{checkpoint}`: {checkpoint.stat().st_size / 1e6:.1f} MB, weights only "
+                                f"(read with `torch.load(weights_only=True)`), sha256\n`{sha256_file(checkpoint)}`")
+    if held_out is not None and held_out.is_file() and data.is_file():
+        blocks["tta"] = tta_text(held_out, data)
+        best, pairs_md = best_model_section(held_out, data, out)
+        headline["best_model"] = best
+        blocks["calibration"] = (f"Model `{held_out}` on the test split: accuracy "
+                                 f"{best['accuracy'] * 100:.2f}% ({best['errors']} errors in {best['n']}), macro F1 "
+                                 f"{best['macro_f1']:.4f}, mean confidence {best['mean_confidence'] * 100:.2f}%, "
+                                 f"**ECE {best['ece'] * 100:.2f}%** (15 equal-width bins). "
+                                 + best["calibration_text"]
+                                 + f" Made by `make report` from the committed checkpoint and `{data}` (one "
+                                 f"evaluation pass plus one with SE off, {best['seconds']:.0f} s on "
+                                 f"{machine_text(machine())}); no training.")
+        blocks["confused"] = pairs_md
+        blocks["se_off"] = (f"With every SE block replaced by the identity (same weights otherwise), `{held_out}`'s "
+                            f"test accuracy goes from {best['accuracy'] * 100:.2f}% to "
+                            f"{best['se_off_accuracy'] * 100:.2f}%, and {best['se_off_changed'] * 100:.1f}% of the "
+                            f"test predictions change.")
+    exc = checkpoint.parent / "excitations.npz"
+    if exc.is_file():
+        from gtsrb.explain import load_excitations
+
+        stats, meta = load_excitations(exc)
+        headline["specificity"] = {k: v["specificity"] for k, v in stats.items()}
+        blocks["specificity"] = md_table(
+            ["SE block", "channels", "class specificity η²"],
+            [[k, v["class_mean"].shape[1], f"{v['specificity']:.3f}"] for k, v in stats.items()],
+        ) + f"\n\nFrom `{exc}` ({meta['source']}; `gtsrb excitations`)."
+    calibration = checkpoint.parent / "calibration.json"
+    if calibration.is_file():
+        blocks["unsure"] = unsure_text(json.loads(calibration.read_text()))
+    return blocks, headline, held_out
+
+
+def headline_block(headline: dict, checkpoint: Path, held_out: Path | None) -> dict:
+    """The page's opening paragraph (REPORT.md and README.md): the release model, the recipe, the SE
+    ablation's arms, the SE blocks' specificity and the leakage gap, all quoted from the other blocks."""
+    if not (headline.get("best_model") and all(k in headline for k in ("seed", "no_se"))):
+        return {}
+    lk = headline.get("leakage") or {}
+    bm = headline["best_model"]
+    split_ckpt = checkpoint.parent / "split" / "best.pt"
+    if held_out == split_ckpt:
+        h = (f"Release model `{checkpoint}`: the study's best config with the accuracy recipe, trained on all "
+             f"39,209 training images (GTSRB's protocol); its official-test score comes from an independent "
+             f"run (the set is not on the development machine). Its twin trained on the train split alone "
+             f"(`{split_ckpt}`) scores **{bm['accuracy'] * 100:.2f}%** on the held-out track-split test "
+             f"({bm['errors']} errors in {bm['n']:,}), ECE {bm['ece'] * 100:.2f}%; with its SE blocks switched "
+             f"off, {bm['se_off_accuracy'] * 100:.2f}%.")
+    else:
+        h = (f"Best model (`{checkpoint}`): test accuracy {bm['accuracy'] * 100:.2f}%, ECE "
+             f"{bm['ece'] * 100:.2f}%; with its SE blocks switched off, {bm['se_off_accuracy'] * 100:.2f}%.")
+    rc = headline.get("recipe")
+    if rc:
+        h += (f" The recipe on the train split: test {rc['test']}% over {rc['seeds']} seed(s), "
+              f"{rc['epochs']} epochs, {rc['minutes']:.0f} min per run on 2 CPU cores")
+        if "vs_old" in rc:
+            vs = rc["vs_old"] if rc["vs_old"].startswith("-") else "+" + rc["vs_old"]
+            h += f"; {vs} points on test against the old recipe, paired over {rc['pairs']} seed(s)."
+        else:
+            h += "."
+    rows = [[ARM_LABELS[k], headline[k]["runs"], headline[k]["final_val"], headline[k]["test"]]
+            for k in COMPARED if k in headline]
+    h += f"\n\nSE ablation ({headline.get('ablation_budget', '?')}; `make ablation`):\n\n"
+    h += md_table(["model (ablation budget)", "seeds", "final val acc %", "test acc %"], rows)
+    h += "\n"
+    if headline.get("specificity"):
+        h += ("\nClass specificity η² of the served model's SE blocks (val split, which the release model "
+              "trained on): " + ", ".join(f"{k} {v:.2f}" for k, v in headline["specificity"].items()) + ".")
+    if lk:
+        h += (f" Split leakage: the random split reads {lk['gap_points']:+.2f} points higher on its own test "
+              f"split than the track split ({lk['random_test'] * 100:.2f}% vs {lk['track_test'] * 100:.2f}%).")
+    return {"headline": h}
+
+
+def speed_blocks(a: argparse.Namespace) -> dict:
+    """The bench tables (CPU, GPU, the precision rule and its check) and the demo's load test."""
+    blocks = {}
+    if a.bench.is_file():
+        blocks["speed"] = speed_table(json.loads(a.bench.read_text()), a.bench.name)
+    rule_runs = [(Path(f).name, json.loads(Path(f).read_text())) for f in PRECISION_RULE_RUNS if Path(f).is_file()]
+    if rule_runs:
+        blocks["precision_rule"] = precision_rule_table(rule_runs)
+    if a.bench_gpu.is_file():
+        before = json.loads(a.bench_gpu_before.read_text()) if a.bench_gpu_before.is_file() else None
+        blocks["gpu"] = gpu_table(json.loads(a.bench_gpu.read_text()), before, a.bench_gpu.name, a.bench_gpu_before.name)
+    if a.precision.is_file():
+        blocks["precision"] = precision_table(json.loads(a.precision.read_text()))
+    if a.loadtest.is_file():
+        blocks["demo_speed"] = demo_speed_text(json.loads(a.loadtest.read_text()), a.loadtest.name)
+    return blocks
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=Path("data/gtsrb28.h5"))
+    p.add_argument("--study", type=Path, default=Path("results/study/cpu"))
+    p.add_argument("--ablation", type=Path, default=None,
+                   help="default: results/ablation once it holds a run, else results/ablation-quick")
+    p.add_argument("--checkpoint", type=Path, default=Path("results/best/best.pt"))
+    p.add_argument("--recipe", type=Path, default=Path("results/recipe"))
+    p.add_argument("--out", type=Path, default=Path("results/report"))
+    p.add_argument("--report", type=Path, default=Path("results/REPORT.md"))
+    p.add_argument("--readme", type=Path, default=Path("README.md"))
+    p.add_argument("--speed", type=Path, default=Path("results/SPEED.md"))
+    p.add_argument("--loadtest", type=Path, default=Path("results/ui/loadtest.json"))
+    p.add_argument("--bench", type=Path, default=Path(BENCH_CPU))
+    p.add_argument("--precision", type=Path, default=Path("results/bench/precision.json"))
+    p.add_argument("--bench-gpu", type=Path, default=Path("results/bench/2026-11-26-h200-run3.json"))
+    p.add_argument("--bench-gpu-before", type=Path, default=Path("results/bench/2026-11-26-h200-run1-kornia.json"))
+    a = p.parse_args(argv)
+    a.ablation = a.ablation or ablation_folder()
+    print(f"ablation records: {a.ablation}")
+    a.out.mkdir(parents=True, exist_ok=True)
+
+    ablation = load_ablation(a.ablation)
+    blocks, headline = ablation_blocks(ablation, a.out)
+    blocks |= study_blocks(a.study, ablation)
+    recipe, recipe_headline = recipe_blocks(a.recipe)
+    model, model_headline, held_out = model_blocks(a.checkpoint, a.data, a.out)
+    blocks |= recipe | model
+    headline |= recipe_headline | model_headline
+    blocks |= headline_block(headline, a.checkpoint, held_out)
+    blocks |= speed_blocks(a)
+
+    (a.out / "headline.json").write_text(json.dumps(headline, indent=1, default=str) + "\n")
+    for name, text in blocks.items():
+        placed = [str(f) for f in (a.report, a.readme, a.speed) if fill(f, name, text)]
+        print(f"{name}: {'written to ' + ', '.join(placed) if placed else 'no marker found'}")
+    print(f"figures and CSVs in {a.out}")
+    return 0

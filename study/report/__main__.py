@@ -1,0 +1,5 @@
+import sys
+
+from study.report import main
+
+sys.exit(main())

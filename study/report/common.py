@@ -1,0 +1,29 @@
+"""What every part of the report shares: how numbers and tables are written."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pm(values, scale: float = 100.0, digits: int = 2) -> str:
+    """mean ± sample std (n-1), scaled; a single run shows no std."""
+    v = np.asarray(values, float) * scale
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine_text(m) -> str:
+    if isinstance(m, dict):
+        return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}"
+    return str(m)
+
+
+def first_epoch(curve: list[float], threshold: float) -> int | None:
+    return next((i + 1 for i, v in enumerate(curve) if v >= threshold), None)

@@ -1,0 +1,214 @@
+"""The training-run experiments: the SE ablation and its leakage run (`make ablation`,
+``<folder>/<arm>-seed<k>.json``) and the accuracy recipe's ablation (`make recipe`,
+``results/recipe/<preset>/<arm>-seed<k>.json``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gtsrb.plots import plt, save_figure
+from study.report.common import first_epoch, machine_text, md_table, pm
+
+
+ARM_LABELS = {"seed": "seed preset (SE on all 5 stages)", "no_se": "no SE (plain VGG-11)",
+              "best": "study best config", "top1": "study's best config", "top2": "study's 2nd config",
+              "top3": "study's 3rd config", "seed_random": "seed preset, random split"}
+
+
+ARM_COLORS = {"seed": "tab:orange", "no_se": "tab:gray", "best": "tab:blue", "top1": "tab:blue",
+              "top2": "tab:green", "top3": "tab:purple"}
+
+
+# The arms compared in the tables, in this order (study.ablation; "best" is the earlier ablation's top1).
+COMPARED = ("seed", "no_se", "best", "top1", "top2", "top3")
+
+
+THRESHOLDS = (0.80, 0.90, 0.95, 0.98, 0.99)
+
+
+def load_ablation(folder: Path) -> pd.DataFrame:
+    rows = []
+    for f in sorted(folder.glob("*-seed*.json")):
+        r = json.loads(f.read_text())
+        rows.append({
+            "arm": r["arm"], "seed": r["seed"], "split_kind": r["split_kind"],
+            "curve": [h["val_accuracy"] for h in r["history"]],
+            "final_val": r["history"][-1]["val_accuracy"],
+            "best_val": max(h["val_accuracy"] for h in r["history"]),
+            "test": r["test"]["accuracy"], "test_f1": r["test"]["macro_f1"], "test_n": r["test"]["n"],
+            "test_ece": r["test"].get("ece", np.nan), "test_at": r.get("test_at", "best-val epoch"),
+            "recipe": bool(r.get("recipe")),
+            # The run's training time, counting the epochs it adopted from a study trial (study.ablation).
+            "wall_seconds": r["wall_seconds"] + (r.get("adopted") or {}).get("train_seconds", 0),
+            "adopted_epochs": (r.get("adopted") or {}).get("epochs", 0), "epochs": r["train_config"]["epochs"],
+            "train_fraction": r["train_config"]["train_fraction"], "val_fraction": r["train_config"]["val_fraction"],
+            "machine": r.get("machine", "?"), "command": r.get("command", ""),
+        })
+    return pd.DataFrame(rows)
+
+
+def ablation_table(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    rows, csv = [], []
+    for arm in COMPARED:
+        d = df[df["arm"] == arm]
+        if d.empty:
+            continue
+        reach = {}
+        for t in THRESHOLDS:
+            eps = [first_epoch(c, t) for c in d["curve"]]
+            hit = [e for e in eps if e is not None]
+            reach[t] = (f"{pm(hit, 1, 1)} ({len(hit)}/{len(eps)} runs)" if hit else f"not reached (0/{len(eps)})")
+        ece = pm(d["test_ece"]) if d["test_ece"].notna().all() else "–"
+        rows.append([ARM_LABELS[arm], len(d), pm(d["final_val"]), pm(d["best_val"]), pm(d["test"]), ece,
+                     *(reach[t] for t in THRESHOLDS), f"{d['wall_seconds'].mean() / 60:.1f}"])
+        csv.append({"arm": arm, "runs": len(d), "final_val_mean": d["final_val"].mean(),
+                    "final_val_std": d["final_val"].std(ddof=1), "test_mean": d["test"].mean(),
+                    "test_std": d["test"].std(ddof=1), **{f"epochs_to_{t:.0%}": reach[t] for t in THRESHOLDS}})
+    test_at = " / ".join(sorted(set(df["test_at"])))
+    header = ["arm", "seeds", "final val acc %", "best val acc %", f"test acc % ({test_at})", "test ECE %",
+              *(f"epochs to {t:.0%} val" for t in THRESHOLDS), "min per run"]
+    return md_table(header, rows), pd.DataFrame(csv)
+
+
+def paired_table(df: pd.DataFrame) -> str:
+    """Arm differences seed by seed: a seed fixes the train/val subsets, so the pairs share their data."""
+    rows = []
+    present = [arm for arm in COMPARED if (df["arm"] == arm).any()]
+    pairs = [(a, "seed") for a in present if a != "seed"] + [(a, "no_se") for a in present if a not in ("seed", "no_se")]
+    for a, b in pairs:
+        x = df[df["arm"] == a].set_index("seed")
+        y = df[df["arm"] == b].set_index("seed")
+        common = sorted(set(x.index) & set(y.index))
+        if not common:
+            continue
+        cells = []
+        for col in ("final_val", "test"):
+            d = (x.loc[common, col] - y.loc[common, col]).to_numpy()
+            cells += [pm(d), f"{int((d > 0).sum())}/{len(d)}"]
+        rows.append([f"{ARM_LABELS[a]} − {ARM_LABELS[b]}", len(common), *cells])
+    return md_table(["difference (points)", "seeds", "final val", "seeds where higher", "test", "seeds where higher"],
+                    rows)
+
+
+def ablation_figure(df: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    lowest = 100.0
+    for arm in ("seed", "no_se", "best", "top1"):
+        d = df[df["arm"] == arm]
+        if d.empty:
+            continue
+        curves = np.array([c for c in d["curve"]]) * 100
+        x = np.arange(1, curves.shape[1] + 1)
+        mean = curves.mean(0)
+        std = curves.std(0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
+        ax.plot(x, mean, color=ARM_COLORS[arm], lw=2, marker="o", ms=3,
+                label=f"{ARM_LABELS[arm]} (n={len(curves)})")
+        ax.fill_between(x, mean - std, mean + std, color=ARM_COLORS[arm], alpha=0.2)
+        lowest = min(lowest, float((mean - std).min()))
+    for t in THRESHOLDS:
+        ax.axhline(t * 100, color="0.6", lw=0.8, ls="--")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    r = df.iloc[0]
+    ax.set_title(f"SE ablation: val accuracy, mean ± std over seeds\n"
+                 f"{r['train_fraction']:.0%} of the train split (track-grouped), {r['epochs']} epochs one-cycle")
+    # From 5 points under the lowest band: converged arms sit within a few points of each other.
+    ax.set_ylim(max(0.0, 5 * np.floor(lowest / 5) - 5), 100)
+    ax.set_xticks(np.arange(1, int(r["epochs"]) + 1))
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def leakage_table(df: pd.DataFrame) -> tuple[str, dict | None]:
+    rnd = df[df["arm"] == "seed_random"]
+    if rnd.empty:
+        return "(no random-split run yet: `make ablation`)", None
+    seeds = set(rnd["seed"])
+    trk = df[(df["arm"] == "seed") & df["seed"].isin(seeds)]
+    if trk.empty:
+        return "(no matching track-split run yet)", None
+    gap = (rnd["test"].mean() - trk["test"].mean()) * 100
+    rows = [["random (images shuffled; a sign's track can be in train and test)", len(rnd), pm(rnd["best_val"]),
+             pm(rnd["test"]), int(rnd["test_n"].iloc[0])],
+            ["track (default: each physical sign on one side only)", len(trk), pm(trk["best_val"]),
+             pm(trk["test"]), int(trk["test_n"].iloc[0])]]
+    rows[0].append(f"{rnd['wall_seconds'].sum() / 60:.1f}")
+    rows[1].append(f"{trk['wall_seconds'].sum() / 60:.1f}")
+    text = md_table(["split", "runs", "best val acc %", "test acc % (own test split)", "test n", "min"], rows)
+    text += f"\n\n**Gap: the random split reads {gap:+.2f} points higher on its own test split.**"
+    return text, {"random_test": float(rnd["test"].mean()), "track_test": float(trk["test"].mean()),
+                  "gap_points": float(gap)}
+
+
+RECIPE_LABELS = {
+    "recipe": "recipe: ROI crop, per-image contrast norm, class-aware mirror, label smoothing 0.1",
+    "old": "old recipe (same ROI pack)",
+    "no_roi": "recipe on full frames (no ROI crop)",
+    "no_norm": "recipe without per-image contrast norm",
+    "no_mirror": "recipe without the class-aware mirror",
+    "no_smoothing": "recipe without label smoothing",
+    "ema": "recipe + EMA of the weights (decay 0.998)",
+    "balanced": "recipe + class-balanced sampling",
+    "long": "recipe, twice the epochs",
+}
+
+
+def load_recipe(folder: Path) -> pd.DataFrame:
+    """One row per run of `make recipe`. An ``ema`` run also stands for the ``recipe`` arm at its seed
+    when that arm has no run of its own: its raw weights followed the recipe's trajectory exactly (the
+    average does not feed back into training; tests/test_recipe.py checks the equality)."""
+    rows = []
+    files = sorted(folder.glob("*/*-seed*.json"))
+    have = {(f.parent.name, f.name) for f in files}
+    for f in files:
+        r = json.loads(f.read_text())
+        base = {"preset": r["preset"], "seed": r["seed"], "epochs": r["train_config"]["epochs"],
+                "train_seconds": r["train_seconds"], "test_n": r["test"]["n"], "machine": r["machine"],
+                "command": r["command"]}
+        rows.append({**base, "arm": r["arm"], "val": r["val_accuracy"], "test": r["test"]["accuracy"], "from": ""})
+        if "raw" in r and (r["preset"], f"recipe-seed{r['seed']}.json") not in have:
+            rows.append({**base, "arm": "recipe", "val": r["raw"]["val_accuracy"], "test": r["raw"]["test_accuracy"],
+                         "from": f"raw weights of `{f.parent.name}/{f.name}`"})
+    return pd.DataFrame(rows)
+
+
+def recipe_table(df: pd.DataFrame) -> str:
+    """Per arm: seeds, val and test (last epoch), paired differences against the recipe, time."""
+    ref = df[df["arm"] == "recipe"].set_index("seed")
+    rows = []
+    for arm in RECIPE_LABELS:
+        d = df[df["arm"] == arm]
+        if d.empty:
+            continue
+        cells = [RECIPE_LABELS[arm], ", ".join(str(x) for x in sorted(d["seed"])), pm(d["val"]), pm(d["test"])]
+        x = d.set_index("seed")
+        common = sorted(set(x.index) & set(ref.index))
+        if arm != "recipe" and common:
+            for col in ("val", "test"):
+                diff = (x.loc[common, col] - ref.loc[common, col]).to_numpy()
+                cells.append(f"{pm(diff)} (n={len(diff)})")
+        else:
+            cells += ["", ""]
+        per_epoch = d["train_seconds"] / d["epochs"]
+        cells += [int(d["epochs"].iloc[0]), f"{d['train_seconds'].mean() / 60:.1f}", f"{per_epoch.mean():.0f}"]
+        rows.append(cells)
+    header = ["arm", "seed(s)", "val acc %", "test acc %", "Δ val vs recipe (points)", "Δ test vs recipe (points)",
+              "epochs", "min per run", "s per epoch"]
+    notes = [f"- {RECIPE_LABELS[r['arm']]}, seed {r['seed']}: {r['from']}." for _, r in df.iterrows() if r["from"]]
+    r0 = df[df["arm"] != "long"].iloc[0]
+    long = " (the long arm: twice that)" if (df["arm"] == "long").any() else ""
+    text = (md_table(header, rows) + "\n\n"
+            f"Each run: the `{r0['preset']}` configuration, the track split's whole train part, {r0['epochs']} "
+            f"epochs{long}, batch 128, one-cycle, scored at its last epoch (no selection on val); test = the held-out "
+            f"test split (n={r0['test_n']}). A seed fixes the initial weights and the data order, so Δ is a paired "
+            f"difference (mean ± std over seeds). Hardware: {machine_text(r0['machine'])}. Command: "
+            f"`{r0['command']}` (per arm: `make recipe`).")
+    if notes:
+        text += "\n\nRows not trained under their own arm:\n" + "\n".join(notes)
+    return text
