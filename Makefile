@@ -127,12 +127,15 @@ evaluate-official: $(STAMP)
 	$(BIN)/gtsrb evaluate $(CKPT) --official-test $(if $(BASE_URL),--base-url $(BASE_URL))
 
 # The SE ablation and the study's winners at the converging budget (the recipe, the whole train split,
-# 8 epochs): the seed preset, no SE and the study's top 3, 3 seeds each, plus the random-split leakage run.
+# 8 epochs): the seed preset, no SE, the release configuration (CONFIG) and the study's top 3 other
+# configurations, 3 seeds each, plus the random-split leakage run. Seed 0 of an arm the study trained
+# continues that trial's checkpoint where this machine has it.
 RANDOM_DATA ?= data/gtsrb28-roi-random.h5
 $(RANDOM_DATA): | $(STAMP)
 	$(BIN)/gtsrb pack $(SOURCE) --roi --split random --out $(RANDOM_DATA)
 ablation: $(DATA_ROI) $(RANDOM_DATA)
-	$(BIN)/python -m study.ablation --data $(DATA_ROI) --random-data $(RANDOM_DATA) --study results/study/$(STUDY)
+	$(BIN)/python -m study.ablation --data $(DATA_ROI) --random-data $(RANDOM_DATA) --study results/study/$(STUDY) \
+		--release-config $(CONFIG)
 
 # Every table and plot of results/REPORT.md and results/SPEED.md from stored run outputs (no training).
 report: $(DATA) $(DATA_ROI)

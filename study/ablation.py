@@ -1,7 +1,8 @@
 """`make ablation`: is the study's winner real, does SE help, does it converge faster? Plus the split-leakage gap.
 
     python -m study.ablation --data data/gtsrb28-roi.h5 --random-data data/gtsrb28-roi-random.h5 \
-        [--study results/study/cpu] [--arms seed no_se top1 ...] [--seeds 0 1 2] [--epochs 8]
+        [--study results/study/cpu] [--release-config results/study/cpu-quick/best_config.json] \
+        [--arms seed no_se release top1 ...] [--seeds 0 1 2] [--epochs 8]
 
 One budget for every arm, the converging one: the accuracy recipe (``gtsrb.train.RECIPE``)
 on the ROI pack, the track split's whole train part, the whole val split, 8 epochs
@@ -9,10 +10,12 @@ one-cycle, scored at the LAST epoch (the schedule is fixed; nothing is chosen on
 
 - ``seed``:  the seed preset (SE on every stage);
 - ``no_se``: the same net with no SE block (the ``vgg11`` preset);
+- ``release``: the configuration the release model is trained with (``--release-config``,
+  what ``make train-best`` reads): the one a study winner has to beat before it replaces it;
 - ``top1``, ``top2``, ``top3``: the study's best three searched configurations among the
   trials that ran its full budget, ranked by their last epoch's val accuracy (``--study``'s
-  summary.csv and curves.csv; each with its own LR and weight decay). The fixed trials are
-  left out of that ranking: they are the ``seed`` and ``no_se`` arms already;
+  summary.csv and curves.csv; each with its own LR and weight decay). The fixed trials and
+  a trial of the release configuration are left out of that ranking: they are arms already;
 - ``seed_random``: the seed preset on a pack split *at random* instead of by track,
   first seed only. Its test split shares tracks with its train split, so its gap to
   ``seed`` on the track split measures how much that protocol flatters.
@@ -24,8 +27,8 @@ file is skipped, and a killed run resumes from its ``last.pt``. Checkpoints stay
 ``runs/ablation``.
 
 A run the study has already trained is not trained again. The study's fixed trials (``seed``,
-``no_se``) and its top three train with seed 0, the recipe, the whole train split and the same
-schedule. So the seed-0 run of those arms starts from its study trial's last checkpoint (where
+``no_se``), its top three and its trial of the release configuration (if it has one) train with
+seed 0, the recipe, the whole train split and the same schedule. So the seed-0 run of those arms starts from its study trial's last checkpoint (where
 this machine still has it: git does not carry the weights) and trains only the epochs the trial
 did not reach. A trial ASHA stopped at its rung is thus continued to the end. The run's record
 says so (``adopted``: trial, checkpoint, epochs and their training seconds), and the checkpoint
@@ -57,7 +60,8 @@ from study.space import best_config_json
 from study.summary import PARAM_ORDER, study_budget
 
 TOP = ("top1", "top2", "top3")
-ARMS = ("seed", "no_se", *TOP, "seed_random")
+ARMS = ("seed", "no_se", "release", *TOP, "seed_random")
+RELEASE_CONFIG = Path("results/study/cpu-quick/best_config.json")  # the Makefile's CONFIG
 
 
 # How a run is carried out, not what it trains: a study trial that differs from an ablation run only
@@ -65,41 +69,55 @@ ARMS = ("seed", "no_se", *TOP, "seed_random")
 NOT_COMPARED = ("threads", "device", "histograms", "log_every")
 
 
-def ranked_finishers(study: Path) -> pd.DataFrame:
+def trial_config(row: dict) -> dict:
+    """A summary.csv row's configuration, in best_config.json's shape."""
+    params = {key: row[key] for key in PARAM_ORDER if key in row and not pd.isna(row[key])}
+    if "se_reduction" in params:
+        params["se_reduction"] = int(params["se_reduction"])  # a float column where some trials have no SE
+    return best_config_json(params)
+
+
+def same_run(a: dict, b: dict) -> bool:
+    """Whether two configurations (best_config.json's shape) train the same network the same way."""
+    return split_config(a) == split_config(b)
+
+
+def ranked_finishers(study: Path, release: dict | None = None) -> pd.DataFrame:
     """The study's searched trials that ran its full budget, best last-epoch val accuracy first. The fixed
-    trials (role ``seed``, ``no_se``) have arms of their own, so a top arm is never a second copy of one."""
+    trials (role ``seed``, ``no_se``) and a trial of the release configuration have arms of their own, so
+    a top arm is never a second copy of one."""
     summary = pd.read_csv(study / "summary.csv")
     curves = pd.read_csv(study / "curves.csv")
     last_epoch = study_budget(study, summary)[1]
     full = summary[summary["epochs_run"] >= last_epoch]
     if "role" in full:
         full = full[~full["role"].isin(["seed", "no_se"])]
+    if release is not None:
+        full = full[[not same_run(trial_config(row), release) for row in full.to_dict("records")]]
     last = curves.sort_values("epoch").groupby("trial_id")["val_accuracy"].last()
     return full.assign(last_val=full["trial_id"].map(last)).sort_values("last_val", ascending=False, kind="stable")
 
 
-def top_configs(study: Path, k: int = len(TOP)) -> list[dict]:
+def top_configs(study: Path, k: int = len(TOP), release: dict | None = None) -> list[dict]:
     """The study's best k configurations (best_config.json's shape) among the trials that ran the full
-    budget, by their last epoch's val accuracy."""
-    configs = []
-    for row in ranked_finishers(study).head(k).to_dict("records"):
-        params = {key: row[key] for key in PARAM_ORDER if key in row and not pd.isna(row[key])}
-        if "se_reduction" in params:
-            params["se_reduction"] = int(params["se_reduction"])  # a float column where some trials have no SE
-        configs.append(best_config_json(params))
-    return configs
+    budget, by their last epoch's val accuracy (other than the release configuration)."""
+    return [trial_config(row) for row in ranked_finishers(study, release).head(k).to_dict("records")]
 
 
-def study_trial(arm: str, study: Path | None) -> str | None:
+def study_trial(arm: str, study: Path | None, release: dict | None = None) -> str | None:
     """The id of the study trial that trained this arm's configuration: the fixed trial of that role
-    (``seed``, ``no_se``) or the k-th finisher (``top<k>``); None for other arms or without a study."""
+    (``seed``, ``no_se``), the k-th finisher (``top<k>``) or the trial of the release configuration
+    (``release``); None where there is none, or without a study."""
     if study is None or not (study / "summary.csv").is_file():
         return None
     if arm in TOP:
-        ranked = ranked_finishers(study)
+        ranked = ranked_finishers(study, release)
         rank = TOP.index(arm)
         return str(ranked["trial_id"].iloc[rank]) if rank < len(ranked) else None
     summary = pd.read_csv(study / "summary.csv")
+    if arm == "release" and release is not None:
+        rows = [row for row in summary.to_dict("records") if same_run(trial_config(row), release)]
+        return str(rows[0]["trial_id"]) if rows else None
     if arm in ("seed", "no_se") and "role" in summary:
         rows = summary[summary["role"] == arm]
         return str(rows["trial_id"].iloc[0]) if len(rows) else None
@@ -151,16 +169,20 @@ def done_at_another_budget(record: dict, train_config: TrainConfig) -> list[str]
             != (list(mine[k]) if isinstance(mine[k], tuple) else mine[k])]
 
 
-def arm_spec(arm: str, study: Path | None) -> tuple[dict, str]:
+def arm_spec(arm: str, study: Path | None, release: dict | None = None) -> tuple[dict, str]:
     """(flat config dict for split_config, without the recipe; which pack: "track" or "random")."""
     if arm in ("seed", "seed_random"):
         return {"preset": "seed"}, "random" if arm == "seed_random" else "track"
     if arm == "no_se":
         return {"preset": "vgg11"}, "track"
+    if arm == "release":
+        if release is None:
+            raise ValueError("arm release needs --release-config FILE (a best_config.json)")
+        return release, "track"
     if arm in TOP:
         if study is None or not (study / "summary.csv").is_file():
             raise ValueError(f"arm {arm} needs a study: --study DIR with summary.csv (run `make tune` first)")
-        configs = top_configs(study)
+        configs = top_configs(study, release=release)
         rank = TOP.index(arm)
         if rank >= len(configs):
             raise ValueError(f"arm {arm}: {study} has only {len(configs)} trial(s) at its full budget")
@@ -192,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="track-split pack made with --roi")
     p.add_argument("--random-data", type=Path, help="random-split pack made with --roi (for seed_random)")
     p.add_argument("--study", type=Path, help="a study folder, for the top1..top3 arms")
+    p.add_argument("--release-config", type=Path, default=RELEASE_CONFIG,
+                   help="the release model's configuration (a best_config.json), for the release arm")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=8)
@@ -203,7 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     packs = {"track": a.data, "random": a.random_data}
     arms = [x for x in a.arms if x != "seed_random" or a.random_data]
     try:
-        specs = {arm: arm_spec(arm, a.study) for arm in arms}
+        release = None
+        if "release" in arms:
+            try:
+                release = json.loads(a.release_config.read_text())
+            except (OSError, ValueError) as e:
+                raise ValueError(f"--release-config {a.release_config}: {e}") from None
+        specs = {arm: arm_spec(arm, a.study, release) for arm in arms}
     except ValueError as e:
         print(f"ablation: error: {e}", file=sys.stderr)
         return 2
@@ -225,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         out = a.runs / arm / f"seed{seed}"
         print(f"{arm} seed {seed}: training -> {out}", flush=True)
-        trial = study_trial(arm, a.study) if not (out / "last.pt").exists() else None
+        trial = study_trial(arm, a.study, release) if not (out / "last.pt").exists() else None
         adopted = adopt_trial(a.study, trial, out, model_config, train_config, packs[pack_kind]) if trial else None
         t0 = time.perf_counter()
         history = fit(model_config, packs[pack_kind], out, train_config,

@@ -60,10 +60,37 @@ def test_ablation_top_arms_are_the_studys_best_full_budget_trials_by_last_epoch(
     assert arm_spec("top2", tmp_path) == (top[1], "track")
     with pytest.raises(ValueError, match="needs a study"):
         arm_spec("top1", None)
+    # The release configuration is an arm of its own: here it is trial b's, which leaves the top arms.
+    release = json.loads(json.dumps(top[0]))
+    assert [c["conv_dropout"] for c in top_configs(tmp_path, release=release)] == [0.4, 0.1]  # d, a
+    assert arm_spec("release", tmp_path, release) == (release, "track")
+    with pytest.raises(ValueError, match="release-config"):
+        arm_spec("release", tmp_path)
     from study.ablation import study_trial
 
     assert [study_trial(arm, tmp_path) for arm in ("top1", "top2", "top3", "seed_random")] == ["b", "d", "a", None]
     assert study_trial("top1", None) is None
+    assert [study_trial(arm, tmp_path, release) for arm in ("release", "top1", "top2")] == ["b", "d", "a"]
+    assert study_trial("release", tmp_path, {**release, "lr": 1e-3}) is None  # no trial trained that one
+
+
+def test_paired_differences_put_every_arm_against_seed_and_no_se_and_the_top_arms_against_release():
+    import pandas as pd
+
+    from study.report.runs import paired_table
+
+    final = {"seed": [0.97, 0.975], "no_se": [0.98, 0.98], "release": [0.98, 0.985], "top1": [0.99, 0.98]}
+    df = pd.DataFrame([{"arm": arm, "seed": s, "final_val": v[s], "test": v[s] + 0.001}
+                       for arm, v in final.items() for s in (0, 1)])
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in paired_table(df).splitlines()[2:]}
+    assert set(rows) == {"no SE (plain VGG-11) − seed preset (SE on all 5 stages)",
+                         "release config (quick study's winner) − seed preset (SE on all 5 stages)",
+                         "study's best config − seed preset (SE on all 5 stages)",
+                         "release config (quick study's winner) − no SE (plain VGG-11)",
+                         "study's best config − no SE (plain VGG-11)",
+                         "study's best config − release config (quick study's winner)"}
+    # top1 − release: +1.0 and −0.5 points, higher on one seed of two.
+    assert rows["study's best config − release config (quick study's winner)"][:3] == ["2", "0.25 ± 1.06", "1/2"]
 
 
 @pytest.mark.slow

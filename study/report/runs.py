@@ -15,18 +15,14 @@ from study.report.common import first_epoch, machine_text, md_table, pm
 
 
 ARM_LABELS = {"seed": "seed preset (SE on all 5 stages)", "no_se": "no SE (plain VGG-11)",
+              "release": "release config (quick study's winner)",
               "best": "study best config", "top1": "study's best config", "top2": "study's 2nd config",
               "top3": "study's 3rd config", "seed_random": "seed preset, random split"}
-
-
-ARM_COLORS = {"seed": "tab:orange", "no_se": "tab:gray", "best": "tab:blue", "top1": "tab:blue",
-              "top2": "tab:green", "top3": "tab:purple"}
-
-
+ARM_COLORS = {"seed": "tab:orange", "no_se": "tab:gray", "release": "tab:red", "best": "tab:blue",
+              "top1": "tab:blue", "top2": "tab:green", "top3": "tab:purple"}
 # The arms compared in the tables, in this order (study.ablation; "best" is the earlier ablation's top1).
-COMPARED = ("seed", "no_se", "best", "top1", "top2", "top3")
-
-
+COMPARED = ("seed", "no_se", "release", "best", "top1", "top2", "top3")
+TOP = ("top1", "top2", "top3")
 THRESHOLDS = (0.80, 0.90, 0.95, 0.98, 0.99)
 
 
@@ -75,10 +71,13 @@ def ablation_table(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
 
 
 def paired_table(df: pd.DataFrame) -> str:
-    """Arm differences seed by seed: a seed fixes the train/val subsets, so the pairs share their data."""
+    """Arm differences seed by seed: a seed fixes the train/val subsets and the data order, so the pairs
+    share their data. Every arm against the seed preset and against no SE; the study's top arms also
+    against the release configuration (does a winner beat what is served?)."""
     rows = []
     present = [arm for arm in COMPARED if (df["arm"] == arm).any()]
-    pairs = [(a, "seed") for a in present if a != "seed"] + [(a, "no_se") for a in present if a not in ("seed", "no_se")]
+    pairs = ([(a, "seed") for a in present if a != "seed"] + [(a, "no_se") for a in present if a not in ("seed", "no_se")]
+             + [(a, "release") for a in present if a in TOP])
     for a, b in pairs:
         x = df[df["arm"] == a].set_index("seed")
         y = df[df["arm"] == b].set_index("seed")
@@ -97,7 +96,7 @@ def paired_table(df: pd.DataFrame) -> str:
 def ablation_figure(df: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     lowest = 100.0
-    for arm in ("seed", "no_se", "best", "top1"):
+    for arm in ("seed", "no_se", "release", "best", "top1"):
         d = df[df["arm"] == arm]
         if d.empty:
             continue
