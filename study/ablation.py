@@ -67,6 +67,7 @@ RELEASE_CONFIG = Path("results/study/cpu-quick/best_config.json")  # the Makefil
 # How a run is carried out, not what it trains: a study trial that differs from an ablation run only
 # here trained the same network on the same data in the same order.
 NOT_COMPARED = ("threads", "device", "histograms", "log_every")
+ADOPTED = "adopted.json"  # beside an adopted run's last.pt: which trial it continues
 
 
 def trial_config(row: dict) -> dict:
@@ -132,7 +133,8 @@ def _pack_attrs(pack: Path) -> dict:
 def adopt_trial(study: Path, trial_id: str, out: Path, model_config: ModelConfig, train_config: TrainConfig,
                 pack: Path) -> dict | None:
     """Put the study trial's last checkpoint at ``out/last.pt`` when that trial trained exactly this run;
-    what was adopted (trial, checkpoint, epochs, their training seconds), or None with the reason printed."""
+    what was adopted (trial, checkpoint, epochs, their training seconds; also kept in ``out/adopted.json``
+    for a run that is killed and resumed), or None with the reason printed."""
     found = sorted(study.glob(f"train_trial_{trial_id}_*/checkpoint_*/last.pt"))
     if not found:
         print(f"  study trial {trial_id}: no checkpoint with weights on this machine; training from scratch",
@@ -153,10 +155,11 @@ def adopt_trial(study: Path, trial_id: str, out: Path, model_config: ModelConfig
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "last.pt") as tmp:
         shutil.copyfile(found[-1], tmp)
-    history = ckpt["history"]
+    adopted = {"trial": trial_id, "checkpoint": str(found[-1]), "epochs": int(ckpt["epoch"]),
+               "train_seconds": round(sum(h["seconds"] for h in ckpt["history"]), 1)}
+    write_text_atomic(out / ADOPTED, json.dumps(adopted, indent=1) + "\n")
     print(f"  adopted study trial {trial_id} at epoch {ckpt['epoch']} ({found[-1]})", flush=True)
-    return {"trial": trial_id, "checkpoint": str(found[-1]), "epochs": int(ckpt["epoch"]),
-            "train_seconds": round(sum(h["seconds"] for h in history), 1)}
+    return adopted
 
 
 def done_at_another_budget(record: dict, train_config: TrainConfig) -> list[str]:
@@ -255,8 +258,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         out = a.runs / arm / f"seed{seed}"
         print(f"{arm} seed {seed}: training -> {out}", flush=True)
-        trial = study_trial(arm, a.study, release) if not (out / "last.pt").exists() else None
-        adopted = adopt_trial(a.study, trial, out, model_config, train_config, packs[pack_kind]) if trial else None
+        if (out / "last.pt").exists():  # a killed run resumes; it may have started from a study trial
+            adopted = json.loads((out / ADOPTED).read_text()) if (out / ADOPTED).is_file() else None
+        else:
+            trial = study_trial(arm, a.study, release)
+            adopted = adopt_trial(a.study, trial, out, model_config, train_config, packs[pack_kind]) if trial else None
         t0 = time.perf_counter()
         history = fit(model_config, packs[pack_kind], out, train_config,
                       resume=(out / "last.pt").exists(), progress=False)
@@ -266,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
             "arm": arm, "seed": seed, "pack": str(packs[pack_kind]), "split_kind": pack_kind,
             "config": flat, "recipe": RECIPE, "model_config": model_config.to_dict(),
             "train_config": train_config.__dict__, "history": history, "test": test, "test_at": "last epoch",
-            # This process's time; the adopted epochs' training time is in `adopted`.
-            "wall_seconds": round(seconds, 1), "adopted": adopted, "machine": machine(),
+            # wall: this process (one sitting); train: every epoch's training, adopted ones included.
+            "wall_seconds": round(seconds, 1), "train_seconds": round(sum(h["seconds"] for h in history), 1),
+            "adopted": adopted, "machine": machine(),
             "command": "python -m study.ablation " + " ".join(argv or sys.argv[1:]),
         }
         write_text_atomic(done, json.dumps(record, indent=1) + "\n")

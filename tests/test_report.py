@@ -136,6 +136,7 @@ def test_the_ablation_continues_the_study_trial_that_trained_the_same_run(synthe
     out = tmp_path / "run"
     adopted = adopt_trial(study, "abc", out, tiny, run_config, synthetic_pack)
     assert adopted["trial"] == "abc" and adopted["epochs"] == 1 and adopted["train_seconds"] > 0
+    assert json.loads((out / "adopted.json").read_text()) == adopted  # for a resume after a kill
     first = torch.load(out / "last.pt", weights_only=False)["history"]
     history = fit(tiny, synthetic_pack, out, run_config, resume=True, progress=False)
     assert [h["epoch"] for h in history] == [1, 2] and history[0] == first[0]
@@ -377,3 +378,30 @@ def test_make_report_with_no_results_fills_nothing_and_says_so(tmp_path, capsys)
     assert json.loads((tmp_path / "out" / "headline.json").read_text()) == {}
     assert "kept" in page.read_text()
     assert f"ablation records: {missing}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_make_ablation_trains_each_run_once_and_refuses_a_record_at_another_budget(synthetic_pack, tmp_path, capsys):
+    from study.ablation import main
+
+    tiny = tmp_path / "tiny.json"  # the release arm with a tiny layout: the presets are slow for a unit test
+    tiny.write_text(json.dumps({"cfg": [16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"]}))
+    results = tmp_path / "res"
+    args = ["--data", str(synthetic_pack), "--arms", "release", "--seeds", "0", "--epochs", "1",
+            "--release-config", str(tiny), "--runs", str(tmp_path / "runs"), "--results", str(results)]
+    results.mkdir()
+    old = {"arm": "release", "train_config": {"epochs": 10, "train_fraction": 0.4}}
+    (results / "release-seed0.json").write_text(json.dumps(old))
+    assert main(args) == 2
+    assert "release-seed0.json holds a run at another budget (epochs 10 (this run: 1); train_fraction 0.4" in \
+        capsys.readouterr().err
+    assert json.loads((results / "release-seed0.json").read_text()) == old  # nothing lost
+    (results / "release-seed0.json").unlink()
+    assert main(args) == 0
+    rec = json.loads((results / "release-seed0.json").read_text())
+    assert rec["arm"] == "release" and rec["adopted"] is None and len(rec["history"]) == 1
+    assert rec["train_seconds"] == pytest.approx(rec["history"][0]["seconds"], abs=0.1)
+    assert 0 <= rec["test"]["accuracy"] <= 1 and "ece" in rec["test"]
+    assert main(args) == 0 and "release seed 0: done, skipped" in capsys.readouterr().out
+    assert main([*args[:-2], "--results", str(results), "--release-config", str(tmp_path / "none.json")]) == 2
+    assert "--release-config" in capsys.readouterr().err
