@@ -28,12 +28,13 @@ file is skipped, and a killed run resumes from its ``last.pt``. Checkpoints stay
 
 A run the study has already trained is not trained again. The study's fixed trials (``seed``,
 ``no_se``), its top three and its trial of the release configuration (if it has one) train with
-seed 0, the recipe, the whole train split and the same schedule. So the seed-0 run of those arms starts from its study trial's last checkpoint (where
-this machine still has it: git does not carry the weights) and trains only the epochs the trial
-did not reach. A trial ASHA stopped at its rung is thus continued to the end. The run's record
-says so (``adopted``: trial, checkpoint, epochs and their training seconds), and the checkpoint
-is adopted only when its model configuration, training configuration (all but threads, device,
-logging) and pack match this run's.
+seed 0, the recipe, the whole train split and the same schedule. So the seed-0 run of those
+arms starts from its study trial's last checkpoint (where this machine still has it: git does
+not carry the weights) and trains only the epochs the trial did not reach. A trial ASHA stopped
+at its rung is thus continued to the end. The run's record says so (``adopted``: trial,
+checkpoint, epochs and their training seconds), and the checkpoint is adopted only when its
+model configuration, training configuration (all but threads, device, logging) and pack match
+this run's.
 """
 
 from __future__ import annotations

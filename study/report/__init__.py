@@ -103,8 +103,8 @@ def ablation_blocks(df: pd.DataFrame, out: Path) -> tuple[dict, dict]:
                           f"epochs, batch 128, one-cycle; test = the full test split (n={r['test_n']}) at the "
                           f"{r['test_at']}. "
                           f"A seed sets the initialisation and the subsets, so arms with the same seed saw the "
-                          f"same images. Hardware: {machine_text(r['machine'])}; wall time "
-                          f"{df['wall_seconds'].sum() / 60:.0f} min for all {len(df)} runs (including the "
+                          f"same images. Hardware: {machine_text(r['machine'])}; {' and '.join(sorted(set(df['timed'])))} "
+                          f"time {df['seconds'].sum() / 60:.0f} min for all {len(df)} runs (including the "
                           f"leakage run).{reuse} Command: `{r['command']}`.\n\nPaired by seed:\n\n" + paired_table(df))
     blocks["leakage"], headline["leakage"] = leakage_table(df)
     headline["ablation_budget"] = (f"{'the recipe' if r['recipe'] else 'old recipe'}, "

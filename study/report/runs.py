@@ -39,8 +39,9 @@ def load_ablation(folder: Path) -> pd.DataFrame:
             "test_ece": r["test"].get("ece", np.nan), "test_at": r.get("test_at", "best-val epoch"),
             "recipe": bool(r.get("recipe")),
             # The run's training time over all its epochs, those it adopted from a study trial included
-            # (study.ablation records it; the quick ablation's records have the wall time of one sitting).
-            "wall_seconds": r.get("train_seconds", r["wall_seconds"]),
+            # (study.ablation records it); the quick ablation's records have only the wall time.
+            "seconds": r.get("train_seconds", r["wall_seconds"]),
+            "timed": "training" if "train_seconds" in r else "wall",
             "adopted_epochs": (r.get("adopted") or {}).get("epochs", 0), "epochs": r["train_config"]["epochs"],
             "train_fraction": r["train_config"]["train_fraction"], "val_fraction": r["train_config"]["val_fraction"],
             "machine": r.get("machine", "?"), "command": r.get("command", ""),
@@ -61,7 +62,7 @@ def ablation_table(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
             reach[t] = (f"{pm(hit, 1, 1)} ({len(hit)}/{len(eps)} runs)" if hit else f"not reached (0/{len(eps)})")
         ece = pm(d["test_ece"]) if d["test_ece"].notna().all() else "–"
         rows.append([ARM_LABELS[arm], len(d), pm(d["final_val"]), pm(d["best_val"]), pm(d["test"]), ece,
-                     *(reach[t] for t in THRESHOLDS), f"{d['wall_seconds'].mean() / 60:.1f}"])
+                     *(reach[t] for t in THRESHOLDS), f"{d['seconds'].mean() / 60:.1f}"])
         csv.append({"arm": arm, "runs": len(d), "final_val_mean": d["final_val"].mean(),
                     "final_val_std": d["final_val"].std(ddof=1), "test_mean": d["test"].mean(),
                     "test_std": d["test"].std(ddof=1), **{f"epochs_to_{t:.0%}": reach[t] for t in THRESHOLDS}})
@@ -138,8 +139,8 @@ def leakage_table(df: pd.DataFrame) -> tuple[str, dict | None]:
              pm(rnd["test"]), int(rnd["test_n"].iloc[0])],
             ["track (default: each physical sign on one side only)", len(trk), pm(trk["best_val"]),
              pm(trk["test"]), int(trk["test_n"].iloc[0])]]
-    rows[0].append(f"{rnd['wall_seconds'].sum() / 60:.1f}")
-    rows[1].append(f"{trk['wall_seconds'].sum() / 60:.1f}")
+    rows[0].append(f"{rnd['seconds'].sum() / 60:.1f}")
+    rows[1].append(f"{trk['seconds'].sum() / 60:.1f}")
     text = md_table(["split", "runs", "best val acc %", "test acc % (own test split)", "test n", "min"], rows)
     text += f"\n\n**Gap: the random split reads {gap:+.2f} points higher on its own test split.**"
     return text, {"random_test": float(rnd["test"].mean()), "track_test": float(trk["test"].mean()),
