@@ -116,7 +116,7 @@ sys.meta_path.insert(0, _PatchOnImport())
 @pytest.fixture(scope="module")
 def smoke_study(synthetic_pack, tmp_path_factory):
     """One real smoke study on a two-node Ray cluster on 127.0.0.1 (study/cluster_smoke.sh: `ray start`
-    head + worker, the study via RAY_ADDRESS, `ray stop`); the first trial to finish epoch 1 kills itself
+    head + worker, the study via RAY_ADDRESS, then it stops that cluster); the first trial to finish epoch 1 kills itself
     once. The local-Ray path (no RAY_ADDRESS) runs in the resume test below."""
     root = tmp_path_factory.mktemp("study")
     crash_dir = tmp_path_factory.mktemp("crash")
@@ -127,8 +127,15 @@ def smoke_study(synthetic_pack, tmp_path_factory):
     env = {**os.environ, "STUDY_ROOT": str(root), "PYTHONPATH": pythonpath, "RAY_PORT": "6390",
            "TRAIN_FRACTION": TRAIN_FRACTION, "BIN": str(Path(sys.executable).parent)}
     env.pop("RAY_ADDRESS", None)
-    r = subprocess.run(["bash", str(REPO / "study" / "cluster_smoke.sh"), str(synthetic_pack), "smoke"],
-                       env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    # A bystander that `ray stop` would kill ("monitor.py" in its arguments is one of its patterns), standing
+    # in for a study running beside the smoke cluster on the same machine.
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)", "monitor.py"])
+    try:
+        r = subprocess.run(["bash", str(REPO / "study" / "cluster_smoke.sh"), str(synthetic_pack), "smoke"],
+                           env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        r.bystander_alive = bystander.poll() is None
+    finally:
+        bystander.kill()
     return root / "smoke", r, crash_dir
 
 
@@ -291,6 +298,13 @@ def test_the_trials_ran_on_both_ray_nodes_and_the_script_stopped_the_cluster(smo
     assert len(nodes) >= 2, f"all trials on one node: {nodes}"
     with pytest.raises(ConnectionRefusedError):  # the head's GCS port is closed
         socket.create_connection(("127.0.0.1", 6390), timeout=5).close()
+    left = subprocess.run(["pgrep", "-f", "--", "/tmp/ray-smoke\\.|:6390( |$)"], capture_output=True, text=True)
+    assert left.stdout == "", f"the smoke cluster left processes behind: {left.stdout}"
+
+
+def test_the_script_stops_only_its_own_cluster(smoke_study):
+    _, r, _ = smoke_study
+    assert r.bystander_alive, "cluster_smoke.sh killed a process that is not its cluster's (as `ray stop` does)"
 
 
 def test_summaries_count_a_trial_that_has_not_reported_yet_but_do_not_list_it(tmp_path):
