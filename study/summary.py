@@ -1,13 +1,14 @@
 """Summaries of a stored study, rewritable at any time from its trial folders.
 
-Writes into the study folder: summary.csv (one row per trial that reported an epoch), curves.csv (val
-accuracy per trial and epoch), best_config.json, top.md (the top trials and the
-two fixed ones), params.png (each searched parameter against the trial's best
-val accuracy, the seed and no-SE trials in red, which Optuna's ``plot_slice``
-cannot mark) and, from the Optuna study in optuna.db, Optuna's own plots:
-history.png, parallel.png, intermediate.png (every trial's per-epoch val
-accuracy, pruned ones included) and, when at least IMPORTANCE_MIN_TRIALS trials
-completed the full budget, importances.png (fANOVA).
+Writes into the study folder: summary.csv (one row per trial that reported an
+epoch, with its training seconds), curves.csv (val accuracy per trial and
+epoch), best_config.json, top.md (the top trials and the two fixed ones),
+params.png (each searched parameter against the trial's best val accuracy, the
+seed and no-SE trials in red, which Optuna's ``plot_slice`` cannot mark) and,
+from the Optuna study in optuna.db, Optuna's own plots: history.png,
+parallel.png, intermediate.png (every trial's per-epoch val accuracy, pruned
+ones included) and, when at least IMPORTANCE_MIN_TRIALS trials completed the
+full budget, importances.png (fANOVA).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def load_trials(study_dir: Path) -> pd.DataFrame:
             "best_val_accuracy": best["val_accuracy"] if best else float("nan"),
             "best_epoch": best["epoch"] if best else 0,
             "epochs_run": max((r["epoch"] for r in results), default=0),
+            # Seconds of training in the kept epochs (each epoch's own timing, without evaluation gaps).
+            "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in results), 1),
             "status": _status(trial_dir, results),
             "retried_from_epoch": max((r.get("resumed_from_epoch", 0) for r in results), default=0),
             "nodes": ",".join(sorted({str(r.get("node_id", ""))[:8] for r in results})),
@@ -108,7 +111,7 @@ def write_summaries(study_dir: Path, max_epochs: int | None = None, top: int = 5
         params = json.loads((study_dir / finished.iloc[0]["trial_dir"] / "params.json").read_text())
         (study_dir / "best_config.json").write_text(json.dumps(best_config_json(params), indent=1) + "\n")
     shown = pd.concat([finished.head(top), finished[finished["role"] != "searched"]]).drop_duplicates("trial_id")
-    table = _markdown(shown, outcomes)
+    table = _markdown(shown, outcomes, trials["train_seconds"].sum() / 3600)
     if len(finished) >= 2:
         _plot(finished, study_dir / "params.png")
     if (study_dir / OPTUNA_DB).is_file():
@@ -117,7 +120,7 @@ def write_summaries(study_dir: Path, max_epochs: int | None = None, top: int = 5
     return table
 
 
-def _markdown(df: pd.DataFrame, outcomes: dict[str, int]) -> str:
+def _markdown(df: pd.DataFrame, outcomes: dict[str, int], train_hours: float) -> str:
     def text(v):
         return "–" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
 
@@ -128,6 +131,7 @@ def _markdown(df: pd.DataFrame, outcomes: dict[str, int]) -> str:
     counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items(), key=lambda kv: -kv[1]))
     lines = [
         f"Top trials and the two fixed ones ({sum(outcomes.values())} trials: {counts}). "
+        f"The trials trained for {train_hours:.1f} h in all (the sum of their epochs' times). "
         "SE stages: 1 = SE in stage 1..5.",
         "",
         "| trial | role | outcome | best val acc | epochs | SE stages | form | position | r | conv drop | cls drop | pool | lr | wd |",

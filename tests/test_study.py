@@ -317,10 +317,13 @@ def test_summaries_count_a_trial_that_has_not_reported_yet_but_do_not_list_it(tm
         (trial / "params.json").write_text(json.dumps(NO_SE_POINT))
         if results:
             (trial / "result.json").write_text("".join(
-                json.dumps({"trial_id": "aaaa0001", "epoch": e + 1, "val_accuracy": v, "done": e == 1}) + "\n"
+                json.dumps({"trial_id": "aaaa0001", "epoch": e + 1, "val_accuracy": v, "done": e == 1,
+                            "epoch_seconds": 1800.0 * (e + 1)}) + "\n"
                 for e, v in enumerate(results)))
     top = write_summaries(tmp_path, max_epochs=2)
     assert "(2 trials: 1 full budget, 1 pending)" in top
+    assert "trained for 1.5 h in all" in top  # 1800 s + 3600 s
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert list(summary["trial_id"]) == ["aaaa0001"]
+    assert list(summary["train_seconds"]) == [5400.0]
     assert set(pd.read_csv(tmp_path / "curves.csv")["trial_id"]) == {"aaaa0001"}
