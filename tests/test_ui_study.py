@@ -311,6 +311,13 @@ def test_made_up_ablation_band_is_mean_and_sample_std(tmp_path):
     assert '"area"' in marks and '"line"' in marks
     band_rows = [r for ds in spec["datasets"].values() for r in ds if "upper" in r]
     assert {r["arm"] for r in band_rows} == {"seed", "no_se"}
+    assert "flatters" not in text  # no study top arm among these
+
+    # A study top arm's seed-0 run is the trial that ranked it: the tab says it leans high.
+    record = json.loads((folder / "no_se-seed0.json").read_text())
+    (folder / "top1-seed0.json").write_text(json.dumps({**record, "arm": "top1"}))
+    text, _ = ablation_view(folder)
+    assert "ranked `top1` on its seed-0 run" in text and "flatters" in text
 
 
 def test_missing_files_give_notes_not_exceptions(tmp_path):

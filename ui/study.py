@@ -631,7 +631,7 @@ def ablation_text(folder: Path, runs: pd.DataFrame, shown: list[str], notes: lis
             f"deviation (n−1) over seeds**, as in REPORT.md's `ablation_curves.png`; the thin dashed lines are the "
             f"single seeds. {budget}; a seed fixes the initialisation and the subsets, so arms with the same seed "
             f"saw the same images."
-            + "".join(f" Command: `{c}`." for c in cmds[:3])
+            + "".join(f" Command: `{c}`." for c in cmds)
             + "\n\n| arm | config (from the files) | seeds | final val acc % | test acc % |\n|---|---|---|---|---|\n"
             + "\n".join(lines) + "\n\nmean ± sample std over seeds; final = the last epoch.")
     if "seed" in first and "no_se" in first:
@@ -648,6 +648,11 @@ def ablation_text(folder: Path, runs: pd.DataFrame, shown: list[str], notes: lis
     n_min = int(min(len(per_run.loc[a]) for a in shown)) if shown else 0
     text += (f" Where two bands overlap, the gap between those arms is within their seed-to-seed spread; with "
              f"{n_min} seed(s) per arm a band is a rough guide.")
+    picked = [a for a in shown if a.startswith("top") and 0 in set(per_run.loc[a].index)]
+    if picked:
+        text += (f" The study ranked {', '.join(f'`{a}`' for a in picked)} on its seed-0 run (every study trial "
+                 f"trains with seed 0), so that run was picked for a high val and flatters its arm; compare the "
+                 f"other seeds (REPORT.md, section 3) before calling a winner.")
     kind = r["split_kind"]
     for arm in left:
         other = sorted(set(per_run.loc[arm, "split_kind"]))

@@ -42,6 +42,8 @@ from study.report.model import (
 from study.report.runs import (
     ARM_LABELS,
     COMPARED,
+    PICKED_ON_SEED,
+    TOP,
     ablation_figure,
     ablation_table,
     leakage_table,
@@ -97,6 +99,14 @@ def ablation_blocks(df: pd.DataFrame, out: Path) -> tuple[dict, dict]:
              f" {len(adopted)} run(s) continue the study's own trial of that configuration and seed "
              f"(`study.ablation` adopts its checkpoint: {', '.join(f'{a} seed {s}' for a, s in zip(adopted['arm'], adopted['seed']))}); "
              f"their minutes count the study's epochs, trained with 1 thread beside another trial.")
+    picked = df[df["arm"].isin(TOP) & (df["seed"] == PICKED_ON_SEED)]
+    curse = ("" if picked.empty else
+             f" The study's top arms were ranked on their seed-{PICKED_ON_SEED} run (the study trains every trial "
+             f"with seed {PICKED_ON_SEED}), so that run was chosen for a high val and flatters its arm; the rows "
+             f"marked \"seeds ≠ {PICKED_ON_SEED}\" below leave it out.")
+    commands = sorted(set(df["command"]))
+    said = (f"Command: `{commands[0]}`." if len(commands) == 1 else
+            "Commands (the runs were split between processes and sittings): " + "; ".join(f"`{c}`" for c in commands) + ".")
     blocks, headline = {}, {}
     blocks["ablation"] = (table + f"\n\nEach run: {recipe}, {r['train_fraction']:.0%} of the train split and "
                           f"{r['val_fraction']:.0%} of the val split (track-grouped subsets), {r['epochs']} "
@@ -105,7 +115,7 @@ def ablation_blocks(df: pd.DataFrame, out: Path) -> tuple[dict, dict]:
                           f"A seed sets the initialisation and the subsets, so arms with the same seed saw the "
                           f"same images. Hardware: {machine_text(r['machine'])}; {' and '.join(sorted(set(df['timed'])))} "
                           f"time {df['seconds'].sum() / 60:.0f} min for all {len(df)} runs (including the "
-                          f"leakage run).{reuse} Command: `{r['command']}`.\n\nPaired by seed:\n\n" + paired_table(df))
+                          f"leakage run).{reuse}{curse} {said}\n\nPaired by seed:\n\n" + paired_table(df))
     blocks["leakage"], headline["leakage"] = leakage_table(df)
     headline["ablation_budget"] = (f"{'the recipe' if r['recipe'] else 'old recipe'}, "
                                    f"{r['train_fraction']:.0%} of train, {r['epochs']} epochs")
