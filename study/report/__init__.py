@@ -224,7 +224,7 @@ def headline_block(headline: dict, checkpoint: Path, held_out: Path | None) -> d
     bm = headline["best_model"]
     split_ckpt = checkpoint.parent / "split" / "best.pt"
     if held_out == split_ckpt:
-        h = (f"Release model `{checkpoint}`: the study's best config with the accuracy recipe, trained on all "
+        h = (f"Release model `{checkpoint}`: the quick study's best config with the accuracy recipe, trained on all "
              f"39,209 training images (GTSRB's protocol); its official-test score comes from an independent "
              f"run (the set is not on the development machine). Its twin trained on the train split alone "
              f"(`{split_ckpt}`) scores **{bm['accuracy'] * 100:.2f}%** on the held-out track-split test "
@@ -247,6 +247,9 @@ def headline_block(headline: dict, checkpoint: Path, held_out: Path | None) -> d
     h += f"\n\nSE ablation ({headline.get('ablation_budget', '?')}; `make ablation`):\n\n"
     h += md_table(["model (ablation budget)", "seeds", "final val acc %", "test acc %"], rows)
     h += "\n"
+    if any(k in headline for k in TOP):
+        h += (f"\nThe study's top arms include their seed-{PICKED_ON_SEED} run, the study trial that picked them "
+              f"for its high val, so their means lean high; section 3 pairs them without it.\n")
     if headline.get("specificity"):
         h += ("\nClass specificity η² of the served model's SE blocks (val split, which the release model "
               "trained on): " + ", ".join(f"{k} {v:.2f}" for k, v in headline["specificity"].items()) + ".")

@@ -103,8 +103,13 @@ def paired_table(df: pd.DataFrame) -> str:
 
 
 def ablation_figure(df: pd.DataFrame, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    lowest = 100.0
+    """Val accuracy per epoch, mean ± std over seeds: the whole run on the left, the second half of the
+    schedule zoomed on the right (converged arms sit within a point of each other there)."""
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(12, 5), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
+    r = df.iloc[0]
+    epochs = int(r["epochs"])
+    half = epochs // 2 + 1
+    lowest, low_late = 100.0, 100.0
     for arm in ("seed", "no_se", "release", "best", "top1"):
         d = df[df["arm"] == arm]
         if d.empty:
@@ -113,22 +118,28 @@ def ablation_figure(df: pd.DataFrame, path: Path) -> None:
         x = np.arange(1, curves.shape[1] + 1)
         mean = curves.mean(0)
         std = curves.std(0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
-        ax.plot(x, mean, color=ARM_COLORS[arm], lw=2, marker="o", ms=3,
-                label=f"{ARM_LABELS[arm]} (n={len(curves)})")
-        ax.fill_between(x, mean - std, mean + std, color=ARM_COLORS[arm], alpha=0.2)
+        for a in (ax, zoom):
+            a.plot(x, mean, color=ARM_COLORS[arm], lw=2, marker="o", ms=3,
+                   label=f"{ARM_LABELS[arm]} (n={len(curves)})")
+            a.fill_between(x, mean - std, mean + std, color=ARM_COLORS[arm], alpha=0.2)
         lowest = min(lowest, float((mean - std).min()))
+        low_late = min(low_late, float((mean - std)[half - 1:].min()))
     for t in THRESHOLDS:
-        ax.axhline(t * 100, color="0.6", lw=0.8, ls="--")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (%)")
-    r = df.iloc[0]
+        for a in (ax, zoom):
+            a.axhline(t * 100, color="0.6", lw=0.8, ls="--")
     ax.set_title(f"SE ablation: val accuracy, mean ± std over seeds\n"
-                 f"{r['train_fraction']:.0%} of the train split (track-grouped), {r['epochs']} epochs one-cycle")
+                 f"{r['train_fraction']:.0%} of the train split (track-grouped), {epochs} epochs one-cycle")
     # From 5 points under the lowest band: converged arms sit within a few points of each other.
     ax.set_ylim(max(0.0, 5 * np.floor(lowest / 5) - 5), 100)
-    ax.set_xticks(np.arange(1, int(r["epochs"]) + 1))
+    zoom.set_title(f"epochs {half}–{epochs}, zoomed")
+    zoom.set_ylim(np.floor(low_late * 2) / 2 - 0.5, 100 if low_late < 97 else 99.5)
+    for a in (ax, zoom):
+        a.set_xlabel("epoch")
+        a.set_ylabel("validation accuracy (%)")
+        a.set_xticks(np.arange(1, epochs + 1))
+        a.grid(alpha=0.3)
+    zoom.set_xlim(half - 0.3, epochs + 0.3)  # after the ticks, which would widen it again
     ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
 
