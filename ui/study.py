@@ -638,13 +638,16 @@ def ablation_text(folder: Path, runs: pd.DataFrame, shown: list[str], notes: lis
         gap = _recipe_gap(first["no_se"], first["seed"])
         text += (" `no_se` against `seed` is the SE-or-not comparison: " +
                  ("same lr, weight decay and dropout." if not gap else f"⚠ they also differ in {', '.join(gap)}."))
+    by_gap = {}  # arms that differ from `seed` in the same recipe settings, named in one sentence
     for arm in first:
-        if arm in ("seed", "no_se") or "seed" not in first:
-            continue
-        gap = _recipe_gap(first[arm], first["seed"])
-        if gap:
-            text += (f" `{arm}` differs from `seed` in {', '.join(gap)} as well as in its SE settings, so a lead "
-                     f"of `{arm}` is that whole config's, not SE's alone.")
+        if arm not in ("seed", "no_se") and "seed" in first:
+            gap = _recipe_gap(first[arm], first["seed"])
+            if gap:
+                by_gap.setdefault(", ".join(gap), []).append(f"`{arm}`")
+    for gap, arms in by_gap.items():
+        text += (f" {', '.join(arms)} differ{'s' if len(arms) == 1 else ''} from `seed` in {gap} as well as in "
+                 f"SE settings, so a lead of {'it' if len(arms) == 1 else 'one of them'} is that whole config's, "
+                 f"not SE's alone.")
     n_min = int(min(len(per_run.loc[a]) for a in shown)) if shown else 0
     text += (f" Where two bands overlap, the gap between those arms is within their seed-to-seed spread; with "
              f"{n_min} seed(s) per arm a band is a rough guide.")
