@@ -249,7 +249,7 @@ def headline_block(headline: dict, checkpoint: Path, held_out: Path | None) -> d
     h += "\n"
     if any(k in headline for k in TOP):
         h += (f"\nThe study's top arms include their seed-{PICKED_ON_SEED} run, the study trial that picked them "
-              f"for its high val, so their means lean high; section 3 pairs them without it.\n")
+              f"for its high val, so their means lean high; `results/REPORT.md`, section 3, pairs them without it.\n")
     if headline.get("specificity"):
         h += ("\nClass specificity η² of the served model's SE blocks (val split, which the release model "
               "trained on): " + ", ".join(f"{k} {v:.2f}" for k, v in headline["specificity"].items()) + ".")
