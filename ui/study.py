@@ -639,11 +639,10 @@ def ablation_text(folder: Path, runs: pd.DataFrame, shown: list[str], notes: lis
         text += (" `no_se` against `seed` is the SE-or-not comparison: " +
                  ("same lr, weight decay and dropout." if not gap else f"⚠ they also differ in {', '.join(gap)}."))
     by_gap = {}  # arms that differ from `seed` in the same recipe settings, named in one sentence
-    for arm in first:
-        if arm not in ("seed", "no_se") and "seed" in first:
-            gap = _recipe_gap(first[arm], first["seed"])
-            if gap:
-                by_gap.setdefault(", ".join(gap), []).append(f"`{arm}`")
+    for arm in (a for a in first if a not in ("seed", "no_se") and "seed" in first):
+        gap = _recipe_gap(first[arm], first["seed"])
+        if gap:
+            by_gap.setdefault(", ".join(gap), []).append(f"`{arm}`")
     for gap, arms in by_gap.items():
         text += (f" {', '.join(arms)} differ{'s' if len(arms) == 1 else ''} from `seed` in {gap} as well as in "
                  f"SE settings, so a lead of {'it' if len(arms) == 1 else 'one of them'} is that whole config's, "

@@ -51,6 +51,7 @@ from study.report.runs import (
     load_recipe,
     paired_table,
     recipe_table,
+    runs_table,
 )
 from study.report.speed import (
     BENCH_CPU,
@@ -115,7 +116,8 @@ def ablation_blocks(df: pd.DataFrame, out: Path) -> tuple[dict, dict]:
                           f"A seed sets the initialisation and the subsets, so arms with the same seed saw the "
                           f"same images. Hardware: {machine_text(r['machine'])}; {' and '.join(sorted(set(df['timed'])))} "
                           f"time {df['seconds'].sum() / 60:.0f} min for all {len(df)} runs (including the "
-                          f"leakage run).{reuse}{curse} {said}\n\nPaired by seed:\n\n" + paired_table(df))
+                          f"leakage run).{reuse}{curse} {said}\n\nPaired by seed:\n\n" + paired_table(df)
+                          + "\n\nEvery run:\n\n" + runs_table(df))
     blocks["leakage"], headline["leakage"] = leakage_table(df)
     headline["ablation_budget"] = (f"{'the recipe' if r['recipe'] else 'old recipe'}, "
                                    f"{r['train_fraction']:.0%} of train, {r['epochs']} epochs")

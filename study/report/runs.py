@@ -102,6 +102,19 @@ def paired_table(df: pd.DataFrame) -> str:
                     rows)
 
 
+def runs_table(df: pd.DataFrame) -> str:
+    """Every run of the compared arms, seed by seed: what the means and paired differences are made of."""
+    rows = []
+    for arm in COMPARED:
+        for _, r in df[df["arm"] == arm].sort_values("seed").iterrows():
+            wrong = round((1 - r["test"]) * r["test_n"])
+            rows.append([ARM_LABELS[arm], r["seed"], f"{r['curve'][0] * 100:.2f}", f"{r['final_val'] * 100:.2f}",
+                         f"{r['test'] * 100:.2f}", f"{wrong} of {r['test_n']}",
+                         "study trial (picked it)" if arm in TOP and r["seed"] == PICKED_ON_SEED else ""])
+    return md_table(["arm", "seed", "val acc % after epoch 1", "final val acc %", "test acc %", "test errors", ""],
+                    rows)
+
+
 def ablation_figure(df: pd.DataFrame, path: Path) -> None:
     """Val accuracy per epoch, mean ± std over seeds: the whole run on the left, the second half of the
     schedule zoomed on the right (converged arms sit within a point of each other there)."""
