@@ -1,8 +1,8 @@
 """`make ablation`: is the study's winner real, does SE help, does it converge faster? Plus the split-leakage gap.
 
     python -m study.ablation --data data/gtsrb28-roi.h5 --random-data data/gtsrb28-roi-random.h5 \
-        [--study results/study/cpu] [--release-config results/study/cpu-quick/best_config.json] \
-        [--arms seed no_se release top1 ...] [--seeds 0 1 2] [--epochs 8]
+        [--study results/study/cpu] [--incumbent-config results/study/cpu-quick/best_config.json] \
+        [--arms seed no_se incumbent top1 ...] [--seeds 0 1 2] [--epochs 8] [--precision auto|bf16|fp32]
 
 One budget for every arm, the converging one: the accuracy recipe (``gtsrb.train.RECIPE``)
 on the ROI pack, the track split's whole train part, the whole val split, 8 epochs
@@ -10,12 +10,13 @@ one-cycle, scored at the LAST epoch (the schedule is fixed; nothing is chosen on
 
 - ``seed``:  the seed preset (SE on every stage);
 - ``no_se``: the same net with no SE block (the ``vgg11`` preset);
-- ``release``: the configuration the release model is trained with (``--release-config``,
-  what ``make train-best`` reads): the one a study winner has to beat before it replaces it;
+- ``incumbent``: the configuration released before this study (``--incumbent-config``, by default
+  the quick study's winner): the one a study winner has to beat before ``make train-best``
+  re-makes the release model with it;
 - ``top1``, ``top2``, ``top3``: the study's best three searched configurations among the
   trials that ran its full budget, ranked by their last epoch's val accuracy (``--study``'s
   summary.csv and curves.csv; each with its own LR and weight decay). The fixed trials and
-  a trial of the release configuration are left out of that ranking: they are arms already;
+  a trial of the incumbent configuration are left out of that ranking: they are arms already;
 - ``seed_random``: the seed preset on a pack split *at random* instead of by track,
   first seed only. Its test split shares tracks with its train split, so its gap to
   ``seed`` on the track split measures how much that protocol flatters.
@@ -27,7 +28,7 @@ file is skipped, and a killed run resumes from its ``last.pt``. Checkpoints stay
 ``runs/ablation``.
 
 A run the study has already trained is not trained again. The study's fixed trials (``seed``,
-``no_se``), its top three and its trial of the release configuration (if it has one) train with
+``no_se``), its top three and its trial of the incumbent configuration (if it has one) train with
 seed 0, the recipe, the whole train split and the same schedule. So the seed-0 run of those
 arms starts from its study trial's last checkpoint (where this machine still has it: git does
 not carry the weights) and trains only the epochs the trial did not reach. A trial ASHA stopped
@@ -61,8 +62,8 @@ from study.space import best_config_json
 from study.summary import PARAM_ORDER, study_budget
 
 TOP = ("top1", "top2", "top3")
-ARMS = ("seed", "no_se", "release", *TOP, "seed_random")
-RELEASE_CONFIG = Path("results/study/cpu-quick/best_config.json")  # the Makefile's CONFIG
+ARMS = ("seed", "no_se", "incumbent", *TOP, "seed_random")
+INCUMBENT_CONFIG = Path("results/study/cpu-quick/best_config.json")  # the Makefile's INCUMBENT
 
 
 # How a run is carried out, not what it trains: a study trial that differs from an ablation run only
@@ -84,9 +85,9 @@ def same_run(a: dict, b: dict) -> bool:
     return split_config(a) == split_config(b)
 
 
-def ranked_finishers(study: Path, release: dict | None = None) -> pd.DataFrame:
+def ranked_finishers(study: Path, incumbent: dict | None = None) -> pd.DataFrame:
     """The study's searched trials that ran its full budget, best last-epoch val accuracy first. The fixed
-    trials (role ``seed``, ``no_se``) and a trial of the release configuration have arms of their own, so
+    trials (role ``seed``, ``no_se``) and a trial of the incumbent configuration have arms of their own, so
     a top arm is never a second copy of one."""
     summary = pd.read_csv(study / "summary.csv")
     curves = pd.read_csv(study / "curves.csv")
@@ -94,31 +95,31 @@ def ranked_finishers(study: Path, release: dict | None = None) -> pd.DataFrame:
     full = summary[summary["epochs_run"] >= last_epoch]
     if "role" in full:
         full = full[~full["role"].isin(["seed", "no_se"])]
-    if release is not None:
-        full = full[[not same_run(trial_config(row), release) for row in full.to_dict("records")]]
+    if incumbent is not None:
+        full = full[[not same_run(trial_config(row), incumbent) for row in full.to_dict("records")]]
     last = curves.sort_values("epoch").groupby("trial_id")["val_accuracy"].last()
     return full.assign(last_val=full["trial_id"].map(last)).sort_values("last_val", ascending=False, kind="stable")
 
 
-def top_configs(study: Path, k: int = len(TOP), release: dict | None = None) -> list[dict]:
+def top_configs(study: Path, k: int = len(TOP), incumbent: dict | None = None) -> list[dict]:
     """The study's best k configurations (best_config.json's shape) among the trials that ran the full
-    budget, by their last epoch's val accuracy (other than the release configuration)."""
-    return [trial_config(row) for row in ranked_finishers(study, release).head(k).to_dict("records")]
+    budget, by their last epoch's val accuracy (other than the incumbent configuration)."""
+    return [trial_config(row) for row in ranked_finishers(study, incumbent).head(k).to_dict("records")]
 
 
-def study_trial(arm: str, study: Path | None, release: dict | None = None) -> str | None:
+def study_trial(arm: str, study: Path | None, incumbent: dict | None = None) -> str | None:
     """The id of the study trial that trained this arm's configuration: the fixed trial of that role
-    (``seed``, ``no_se``), the k-th finisher (``top<k>``) or the trial of the release configuration
-    (``release``); None where there is none, or without a study."""
+    (``seed``, ``no_se``), the k-th finisher (``top<k>``) or the trial of the incumbent configuration
+    (``incumbent``); None where there is none, or without a study."""
     if study is None or not (study / "summary.csv").is_file():
         return None
     if arm in TOP:
-        ranked = ranked_finishers(study, release)
+        ranked = ranked_finishers(study, incumbent)
         rank = TOP.index(arm)
         return str(ranked["trial_id"].iloc[rank]) if rank < len(ranked) else None
     summary = pd.read_csv(study / "summary.csv")
-    if arm == "release" and release is not None:
-        rows = [row for row in summary.to_dict("records") if same_run(trial_config(row), release)]
+    if arm == "incumbent" and incumbent is not None:
+        rows = [row for row in summary.to_dict("records") if same_run(trial_config(row), incumbent)]
         return str(rows[0]["trial_id"]) if rows else None
     if arm in ("seed", "no_se") and "role" in summary:
         rows = summary[summary["role"] == arm]
@@ -173,20 +174,20 @@ def done_at_another_budget(record: dict, train_config: TrainConfig) -> list[str]
             != (list(mine[k]) if isinstance(mine[k], tuple) else mine[k])]
 
 
-def arm_spec(arm: str, study: Path | None, release: dict | None = None) -> tuple[dict, str]:
+def arm_spec(arm: str, study: Path | None, incumbent: dict | None = None) -> tuple[dict, str]:
     """(flat config dict for split_config, without the recipe; which pack: "track" or "random")."""
     if arm in ("seed", "seed_random"):
         return {"preset": "seed"}, "random" if arm == "seed_random" else "track"
     if arm == "no_se":
         return {"preset": "vgg11"}, "track"
-    if arm == "release":
-        if release is None:
-            raise ValueError("arm release needs --release-config FILE (a best_config.json)")
-        return release, "track"
+    if arm == "incumbent":
+        if incumbent is None:
+            raise ValueError("arm incumbent needs --incumbent-config FILE (a best_config.json)")
+        return incumbent, "track"
     if arm in TOP:
         if study is None or not (study / "summary.csv").is_file():
             raise ValueError(f"arm {arm} needs a study: --study DIR with summary.csv (run `make tune` first)")
-        configs = top_configs(study, release=release)
+        configs = top_configs(study, incumbent=incumbent)
         rank = TOP.index(arm)
         if rank >= len(configs):
             raise ValueError(f"arm {arm}: {study} has only {len(configs)} trial(s) at its full budget")
@@ -218,12 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="track-split pack made with --roi")
     p.add_argument("--random-data", type=Path, help="random-split pack made with --roi (for seed_random)")
     p.add_argument("--study", type=Path, help="a study folder, for the top1..top3 arms")
-    p.add_argument("--release-config", type=Path, default=RELEASE_CONFIG,
-                   help="the release model's configuration (a best_config.json), for the release arm")
+    p.add_argument("--incumbent-config", type=Path, default=INCUMBENT_CONFIG,
+                   help="the configuration released before this study (a best_config.json): the incumbent "
+                        "arm, and left out of the top arms' ranking")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--train-fraction", type=float, default=1.0, help="whole tracks; 1.0 for the real ablation")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="the training step's precision (auto: bf16 where the CPU multiplies it natively). A run "
+                        "added on another machine passes its pairs' precision: fp32 beside runs made without bf16")
     p.add_argument("--runs", type=Path, default=Path("runs/ablation"))
     p.add_argument("--results", type=Path, default=Path("results/ablation"))
     a = p.parse_args(argv)
@@ -231,13 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     packs = {"track": a.data, "random": a.random_data}
     arms = [x for x in a.arms if x != "seed_random" or a.random_data]
     try:
-        release = None
-        if "release" in arms:
+        # Read whenever an arm needs it: the incumbent arm, and the top arms' ranking, which leaves it out.
+        incumbent = None
+        if "incumbent" in arms or set(arms) & set(TOP):
             try:
-                release = json.loads(a.release_config.read_text())
+                incumbent = json.loads(a.incumbent_config.read_text())
             except (OSError, ValueError) as e:
-                raise ValueError(f"--release-config {a.release_config}: {e}") from None
-        specs = {arm: arm_spec(arm, a.study, release) for arm in arms}
+                raise ValueError(f"--incumbent-config {a.incumbent_config}: {e}") from None
+        specs = {arm: arm_spec(arm, a.study, incumbent) for arm in arms}
     except ValueError as e:
         print(f"ablation: error: {e}", file=sys.stderr)
         return 2
@@ -246,10 +252,17 @@ def main(argv: list[str] | None = None) -> int:
         flat, pack_kind = specs[arm]
         model_config, train_over = split_config({**flat, **RECIPE})
         train_config = TrainConfig(**{**train_over, "epochs": a.epochs, "seed": seed,
-                                      "train_fraction": a.train_fraction, "histograms": False})
+                                      "train_fraction": a.train_fraction, "precision": a.precision,
+                                      "histograms": False})
         done = a.results / f"{arm}-seed{seed}.json"
         if done.exists():
-            other = done_at_another_budget(json.loads(done.read_text()), train_config)
+            record = json.loads(done.read_text())
+            if record.get("config", flat) != json.loads(json.dumps(flat)):
+                print(f"ablation: error: {done} holds another configuration than this run's {arm} arm ({flat}): "
+                      f"another incumbent, or the study's ranking has changed. Pass --results DIR for the new "
+                      f"ablation.", file=sys.stderr)
+                return 2
+            other = done_at_another_budget(record, train_config)
             if other:
                 print(f"ablation: error: {done} holds a run at another budget ({'; '.join(other)}). Move that "
                       f"folder's records away (the quick ablation's are in results/ablation-quick) or pass "
@@ -262,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         if (out / "last.pt").exists():  # a killed run resumes; it may have started from a study trial
             adopted = json.loads((out / ADOPTED).read_text()) if (out / ADOPTED).is_file() else None
         else:
-            trial = study_trial(arm, a.study, release)
+            trial = study_trial(arm, a.study, incumbent)
             adopted = adopt_trial(a.study, trial, out, model_config, train_config, packs[pack_kind]) if trial else None
         t0 = time.perf_counter()
         history = fit(model_config, packs[pack_kind], out, train_config,

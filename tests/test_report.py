@@ -60,46 +60,46 @@ def test_ablation_top_arms_are_the_studys_best_full_budget_trials_by_last_epoch(
     assert arm_spec("top2", tmp_path) == (top[1], "track")
     with pytest.raises(ValueError, match="needs a study"):
         arm_spec("top1", None)
-    # The release configuration is an arm of its own: here it is trial b's, which leaves the top arms.
-    release = json.loads(json.dumps(top[0]))
-    assert [c["conv_dropout"] for c in top_configs(tmp_path, release=release)] == [0.4, 0.1]  # d, a
-    assert arm_spec("release", tmp_path, release) == (release, "track")
-    with pytest.raises(ValueError, match="release-config"):
-        arm_spec("release", tmp_path)
+    # The incumbent configuration is an arm of its own: here it is trial b's, which leaves the top arms.
+    incumbent = json.loads(json.dumps(top[0]))
+    assert [c["conv_dropout"] for c in top_configs(tmp_path, incumbent=incumbent)] == [0.4, 0.1]  # d, a
+    assert arm_spec("incumbent", tmp_path, incumbent) == (incumbent, "track")
+    with pytest.raises(ValueError, match="incumbent-config"):
+        arm_spec("incumbent", tmp_path)
     from study.ablation import study_trial
 
     assert [study_trial(arm, tmp_path) for arm in ("top1", "top2", "top3", "seed_random")] == ["b", "d", "a", None]
     assert study_trial("top1", None) is None
-    assert [study_trial(arm, tmp_path, release) for arm in ("release", "top1", "top2")] == ["b", "d", "a"]
-    assert study_trial("release", tmp_path, {**release, "lr": 1e-3}) is None  # no trial trained that one
+    assert [study_trial(arm, tmp_path, incumbent) for arm in ("incumbent", "top1", "top2")] == ["b", "d", "a"]
+    assert study_trial("incumbent", tmp_path, {**incumbent, "lr": 1e-3}) is None  # no trial trained that one
 
 
-def test_paired_differences_put_every_arm_against_seed_and_no_se_and_the_top_arms_against_release():
+def test_paired_differences_put_every_arm_against_seed_and_no_se_and_the_top_arms_against_the_incumbent():
     import pandas as pd
 
     from study.report.runs import paired_table
 
-    final = {"seed": [0.97, 0.975], "no_se": [0.98, 0.98], "release": [0.98, 0.985], "top1": [0.99, 0.98]}
+    final = {"seed": [0.97, 0.975], "no_se": [0.98, 0.98], "incumbent": [0.98, 0.985], "top1": [0.99, 0.98]}
     df = pd.DataFrame([{"arm": arm, "seed": s, "final_val": v[s], "test": v[s] + 0.001}
                        for arm, v in final.items() for s in (0, 1)])
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in paired_table(df).splitlines()[2:]}
     assert set(rows) == {"no SE (plain VGG-11) − seed preset (SE on all 5 stages)",
-                         "release config (quick study's winner) − seed preset (SE on all 5 stages)",
+                         "incumbent (quick study's winner) − seed preset (SE on all 5 stages)",
                          "study's best config − seed preset (SE on all 5 stages)",
-                         "release config (quick study's winner) − no SE (plain VGG-11)",
+                         "incumbent (quick study's winner) − no SE (plain VGG-11)",
                          "study's best config − no SE (plain VGG-11)",
-                         "study's best config − release config (quick study's winner)",
-                         "study's best config − release config (quick study's winner), seeds ≠ 0 (not the one "
+                         "study's best config − incumbent (quick study's winner)",
+                         "study's best config − incumbent (quick study's winner), seeds ≠ 0 (not the one "
                          "that picked it)"}
-    # top1 − release: +1.0 and −0.5 points, higher on one seed of two.
-    assert rows["study's best config − release config (quick study's winner)"][:3] == ["2", "0.25 ± 1.06", "1/2"]
+    # top1 − incumbent: +1.0 and −0.5 points, higher on one seed of two.
+    assert rows["study's best config − incumbent (quick study's winner)"][:3] == ["2", "0.25 ± 1.06", "1/2"]
     # Every run, seed by seed; top1's seed 0 is marked as the study's run that picked it.
     from study.report.runs import runs_table
     runs = runs_table(df.assign(curve=[[v] for v in df["final_val"]], test_n=1000))
     assert "| study's best config | 0 | 99.00 | 99.00 | 99.10 | 9 of 1000 | study trial (picked it) |" in runs
     assert "| study's best config | 1 | 98.00 | 98.00 | 98.10 | 19 of 1000 |  |" in runs
     # Seed 0 is the study's run that ranked top1 first; without it, top1 is behind on its one fresh seed.
-    assert rows["study's best config − release config (quick study's winner), seeds ≠ 0 (not the one that "
+    assert rows["study's best config − incumbent (quick study's winner), seeds ≠ 0 (not the one that "
                 "picked it)"][:3] == ["1", "-0.50", "0/1"]
 
 
@@ -394,24 +394,31 @@ def test_make_report_with_no_results_fills_nothing_and_says_so(tmp_path, capsys)
 def test_make_ablation_trains_each_run_once_and_refuses_a_record_at_another_budget(synthetic_pack, tmp_path, capsys):
     from study.ablation import main
 
-    tiny = tmp_path / "tiny.json"  # the release arm with a tiny layout: the presets are slow for a unit test
+    tiny = tmp_path / "tiny.json"  # the incumbent arm with a tiny layout: the presets are slow for a unit test
     tiny.write_text(json.dumps({"cfg": [16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"]}))
     results = tmp_path / "res"
-    args = ["--data", str(synthetic_pack), "--arms", "release", "--seeds", "0", "--epochs", "1",
-            "--release-config", str(tiny), "--runs", str(tmp_path / "runs"), "--results", str(results)]
+    args = ["--data", str(synthetic_pack), "--arms", "incumbent", "--seeds", "0", "--epochs", "1",
+            "--incumbent-config", str(tiny), "--runs", str(tmp_path / "runs"), "--results", str(results)]
     results.mkdir()
-    old = {"arm": "release", "train_config": {"epochs": 10, "train_fraction": 0.4}}
-    (results / "release-seed0.json").write_text(json.dumps(old))
+    old = {"arm": "incumbent", "train_config": {"epochs": 10, "train_fraction": 0.4}}
+    (results / "incumbent-seed0.json").write_text(json.dumps(old))
     assert main(args) == 2
-    assert "release-seed0.json holds a run at another budget (epochs 10 (this run: 1); train_fraction 0.4" in \
+    assert "incumbent-seed0.json holds a run at another budget (epochs 10 (this run: 1); train_fraction 0.4" in \
         capsys.readouterr().err
-    assert json.loads((results / "release-seed0.json").read_text()) == old  # nothing lost
-    (results / "release-seed0.json").unlink()
+    assert json.loads((results / "incumbent-seed0.json").read_text()) == old  # nothing lost
+    (results / "incumbent-seed0.json").unlink()
     assert main(args) == 0
-    rec = json.loads((results / "release-seed0.json").read_text())
-    assert rec["arm"] == "release" and rec["adopted"] is None and len(rec["history"]) == 1
+    rec = json.loads((results / "incumbent-seed0.json").read_text())
+    assert rec["arm"] == "incumbent" and rec["adopted"] is None and len(rec["history"]) == 1
     assert rec["train_seconds"] == pytest.approx(rec["history"][0]["seconds"], abs=0.1)
     assert 0 <= rec["test"]["accuracy"] <= 1 and "ece" in rec["test"]
-    assert main(args) == 0 and "release seed 0: done, skipped" in capsys.readouterr().out
-    assert main([*args[:-2], "--results", str(results), "--release-config", str(tmp_path / "none.json")]) == 2
-    assert "--release-config" in capsys.readouterr().err
+    assert main(args) == 0 and "incumbent seed 0: done, skipped" in capsys.readouterr().out
+    # A record of another configuration under the same arm (a new incumbent, or a changed ranking) is refused.
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"cfg": [16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 64, 64, "M"]}))
+    before = (results / "incumbent-seed0.json").read_text()
+    assert main([*args[:-4], "--incumbent-config", str(other), *args[-4:]]) == 2
+    assert "incumbent-seed0.json holds another configuration" in capsys.readouterr().err
+    assert (results / "incumbent-seed0.json").read_text() == before
+    assert main([*args[:-2], "--results", str(results), "--incumbent-config", str(tmp_path / "none.json")]) == 2
+    assert "--incumbent-config" in capsys.readouterr().err

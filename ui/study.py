@@ -57,10 +57,10 @@ TRIAL_REQUIRED = ("trial_id", "best_val_accuracy")
 CURVE_REQUIRED = ("trial_id", "epoch", "val_accuracy")
 ROLE_COLORS = {"searched": "#4c78a8", "seed": "#f58518", "no_se": "#7f7f7f"}
 ARM_LABELS = {"seed": "seed preset (SE on all 5 stages)", "no_se": "no SE (plain VGG-11)",
-              "release": "release config (quick study's winner)",
+              "incumbent": "incumbent (quick study's winner)",
               "best": "study best config", "top1": "study's best config", "top2": "study's 2nd config",
               "top3": "study's 3rd config", "seed_random": "seed preset, random split"}
-ARM_COLORS = {"seed": "#f58518", "no_se": "#7f7f7f", "release": "#e45756", "best": "#4c78a8", "top1": "#4c78a8",
+ARM_COLORS = {"seed": "#f58518", "no_se": "#7f7f7f", "incumbent": "#e45756", "best": "#4c78a8", "top1": "#4c78a8",
               "top2": "#54a24b", "top3": "#b279a2"}
 MEASURE_BEST = "best val accuracy (any epoch)"
 MEASURE_AT = "val accuracy at the last epoch every trial reached"

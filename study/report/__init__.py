@@ -179,6 +179,7 @@ def model_blocks(checkpoint: Path, data: Path, out: Path) -> tuple[dict, dict, P
         split_file = split_ckpt.parent / "metrics.json"
         split = json.loads(split_file.read_text()) if split_file.is_file() else None
         blocks["best"] = release_text(m, hist, split) if "release" in m else best_run_text(m, hist)
+        headline["config_file"] = m.get("config_file")
     if checkpoint.is_file():
         from gtsrb.util import sha256_file
 
@@ -226,7 +227,9 @@ def headline_block(headline: dict, checkpoint: Path, held_out: Path | None) -> d
     bm = headline["best_model"]
     split_ckpt = checkpoint.parent / "split" / "best.pt"
     if held_out == split_ckpt:
-        h = (f"Release model `{checkpoint}`: the quick study's best config with the accuracy recipe, trained on all "
+        cfg = headline.get("config_file")
+        what = f"study `{Path(cfg).parent.name}`'s best config (`{cfg}`)" if cfg else "the study's best config"
+        h = (f"Release model `{checkpoint}`: {what} with the accuracy recipe, trained on all "
              f"39,209 training images (GTSRB's protocol); its official-test score comes from an independent "
              f"run (the set is not on the development machine). Its twin trained on the train split alone "
              f"(`{split_ckpt}`) scores **{bm['accuracy'] * 100:.2f}%** on the held-out track-split test "

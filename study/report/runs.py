@@ -15,13 +15,13 @@ from study.report.common import first_epoch, machine_text, md_table, pm
 
 
 ARM_LABELS = {"seed": "seed preset (SE on all 5 stages)", "no_se": "no SE (plain VGG-11)",
-              "release": "release config (quick study's winner)",
+              "incumbent": "incumbent (quick study's winner)",
               "best": "study best config", "top1": "study's best config", "top2": "study's 2nd config",
               "top3": "study's 3rd config", "seed_random": "seed preset, random split"}
-ARM_COLORS = {"seed": "tab:orange", "no_se": "tab:gray", "release": "tab:red", "best": "tab:blue",
+ARM_COLORS = {"seed": "tab:orange", "no_se": "tab:gray", "incumbent": "tab:red", "best": "tab:blue",
               "top1": "tab:blue", "top2": "tab:green", "top3": "tab:purple"}
 # The arms compared in the tables, in this order (study.ablation; "best" is the earlier ablation's top1).
-COMPARED = ("seed", "no_se", "release", "best", "top1", "top2", "top3")
+COMPARED = ("seed", "no_se", "incumbent", "best", "top1", "top2", "top3")
 TOP = ("top1", "top2", "top3")
 # The study trains every trial with seed 0 (study.ablation), so a top arm's seed-0 run is the very run
 # that ranked it among the top 3: chosen for its high val, it flatters the arm (the winner's curse).
@@ -78,13 +78,13 @@ def ablation_table(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
 def paired_table(df: pd.DataFrame) -> str:
     """Arm differences seed by seed: a seed fixes the train/val subsets and the data order, so the pairs
     share their data. Every arm against the seed preset and against no SE; the study's top arms also
-    against the release configuration (does a winner beat what is served?), once over all seeds and once
+    against the incumbent configuration (does a winner beat what was served?), once over all seeds and once
     over the seeds that did not pick it (all but ``PICKED_ON_SEED``), which is the unbiased comparison."""
     rows = []
     present = [arm for arm in COMPARED if (df["arm"] == arm).any()]
     pairs = ([(a, "seed", False) for a in present if a != "seed"]
              + [(a, "no_se", False) for a in present if a not in ("seed", "no_se")]
-             + [(a, "release", fresh) for a in present if a in TOP for fresh in (False, True)])
+             + [(a, "incumbent", fresh) for a in present if a in TOP for fresh in (False, True)])
     for a, b, fresh in pairs:
         x = df[df["arm"] == a].set_index("seed")
         y = df[df["arm"] == b].set_index("seed")
@@ -123,7 +123,7 @@ def ablation_figure(df: pd.DataFrame, path: Path) -> None:
     epochs = int(r["epochs"])
     half = epochs // 2 + 1
     lowest, low_late = 100.0, 100.0
-    for arm in ("seed", "no_se", "release", "best", "top1"):
+    for arm in ("seed", "no_se", "incumbent", "best", "top1"):
         d = df[df["arm"] == arm]
         if d.empty:
             continue
