@@ -1,7 +1,7 @@
 """`make recipe`: the accuracy recipe, measured piece by piece (paired seeds, leave-one-out).
 
     python -m study.recipe --data data/gtsrb28-roi.h5 --full-frame-data data/gtsrb28.h5 \
-        [--preset best] [--arms recipe old ...] [--seeds 0 1 2] [--epochs 8]
+        [--preset best] [--arms recipe old ...] [--seeds 0 1 2] [--epochs 8] [--precision auto|bf16|fp32]
 
 Every arm trains the same network (``--preset seed``, or ``best``: the study's
 best_config.json) on the track split's whole train part for the same number
@@ -80,11 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-frame-data", type=Path, help="the same split without --roi (for no_roi)")
     p.add_argument("--preset", default="seed", choices=("seed", "best"))
     p.add_argument("--config", type=Path, default=Path("results/study/cpu-quick/best_config.json"),
-                   help="the release model's config (the quick study's winner), for --preset best")
+                   help="the config of --preset best (the Makefile's QUICK_CONFIG: the quick study's winner)")
     p.add_argument("--arms", nargs="+", default=["recipe", "old"], choices=ARMS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--train-fraction", type=float, default=1.0, help="whole tracks; 1.0 for the real ablation")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="the training step's precision (auto: bf16 where the CPU multiplies it natively). A run "
+                        "added on another machine passes its pairs' precision: fp32 beside runs made without bf16")
     p.add_argument("--runs", type=Path, default=Path("runs/recipe"))
     p.add_argument("--results", type=Path, default=Path("results/recipe"))
     a = p.parse_args(argv)
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             model_config, train_over = split_config({**base_config(a.preset, a.config), **overrides})
             epochs = a.epochs * (LONG if arm == "long" else 1)
             train_config = TrainConfig(**{**train_over, "epochs": epochs, "seed": seed,
-                                              "train_fraction": a.train_fraction, "histograms": False})
+                                              "train_fraction": a.train_fraction, "precision": a.precision,
+                                              "histograms": False})
             out = a.runs / a.preset / arm / f"seed{seed}"
             print(f"{a.preset} {arm} seed {seed}: training -> {out}", flush=True)
             t0 = time.perf_counter()

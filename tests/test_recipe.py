@@ -151,7 +151,7 @@ def test_the_recipe_ablation_records_each_run_once(synthetic_pack, tmp_path, cap
 
     args = ["--data", str(synthetic_pack), "--full-frame-data", str(synthetic_pack),
             "--arms", "recipe", "no_roi", "long", "--seeds", "0", "--epochs", "1",
-            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res")]
+            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res"), "--precision", "fp32"]
     # The seed preset is slow for a unit test; a config file with the tiny layout stands in for "best".
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps({"cfg": list(TINY.cfg)}))
@@ -159,6 +159,7 @@ def test_the_recipe_ablation_records_each_run_once(synthetic_pack, tmp_path, cap
     rec = json.loads((tmp_path / "res" / "best" / "recipe-seed0.json").read_text())
     assert rec["arm"] == "recipe" and rec["roi"] and rec["model_config"]["input_norm"] == "image"
     assert rec["train_config"]["mirror"] and rec["train_config"]["label_smoothing"] > 0
+    assert rec["train_config"]["precision"] == "fp32"  # as asked, whatever this CPU would pick
     assert rec["val_accuracy"] == pytest.approx(rec["history"][-1]["val_accuracy"], abs=0.02)
     assert 0 <= rec["test"]["accuracy"] <= 1
     assert not json.loads((tmp_path / "res" / "best" / "no_roi-seed0.json").read_text())["roi"]

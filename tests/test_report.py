@@ -397,7 +397,7 @@ def test_make_ablation_trains_each_run_once_and_refuses_a_record_at_another_budg
     tiny = tmp_path / "tiny.json"  # the incumbent arm with a tiny layout: the presets are slow for a unit test
     tiny.write_text(json.dumps({"cfg": [16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"]}))
     results = tmp_path / "res"
-    args = ["--data", str(synthetic_pack), "--arms", "incumbent", "--seeds", "0", "--epochs", "1",
+    args = ["--data", str(synthetic_pack), "--arms", "incumbent", "--seeds", "0", "--epochs", "1", "--precision", "fp32",
             "--incumbent-config", str(tiny), "--runs", str(tmp_path / "runs"), "--results", str(results)]
     results.mkdir()
     old = {"arm": "incumbent", "train_config": {"epochs": 10, "train_fraction": 0.4}}
@@ -410,6 +410,7 @@ def test_make_ablation_trains_each_run_once_and_refuses_a_record_at_another_budg
     assert main(args) == 0
     rec = json.loads((results / "incumbent-seed0.json").read_text())
     assert rec["arm"] == "incumbent" and rec["adopted"] is None and len(rec["history"]) == 1
+    assert rec["train_config"]["precision"] == "fp32"  # as asked, whatever this CPU would pick
     assert rec["train_seconds"] == pytest.approx(rec["history"][0]["seconds"], abs=0.1)
     assert 0 <= rec["test"]["accuracy"] <= 1 and "ece" in rec["test"]
     assert main(args) == 0 and "incumbent seed 0: done, skipped" in capsys.readouterr().out
