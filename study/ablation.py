@@ -58,10 +58,10 @@ from gtsrb.metrics import calibration, classification_metrics
 from gtsrb.model import ModelConfig
 from gtsrb.train import RECIPE, TrainConfig, fit, split_config
 from gtsrb.util import atomic_path, machine, write_text_atomic
+from study.records import TOP
 from study.space import best_config_json
 from study.summary import PARAM_ORDER, study_budget
 
-TOP = ("top1", "top2", "top3")
 ARMS = ("seed", "no_se", "incumbent", *TOP, "seed_random")
 INCUMBENT_CONFIG = Path("results/study/cpu-quick/best_config.json")  # the Makefile's INCUMBENT
 

@@ -6,7 +6,8 @@ import pytest
 
 def test_report_fill_rewrites_only_its_block(tmp_path):
     from study.report import fill
-    from study.report.common import first_epoch, pm
+    from study.records import pm
+    from study.report.common import first_epoch
 
     f = tmp_path / "R.md"
     f.write_text("intro\n<!-- report:x -->\nold\n<!-- /report:x -->\noutro\n")

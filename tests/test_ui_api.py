@@ -29,7 +29,7 @@ from gradio_client.exceptions import AppError
 
 STOP = REPO / "ui" / "examples" / "14-stop.png"
 STOP_ID = 14
-SE_WIDTHS = {"stage1": 64, "stage2": 128, "stage5": 512}  # the committed checkpoint's SE stages
+SE_WIDTHS = {"stage1": 64, "stage2": 128, "stage3": 256, "stage4": 512}  # the committed checkpoint's SE stages
 SERVER_LOG = REPO / "artifacts" / "ui" / "api-server.log"
 
 
@@ -127,7 +127,7 @@ def test_se_off_switches_only_the_named_blocks(client, local):
     """The API's second input: the SE blocks to switch off (omitted: all), as the page's toggles do."""
     every = predict(client, STOP)["se_off"]
     assert every["blocks"] == list(SE_WIDTHS)
-    for blocks in (["stage5"], ["stage1", "stage2"], []):
+    for blocks in (["stage4"], ["stage1", "stage2"], []):
         r = client.predict(handle_file(str(STOP)), blocks, api_name="/predict")
         check_well_formed(r)
         assert r["se_off"]["blocks"] == blocks

@@ -215,7 +215,7 @@ def test_real_ablation_band_mean_is_the_hand_computed_mean():
 def test_real_ablation_numbers_agree_with_the_report():
     """The tab's per-arm table is study.report's: same final val and test figures, same formatting."""
     report = pytest.importorskip("study.report.runs")  # needs the `study` extra (scipy)
-    from study.report.common import pm
+    from study.records import pm
     if not any(ABLATION.glob("*-seed*.json")):
         pytest.skip("no results/ablation/*.json committed")
     text, chart = ablation_view(ABLATION)

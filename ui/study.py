@@ -18,7 +18,8 @@ on what was missing or malformed); they never raise on a bad file, so a broken r
 shows as a note in the tab and the rest of the demo keeps working. The figures are
 Altair (Vega-Lite) specs that ``gr.Plot`` hands to the browser, which draws them.
 ``study.report`` (`make report`) reads the same files for results/REPORT.md; the numbers here use
-the same definitions (final val = last epoch, mean ± sample std over seeds).
+the same definitions (final val = last epoch, mean ± sample std over seeds), and both take the arms'
+names, ``pm`` and the choice of ablation folder from ``study.records`` (numpy only, no torch).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from study.records import ARM_LABELS, PICKED_ON_SEED, TOP, ablation_folder, pm  # noqa: E402
+
 SE_STAGE_KEYS = tuple(f"se_stage{i}" for i in range(1, 6))
 # The searched factors, in study/summary.py's PARAM_ORDER (study/space.py defines the space):
 # (column, label, kind). "cat": a categorical choice; "num"/"log": a float range (log: searched on a log scale).
@@ -56,10 +59,6 @@ SE_ONLY = ("se_form", "se_position", "se_reduction")  # asked only when some sta
 TRIAL_REQUIRED = ("trial_id", "best_val_accuracy")
 CURVE_REQUIRED = ("trial_id", "epoch", "val_accuracy")
 ROLE_COLORS = {"searched": "#4c78a8", "seed": "#f58518", "no_se": "#7f7f7f"}
-ARM_LABELS = {"seed": "seed preset (SE on all 5 stages)", "no_se": "no SE (plain VGG-11)",
-              "incumbent": "incumbent (quick study's winner)",
-              "best": "study best config", "top1": "study's best config", "top2": "study's 2nd config",
-              "top3": "study's 3rd config", "seed_random": "seed preset, random split"}
 ARM_COLORS = {"seed": "#f58518", "no_se": "#7f7f7f", "incumbent": "#e45756", "best": "#4c78a8", "top1": "#4c78a8",
               "top2": "#54a24b", "top3": "#b279a2"}
 MEASURE_BEST = "best val accuracy (any epoch)"
@@ -214,14 +213,6 @@ def load_ablation(folder: Path) -> Loaded:
 
 
 # --------------------------------------------------------------------------- derived tables
-
-def pm(values, scale: float = 100.0, digits: int = 2) -> str:
-    """mean ± sample std (n-1), scaled, as study.report writes it; a single value shows no std."""
-    v = np.asarray(values, float) * scale
-    if len(v) == 1:
-        return f"{v[0]:.{digits}f}"
-    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
-
 
 def ablation_bands(runs: pd.DataFrame) -> pd.DataFrame:
     """Per arm and epoch, over seeds: n, mean, sample std (n-1; 0 for one run), min, max and the band
@@ -650,11 +641,11 @@ def ablation_text(folder: Path, runs: pd.DataFrame, shown: list[str], notes: lis
     n_min = int(min(len(per_run.loc[a]) for a in shown)) if shown else 0
     text += (f" Where two bands overlap, the gap between those arms is within their seed-to-seed spread; with "
              f"{n_min} seed(s) per arm a band is a rough guide.")
-    picked = [a for a in shown if a.startswith("top") and 0 in set(per_run.loc[a].index)]
+    picked = [a for a in shown if a in TOP and PICKED_ON_SEED in set(per_run.loc[a].index)]
     if picked:
-        text += (f" The study ranked {', '.join(f'`{a}`' for a in picked)} on its seed-0 run (every study trial "
-                 f"trains with seed 0), so that run was picked for a high val and flatters its arm; compare the "
-                 f"other seeds (REPORT.md, section 3) before calling a winner.")
+        text += (f" The study ranked {', '.join(f'`{a}`' for a in picked)} on its seed-{PICKED_ON_SEED} run (every "
+                 f"study trial trains with seed {PICKED_ON_SEED}), so that run was picked for a high val and "
+                 f"flatters its arm; compare the other seeds (REPORT.md, section 3) before calling a winner.")
     kind = r["split_kind"]
     for arm in left:
         other = sorted(set(per_run.loc[arm, "split_kind"]))
@@ -684,14 +675,6 @@ def study_view(folder: Path | None, measure: str = MEASURE_BEST) -> tuple:
     return (study_text(folder, trials, t_notes), trials_table(trials),
             curves_text(folder, curves, trials, c_notes), curves_chart(curves, trials),
             factors_text(trials, long, measure, epoch), factors_chart(long, measure, y_title))
-
-
-def ablation_folder(results: Path) -> Path:
-    """``results/ablation`` (``make ablation``, at the converging budget) once it holds a run, else the
-    quick ablation that came before it, ``results/ablation-quick``. ``study.report.ablation_folder``
-    picks the same way (this tab does not import the study package)."""
-    new, quick = results / "ablation", results / "ablation-quick"
-    return new if any(new.glob("*-seed*.json")) or not quick.is_dir() else quick
 
 
 def ablation_view(folder: Path) -> tuple[str, alt.Chart | None]:

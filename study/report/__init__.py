@@ -30,7 +30,8 @@ from pathlib import Path
 import pandas as pd
 
 from gtsrb.util import machine, write_text_atomic
-from study.report.common import machine_text, md_table, pm
+from study.records import ARM_LABELS, PICKED_ON_SEED, TOP, ablation_folder, pm
+from study.report.common import machine_text, md_table
 from study.report.model import (
     _train_splits,
     best_model_section,
@@ -40,10 +41,7 @@ from study.report.model import (
     unsure_text,
 )
 from study.report.runs import (
-    ARM_LABELS,
     COMPARED,
-    PICKED_ON_SEED,
-    TOP,
     ablation_figure,
     ablation_table,
     leakage_table,
@@ -77,13 +75,6 @@ def fill(path: Path, name: str, text: str) -> bool:
     if new != src:
         write_text_atomic(path, new)
     return True
-
-
-def ablation_folder(results: Path = Path("results")) -> Path:
-    """``results/ablation`` (``make ablation``, at the converging budget) once it holds a run, else the
-    quick ablation that came before it, ``results/ablation-quick``. ui/study.py picks the same way."""
-    new, quick = results / "ablation", results / "ablation-quick"
-    return new if any(new.glob("*-seed*.json")) or not quick.is_dir() else quick
 
 
 def ablation_blocks(df: pd.DataFrame, out: Path) -> tuple[dict, dict]:

@@ -2,16 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-
-def pm(values, scale: float = 100.0, digits: int = 2) -> str:
-    """mean ± sample std (n-1), scaled; a single run shows no std."""
-    v = np.asarray(values, float) * scale
-    if len(v) == 1:
-        return f"{v[0]:.{digits}f}"
-    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
-
 
 def md_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]

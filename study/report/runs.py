@@ -11,21 +11,14 @@ import numpy as np
 import pandas as pd
 
 from gtsrb.plots import plt, save_figure
-from study.report.common import first_epoch, machine_text, md_table, pm
+from study.records import ARM_LABELS, PICKED_ON_SEED, TOP, pm
+from study.report.common import first_epoch, machine_text, md_table
 
 
-ARM_LABELS = {"seed": "seed preset (SE on all 5 stages)", "no_se": "no SE (plain VGG-11)",
-              "incumbent": "incumbent (quick study's winner)",
-              "best": "study best config", "top1": "study's best config", "top2": "study's 2nd config",
-              "top3": "study's 3rd config", "seed_random": "seed preset, random split"}
 ARM_COLORS = {"seed": "tab:orange", "no_se": "tab:gray", "incumbent": "tab:red", "best": "tab:blue",
               "top1": "tab:blue", "top2": "tab:green", "top3": "tab:purple"}
 # The arms compared in the tables, in this order (study.ablation; "best" is the earlier ablation's top1).
 COMPARED = ("seed", "no_se", "incumbent", "best", "top1", "top2", "top3")
-TOP = ("top1", "top2", "top3")
-# The study trains every trial with seed 0 (study.ablation), so a top arm's seed-0 run is the very run
-# that ranked it among the top 3: chosen for its high val, it flatters the arm (the winner's curse).
-PICKED_ON_SEED = 0
 THRESHOLDS = (0.80, 0.90, 0.95, 0.98, 0.99)
 
 

@@ -1,0 +1,33 @@
+"""What the ablation records mean, shared by `make report` (``study.report``) and the demo's Study tab
+(``ui/study.py``): the arms' names, which run picked a top arm, where the records live, and how a
+mean ± std is written. Numpy only: the tab imports this and must not import torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+ARM_LABELS = {"seed": "seed preset (SE on all 5 stages)", "no_se": "no SE (plain VGG-11)",
+              "incumbent": "incumbent (quick study's winner)",
+              "best": "study best config", "top1": "study's best config", "top2": "study's 2nd config",
+              "top3": "study's 3rd config", "seed_random": "seed preset, random split"}
+TOP = ("top1", "top2", "top3")
+# The study trains every trial with seed 0 (study.ablation), so a top arm's seed-0 run is the very run
+# that ranked it among the top 3: chosen for its high val, it flatters the arm (the winner's curse).
+PICKED_ON_SEED = 0
+
+
+def pm(values, scale: float = 100.0, digits: int = 2) -> str:
+    """mean ± sample std (n-1), scaled; a single run shows no std."""
+    v = np.asarray(values, float) * scale
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def ablation_folder(results: Path = Path("results")) -> Path:
+    """``results/ablation`` (``make ablation``, at the converging budget) once it holds a run, else the
+    quick ablation that came before it, ``results/ablation-quick``."""
+    new, quick = results / "ablation", results / "ablation-quick"
+    return new if any(new.glob("*-seed*.json")) or not quick.is_dir() else quick
