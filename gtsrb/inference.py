@@ -89,6 +89,9 @@ TTA_SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
 _capture: contextvars.ContextVar[dict[str, list[torch.Tensor]] | None] = contextvars.ContextVar("capture", default=None)
 # The SE blocks switched off within ``Classifier.se_disabled()``: each passes its input through.
 _se_off: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("se_off", default=frozenset())
+# The SE gates held within ``Classifier.se_held()``: stage name -> the gate's value per channel, used
+# for every image instead of the one the block computes from the image.
+_se_held: contextvars.ContextVar[dict[str, torch.Tensor]] = contextvars.ContextVar("se_held", default={})
 
 
 class Classifier:
@@ -102,9 +105,9 @@ class Classifier:
         self.meta = meta
         self.config: ModelConfig = model.config
         self.se_names = [name for name, _ in model.se_blocks()]
-        # Hooks stay for the Classifier's life and do nothing outside a capture or se_disabled().
+        # Hooks stay for the Classifier's life and do nothing outside a capture, se_disabled() or se_held().
         for name, block in model.se_blocks():
-            block.gate.register_forward_hook(functools.partial(_record_gate, name))
+            block.gate.register_forward_hook(functools.partial(_hold_and_record_gate, name))
             block.register_forward_hook(functools.partial(_skip_if_se_off, name))
 
     @classmethod
@@ -175,21 +178,49 @@ class Classifier:
         counterfactual), in predictions (which carry no excitations for them) and in ``self.model``,
         for this thread or task only. An unknown block name is a ValueError."""
         blocks = self.se_names if blocks is None else list(blocks)
-        unknown = sorted(set(blocks) - set(self.se_names))
-        if unknown:
-            raise ValueError(f"no SE block named {', '.join(unknown)}: this model has "
-                             f"{', '.join(self.se_names) or 'none'}")
-        token = _se_off.set(frozenset(blocks))
+        token = _se_off.set(frozenset(self._known(blocks)))
         try:
             yield
         finally:
             _se_off.reset(token)
 
+    @contextlib.contextmanager
+    def se_held(self, gates: dict[str, np.ndarray]) -> Iterator[None]:
+        """Within the block, each named SE block's gate is the given value per channel (e.g. its
+        average over a split: ``Prediction.excitations[name].mean(0)``) for every image: the block keeps
+        its learned average scale but no longer recalibrates per image. Unlike ``se_disabled()``, which
+        also removes that scale, this isolates what the per-image excitation buys. For the
+        ``scale_shift`` form only the scale is held; the shift still comes from the image."""
+        held = {}
+        for name in self._known(gates):
+            value = torch.as_tensor(np.asarray(gates[name], np.float32)).flatten()
+            width = dict(self.model.se_blocks())[name].fc1.in_channels
+            if value.numel() != width:
+                raise ValueError(f"{name}: {value.numel()} gate values, the block has {width} channels")
+            held[name] = value.to(self.device)
+        token = _se_held.set(held)
+        try:
+            yield
+        finally:
+            _se_held.reset(token)
 
-def _record_gate(name: str, _module: nn.Module, _inputs, gate: torch.Tensor) -> None:
+    def _known(self, blocks) -> list[str]:
+        blocks = list(blocks)
+        unknown = sorted(set(blocks) - set(self.se_names))
+        if unknown:
+            raise ValueError(f"no SE block named {', '.join(unknown)}: this model has "
+                             f"{', '.join(self.se_names) or 'none'}")
+        return blocks
+
+
+def _hold_and_record_gate(name: str, _module: nn.Module, _inputs, gate: torch.Tensor) -> torch.Tensor:
+    held = _se_held.get().get(name)
+    if held is not None:
+        gate = held.to(gate).view(1, -1, 1, 1).expand_as(gate)
     capture = _capture.get()
     if capture is not None and name not in _se_off.get():
         capture[name].append(gate.detach())
+    return gate
 
 
 def _skip_if_se_off(name: str, _module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:

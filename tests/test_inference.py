@@ -335,6 +335,52 @@ def test_se_disabled_switches_off_only_the_named_blocks(clf, sign):
             pass
 
 
+def test_se_held_fixes_each_named_gate_and_keeps_its_scale(ckpt_dir, sign):
+    """Holding a gate at a constant removes only the per-image recalibration: held at 1 the paper's
+    gate form is the identity (SE off); held at the very values an image produces, that image's answer
+    is unchanged; a constant that differs changes it, and only within the block."""
+    import dataclasses
+
+    config = dataclasses.replace(PRESETS["seed"], se_form="gate", se_position="post_act")
+    torch.manual_seed(0)
+    path = ckpt_dir / "gate.pt"
+    save_checkpoint({"model_config": config.to_dict(), "model": build_model(config).state_dict(), "epoch": 0}, path)
+    clf = Classifier.load(path)
+    names = clf.se_names
+    images = clf.preprocess([sign, 255 - sign])
+    on = clf.predict_arrays(images)
+    ones = {n: np.ones(on.excitations[n].shape[1]) for n in names}
+    with clf.se_held(ones):
+        held_at_one = clf.predict_arrays(images)
+    with clf.se_disabled():
+        off = clf.predict_arrays(images)
+    np.testing.assert_allclose(held_at_one.logits, off.logits, atol=1e-5)
+    assert all(np.all(held_at_one.excitations[n] == 1) for n in names)  # what was used is what is reported
+    first = clf.predict_arrays(images[:1])
+    with clf.se_held({n: first.excitations[n][0] for n in names}):
+        np.testing.assert_allclose(clf.predict_arrays(images[:1]).logits, first.logits, atol=1e-5)
+    m, x = clf.model, to_float_images(torch.from_numpy(images))
+
+    def features(gates):  # before the classifier, whose bias dominates an untrained network's logits
+        with torch.no_grad(), clf.se_held(gates):
+            return m.features(m.normalise(x))
+
+    f_on = features({})
+    first_at_one = {names[0]: ones[names[0]]}  # one block held (about twice its scale), the others per image
+    assert (features(first_at_one) - f_on).abs().max() > 0.1 * f_on.abs().max()
+    with clf.se_held(first_at_one):
+        one = clf.predict_arrays(images)
+    assert np.all(one.excitations[names[0]] == 1)
+    assert not np.array_equal(one.excitations[names[1]][0], one.excitations[names[1]][1])
+    np.testing.assert_allclose(clf.predict_arrays(images).logits, on.logits, atol=1e-6)  # restored
+    with pytest.raises(ValueError, match=f"{names[0]}: 3 gate values, the block has"):
+        with clf.se_held({names[0]: np.ones(3)}):
+            pass
+    with pytest.raises(ValueError, match="no SE block named stage9"):
+        with clf.se_held({"stage9": np.ones(3)}):
+            pass
+
+
 def test_predict_with_gradcam_is_predict_plus_gradcam_in_one_pass(clf, sign):
     from gtsrb.explain import gradcam, gradcam_layer
 

@@ -325,9 +325,18 @@ def test_confused_pairs_say_how_many_test_tracks_the_errors_come_from(synthetic_
     tiny = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))
     ckpt = tmp_path / "tiny.pt"
     save_checkpoint({"model_config": tiny.to_dict(), "model": build_model(tiny).state_dict(), "epoch": 0}, ckpt)
-    _, pairs_md = best_model_section(ckpt, synthetic_pack, tmp_path)
+    summary, pairs_md = best_model_section(ckpt, synthetic_pack, tmp_path)
     test = load_pack(synthetic_pack, "test")
-    pred = Classifier.load(ckpt).predict_arrays(test.images).probs.argmax(1)
+    clf = Classifier.load(ckpt)
+    pred = clf.predict_arrays(test.images).probs.argmax(1)
+    # The held counterfactual: every gate at its mean over the val split, scored on test.
+    val_gates = clf.predict_arrays(load_pack(synthetic_pack, "val").images).excitations
+    assert clf.se_names and set(val_gates) == set(clf.se_names)
+    with clf.se_held({n: g.mean(0) for n, g in val_gates.items()}):
+        held = clf.predict_arrays(test.images).probs.argmax(1)
+    assert summary["se_held_accuracy"] == float((held == test.labels).mean())
+    assert summary["se_held_changed"] == float((held != pred).mean())
+    assert set(summary["se_constant"]) <= set(clf.se_names)
     rows = [line.split(" | ") for line in pairs_md.splitlines()[2:]]
     assert rows, "an untrained model confuses something"
     for row in rows:

@@ -48,6 +48,13 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
     misclassified_figure(test.images, test.labels, test.groups, probs, out / "misclassified.png")
     with clf.se_disabled():  # the page's counterfactual, over the whole test split
         off = clf.predict_arrays(test.images).probs.argmax(1)
+    # Each gate held at its val-split average per channel: the learned scale stays, the per-image
+    # recalibration goes. A block whose gate hardly moves across val images recalibrates nothing.
+    val_gates = clf.predict_arrays(load_pack(data, "val").images).excitations
+    with clf.se_held({name: g.mean(0) for name, g in val_gates.items()}):
+        held = clf.predict_arrays(test.images).probs.argmax(1)
+    spread = {name: float(np.ptp(g, axis=0).max()) for name, g in val_gates.items()}  # widest channel's range
+    constant = {name: r for name, r in spread.items() if r < 1e-3}
     top = cal["bins"][-1]
     gaps = [(b["confidence"] - b["accuracy"], b) for b in cal["bins"] if b["count"]]
     worst_gap, worst = max(gaps, key=lambda g: g[0])
@@ -62,6 +69,10 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
                "mean_confidence": float(probs.max(1).mean()),
                "se_off_accuracy": float((off == test.labels).mean()),
                "se_off_changed": float((off != pred).mean()),
+               "se_held_accuracy": float((held == test.labels).mean()),
+               "se_held_changed": float((held != pred).mean()),
+               "se_constant": {name: {"range": r, "all_half": bool(np.abs(val_gates[name] - 0.5).max() < 1e-3)}
+                               for name, r in constant.items()},
                "seconds": round(time.perf_counter() - t0, 1)}
     (out / "best_test.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary, pairs_md
