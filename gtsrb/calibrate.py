@@ -8,8 +8,9 @@
 - **Threshold** ``tau`` on the calibrated top-1 probability: the lowest value at
   which the val predictions at or above it are right at least ``target`` of the
   time (99% by default). Below it a prediction is "unsure".
-- **Unlike the training data**: the deepest SE block's excitation lies farther
-  from its predicted class's val average than 99% of val images
+- **Unlike the training data**: the excitation of the deepest SE block whose
+  class averages differ (``gtsrb.explain.distance_block``) lies farther from
+  its predicted class's val average than 99% of val images
   (``gtsrb.explain.class_mean_distance``, threshold ``distance_q99``).
 
 The file also reports, on the test split (held out from the fit), how often each
@@ -80,7 +81,7 @@ def unsure_report(probs: np.ndarray, labels: np.ndarray, tau: float, unlike: np.
 def calibrate(checkpoint: str | os.PathLike, data: str | os.PathLike, target: float = DEFAULT_TARGET) -> dict:
     """Fit the temperature, the threshold and the excitation-distance rule on val; report on test."""
     from gtsrb.data import load_pack
-    from gtsrb.explain import class_excitations, class_mean_distance, distance_q99
+    from gtsrb.explain import class_excitations, class_mean_distance, distance_block, distance_q99
     from gtsrb.inference import Classifier
     from gtsrb.util import sha256_file
 
@@ -91,9 +92,10 @@ def calibrate(checkpoint: str | os.PathLike, data: str | os.PathLike, target: fl
     conf_val = softmax(pv.logits, t).max(1)
     tau = confidence_threshold(conf_val, pv.logits.argmax(1) == val.labels, target)
     unlike = {"val": None, "test": None}
-    block = clf.se_names[-1] if clf.se_names else None
+    stats = class_excitations(pv.excitations, val.labels, clf.config.num_classes)
+    block = distance_block(stats)
     if block:
-        st = class_excitations({block: pv.excitations[block]}, val.labels, clf.config.num_classes)[block]
+        st = stats[block]
         d_val = class_mean_distance(pv.excitations[block], st["class_mean"], pv.logits.argmax(1))
         q99 = distance_q99(d_val)
         unlike["val"] = d_val > q99

@@ -68,6 +68,23 @@ def distance_q99(distances: np.ndarray) -> float:
     return float(np.quantile(distances, 0.99))
 
 
+# A block whose class averages differ by less than this in every channel gives every class the same gate.
+MIN_CLASS_SPREAD = 1e-3
+
+
+def distance_block(stats: dict[str, dict]) -> str | None:
+    """The SE block that the "unlike the training data" rule reads (``class_excitations`` output, blocks
+    in depth order): the deepest one whose class averages differ between classes. A block that gives
+    every class the same gate (a dead block: its hidden ReLUs silent, its gate sigmoid(0) = 0.5 for every
+    image) puts every image at the same distance from every class, so it cannot tell a strange image."""
+    def spread(st):  # the widest channel's range of class averages, over the classes that were seen
+        seen = np.asarray(st["class_mean"])[np.asarray(st["count"]) > 0]
+        return np.ptp(seen, axis=0).max() if len(seen) else 0.0
+
+    alive = [name for name, st in stats.items() if spread(st) > MIN_CLASS_SPREAD]
+    return alive[-1] if alive else None
+
+
 def save_excitations(stats: dict[str, dict], path: str | os.PathLike, checkpoint_sha256: str, source: str) -> None:
     """Atomic write of ``class_excitations`` output (plus provenance) as one .npz."""
     path = Path(path)

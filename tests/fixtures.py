@@ -26,6 +26,13 @@ def sign_image(cls: int, track: int, frame: int, size: int = 32) -> np.ndarray:
     return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
 
 
+def checkerboard(size: int = 64, square: int = 8) -> np.ndarray:
+    """A black-and-white checkerboard: a picture that is no traffic sign (uniform pixel noise is not a good
+    one: the model's per-image contrast norm and 28-px resize leave it close to a plain grey patch)."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    return np.repeat(((yy // square + xx // square) % 2 * 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
 def make_training_tree(
     root: Path, num_classes: int = 43, tracks: int = 10, frames: int = 3, size: int = 32, stated: int = 64
 ) -> Path:

@@ -18,7 +18,8 @@ from gtsrb.archive import DataError  # noqa: E402
 from gtsrb.data import load_pack  # noqa: E402
 from gtsrb.util import sha256_file  # noqa: E402
 from gtsrb.explain import (  # noqa: E402
-    class_excitations, compute_excitations_file, gradcam, gradcam_layer, load_excitations, save_excitations,
+    class_excitations, compute_excitations_file, distance_block, gradcam, gradcam_layer, load_excitations,
+    save_excitations,
 )
 from gtsrb.inference import Classifier  # noqa: E402
 from gtsrb.model import PRESETS, build_model  # noqa: E402
@@ -57,6 +58,18 @@ def test_specificity_is_zero_for_class_agnostic_and_one_for_class_determined_gat
     s = class_excitations({"a": agnostic, "d": determined}, labels, 4)
     assert s["a"]["specificity"] == pytest.approx(0.0, abs=1e-12)
     assert s["d"]["specificity"] == pytest.approx(1.0)
+
+
+def test_the_distance_rule_reads_the_deepest_block_whose_class_averages_differ():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    alive = rng.random((60, 4)) + labels[:, None] * 0.1
+    dead = np.full((60, 8), 0.5)  # a dead block: sigmoid(0) for every image (the release model's stage 4)
+    stats = class_excitations({"stage1": alive, "stage2": alive * 0.5, "stage3": dead}, labels, num_classes=5)
+    assert stats["stage3"]["count"][4] == 0  # an absent class (average 0) does not make a dead block look alive
+    assert distance_block(stats) == "stage2"
+    assert distance_block({"stage3": stats["stage3"]}) is None
+    assert distance_block({}) is None
 
 
 def test_excitations_file_round_trip_and_bad_file(tmp_path):

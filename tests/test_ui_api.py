@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import checkerboard
 from PIL import Image
 from ui_server import CHECKPOINT, REPO, serve
 
@@ -145,9 +146,9 @@ def test_confidence_is_calibrated_and_a_non_sign_is_unsure(client, tmp_path):
     assert sure["calibrated"] and not sure["unsure"] and sure["reasons"] == []
     assert sure["probability"] >= sure["threshold"]
     assert sure["distance"] <= sure["distance_q99"]
-    noise = tmp_path / "noise.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(noise)
-    c = predict(client, noise)["confidence"]
+    board = tmp_path / "checkerboard.png"
+    Image.fromarray(checkerboard()).save(board)
+    c = predict(client, board)["confidence"]
     assert c["unsure"] and c["unlike_training"] and c["distance"] > c["distance_q99"]
     assert any("unlike the training data" in reason for reason in c["reasons"])
 

@@ -147,13 +147,13 @@ def test_upload_shows_prediction_and_figures(page: Page):
 
 @pytest.mark.timeout(300)
 def test_a_picture_that_is_no_traffic_sign_is_called_unsure(page: Page, tmp_path: Path):
-    """Uniform noise: far from every class's excitation average, so the page says it is unsure (top 3)."""
-    import numpy as np
+    """A checkerboard: far from every class's excitation average, so the page says it is unsure (top 3)."""
+    from fixtures import checkerboard
     from PIL import Image
 
-    noise = tmp_path / "noise.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(noise)
-    upload(page, noise)
+    board = tmp_path / "checkerboard.png"
+    Image.fromarray(checkerboard()).save(board)
+    upload(page, board)
     summary = page.locator("#summary")
     expect(summary).to_contain_text("Unsure", timeout=WAIT_MS)
     expect(summary).to_contain_text("Its top 3")

@@ -39,7 +39,13 @@ from gtsrb.archive import DataError  # noqa: E402
 from gtsrb.calibrate import CALIBRATION_FILE, load_calibration, softmax  # noqa: E402
 from gtsrb.checkpoint import CheckpointError  # noqa: E402
 from gtsrb.classes import CLASS_NAMES  # noqa: E402
-from gtsrb.explain import EXCITATIONS_FILE, class_mean_distance, gradcam_layer, load_excitations  # noqa: E402
+from gtsrb.explain import (  # noqa: E402
+    EXCITATIONS_FILE,
+    class_mean_distance,
+    distance_block,
+    gradcam_layer,
+    load_excitations,
+)
 from gtsrb.inference import Classifier, load_image  # noqa: E402
 from gtsrb.util import sha256_file  # noqa: E402
 from ui.study import build_study_tab  # noqa: E402
@@ -213,8 +219,8 @@ class Demo:
             out.update({"temperature": t, "threshold": tau, "probability": round(p, 6), "low": p < tau})
             if p < tau:
                 out["reasons"].append(f"calibrated probability {p:.1%} is below the threshold {tau:.1%}")
-        block = self.clf.se_names[-1] if self.clf.se_names else None
-        st = self.stats.get(block) if self.stats and block else None
+        block = distance_block(self.stats) if self.stats else None
+        st = self.stats.get(block) if block else None
         if st is not None and "distance_q99" in st:
             d = float(class_mean_distance(excitations[block], st["class_mean"], np.array([top]))[0])
             out.update({"distance_block": block, "distance": round(d, 4), "distance_q99": round(st["distance_q99"], 4),
