@@ -63,7 +63,7 @@ from study.space import best_config_json
 from study.summary import PARAM_ORDER, study_budget
 
 ARMS = ("seed", "no_se", "incumbent", *TOP, "seed_random")
-INCUMBENT_CONFIG = Path("results/study/cpu-quick/best_config.json")  # the Makefile's INCUMBENT
+INCUMBENT_CONFIG = Path("results/study/cpu-quick/best_config.json")  # the Makefile's QUICK_CONFIG
 
 
 # How a run is carried out, not what it trains: a study trial that differs from an ablation run only
