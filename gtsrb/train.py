@@ -59,6 +59,7 @@ from gtsrb.cpu_routes import ROUTES, apply_routes
 from gtsrb.model import PRESETS, ModelConfig, build_model, to_float_images
 from gtsrb.splits import SPLIT_NAMES, track_subset
 
+PRECISIONS = ("auto", "bf16", "fp32")  # TrainConfig.precision
 METRIC_NAMES = ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall")
 
 
@@ -80,7 +81,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     # "auto": bf16 autocast on CUDA and on CPUs that multiply bf16 natively (AMX or
     # AVX-512-BF16), fp32 elsewhere; "bf16" or "fp32" to force one.
-    precision: str = "auto"
+    precision: str = "auto"  # one of PRECISIONS
     # NHWC activations and weights: faster than NCHW in every precision on every machine the bench
     # compared them on (results/SPEED.md: variant nchw); False for NCHW.
     channels_last: bool = True
@@ -164,7 +165,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def use_bf16(config: "TrainConfig", device: torch.device) -> bool:
-    if config.precision not in ("auto", "bf16", "fp32"):
+    if config.precision not in PRECISIONS:
         raise ValueError(f"precision {config.precision!r}: expected auto, bf16 or fp32")
     if config.precision != "auto":
         return config.precision == "bf16"

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from gtsrb.checkpoint import load_checkpoint, save_checkpoint
 from gtsrb.evaluate import evaluate
-from gtsrb.train import RECIPE, TrainConfig, fit, split_config
+from gtsrb.train import PRECISIONS, RECIPE, TrainConfig, fit, split_config
 from gtsrb.util import machine, write_text_atomic
 
 PIECES = {"norm": "input_norm", "mirror": "mirror", "smoothing": "label_smoothing"}
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--train-fraction", type=float, default=1.0, help="whole tracks; 1.0 for the real ablation")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="the training step's precision (auto: bf16 where the CPU multiplies it natively). A run "
                         "added on another machine passes its pairs' precision: fp32 beside runs made without bf16")
     p.add_argument("--runs", type=Path, default=Path("runs/recipe"))
