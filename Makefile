@@ -116,12 +116,15 @@ calibrate: $(DATA_ROI)
 	$(BIN)/gtsrb calibrate results/best/split/best.pt --data $(DATA_ROI) --out results/best/calibration.json
 
 # The recipe ablation (the quick study's winner, QUICK_CONFIG, or RECIPE_PRESET=seed; recipe vs old recipe, then one piece off
-# at a time, then candidates; 3 seeds).
+# at a time, then candidates; 3 seeds). Another configuration goes in its own records folder, e.g. the release one:
+# make recipe RECIPE_NAME=top1 RECIPE_CONFIG=results/study/cpu/best_config.json RECIPE_ARMS=no_norm
 RECIPE_ARMS ?= recipe old no_roi no_norm no_mirror no_smoothing ema balanced long
 RECIPE_PRESET ?= best
+RECIPE_CONFIG ?= $(QUICK_CONFIG)
+RECIPE_NAME ?= $(RECIPE_PRESET)
 recipe: $(DATA) $(DATA_ROI)
 	$(BIN)/python -m study.recipe --data $(DATA_ROI) --full-frame-data $(DATA) --preset $(RECIPE_PRESET) \
-		--config $(QUICK_CONFIG) --arms $(RECIPE_ARMS) --epochs $(BEST_EPOCHS)
+		--config $(RECIPE_CONFIG) --name $(RECIPE_NAME) --arms $(RECIPE_ARMS) --epochs $(BEST_EPOCHS)
 
 # Score CKPT on the official GTSRB test set (12,630 images): fetches the two zips into data/ once
 # (needs internet; BASE_URL=... for a mirror), then prints the metrics. Nothing is written into results/.

@@ -169,9 +169,12 @@ def done_at_another_budget(record: dict, train_config: TrainConfig) -> list[str]
     tc = record.get("train_config", {})
     fields = ("epochs", "train_fraction", "val_fraction", "label_smoothing", "mirror", "train_splits")
     mine = dataclasses.asdict(train_config)
-    return [f"{k} {tc.get(k)!r} (this run: {mine[k]!r})" for k in fields
-            if (list(tc[k]) if isinstance(tc.get(k), (list, tuple)) else tc.get(k))
-            != (list(mine[k]) if isinstance(mine[k], tuple) else mine[k])]
+    other = [f"{k} {tc.get(k)!r} (this run: {mine[k]!r})" for k in fields
+             if (list(tc[k]) if isinstance(tc.get(k), (list, tuple)) else tc.get(k))
+             != (list(mine[k]) if isinstance(mine[k], tuple) else mine[k])]
+    if isinstance(record.get("recipe"), dict) and record["recipe"] != RECIPE:  # e.g. the input_norm it held
+        other.append(f"recipe {record['recipe']} (this run: {RECIPE})")
+    return other
 
 
 def arm_spec(arm: str, study: Path | None, incumbent: dict | None = None) -> tuple[dict, str]:

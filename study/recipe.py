@@ -20,8 +20,9 @@ the schedule is fixed, nothing is chosen on val. Arms:
 
 Seed k of every arm shares the initial weights' seed and the data order's seed, so
 arms are compared as paired differences. Each finished run writes
-``<results>/<preset>/<arm>-seed<k>.json``; a run with that file is skipped, and a
-killed run resumes from its ``last.pt`` (checkpoints stay under ``runs/recipe``).
+``<results>/<name>/<arm>-seed<k>.json`` (``--name``: the preset unless given, one folder per
+configuration); a run with that file is skipped, and a killed run resumes from its ``last.pt``
+(checkpoints stay under ``runs/recipe/<name>``).
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="seed", choices=("seed", "best"))
     p.add_argument("--config", type=Path, default=Path("results/study/cpu-quick/best_config.json"),
                    help="the config of --preset best (the Makefile's QUICK_CONFIG: the quick study's winner)")
+    p.add_argument("--name", help="the records' folder under --results (default: the preset). One folder per "
+                                   "configuration: a study arm's name, e.g. top1, pairs with results/ablation/top1-seed*")
     p.add_argument("--arms", nargs="+", default=["recipe", "old"], choices=ARMS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=8)
@@ -92,15 +95,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=Path("results/recipe"))
     a = p.parse_args(argv)
 
-    results = a.results / a.preset
+    name = a.name or a.preset
+    results = a.results / name
     results.mkdir(parents=True, exist_ok=True)
     for seed in a.seeds:  # seed-major: an interrupted ablation still has every arm at the first seeds
         for arm in a.arms:
             done = results / f"{arm}-seed{seed}.json"
-            if done.exists():
-                print(f"{a.preset} {arm} seed {seed}: done, skipped", flush=True)
-                continue
             overrides, roi = arm_spec(arm)
+            if done.exists():
+                stored = json.loads(done.read_text())
+                if stored.get("overrides") != json.loads(json.dumps(overrides)):
+                    print(f"recipe: error: {done} was trained with {stored.get('overrides')}, but the {arm} arm is "
+                          f"now {overrides} (gtsrb.train.RECIPE changed). Pass --name NEW for a new folder.",
+                          file=sys.stderr)
+                    return 2
+                print(f"{name} {arm} seed {seed}: done, skipped", flush=True)
+                continue
             pack = a.data if roi else a.full_frame_data
             if pack is None:
                 print(f"recipe: error: arm {arm} needs --full-frame-data", file=sys.stderr)
@@ -110,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             train_config = TrainConfig(**{**train_over, "epochs": epochs, "seed": seed,
                                               "train_fraction": a.train_fraction, "precision": a.precision,
                                               "histograms": False})
-            out = a.runs / a.preset / arm / f"seed{seed}"
-            print(f"{a.preset} {arm} seed {seed}: training -> {out}", flush=True)
+            out = a.runs / name / arm / f"seed{seed}"
+            print(f"{name} {arm} seed {seed}: training -> {out}", flush=True)
             t0 = time.perf_counter()
             history = fit(model_config, pack, out, train_config, resume=(out / "last.pt").exists(), progress=False)
             seconds = time.perf_counter() - t0
@@ -120,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             test.pop("per_class", None)
             raw = raw_weights_metrics(out / "last.pt", pack) if train_config.ema_decay > 0 else None
             record = {
-                "preset": a.preset, "arm": arm, "seed": seed, "pack": str(pack), "roi": roi,
+                "preset": a.preset, "name": name, "config_file": str(a.config) if a.preset == "best" else None,
+                "arm": arm, "seed": seed, "pack": str(pack), "roi": roi,
                 "overrides": overrides, "model_config": model_config.to_dict(),
                 "train_config": train_config.__dict__, "history": history,
                 "val_accuracy": val["accuracy"], "test": test,
@@ -130,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 **({"raw": raw} if raw else {}),
             }
             write_text_atomic(done, json.dumps(record, indent=1) + "\n")
-            print(f"{a.preset} {arm} seed {seed}: val {val['accuracy']:.4f} "
+            print(f"{name} {arm} seed {seed}: val {val['accuracy']:.4f} "
                   f"test {test['accuracy']:.4f} ({seconds:.0f} s)", flush=True)
     return 0
 

@@ -156,6 +156,12 @@ def test_the_ablation_continues_the_study_trial_that_trained_the_same_run(synthe
     assert done_at_another_budget(record, run_config) == []
     assert done_at_another_budget({"train_config": {**run_config.__dict__, "epochs": 10}}, run_config) == [
         "epochs 10 (this run: 2)"]
+    # A record trained with another recipe (e.g. one that held the contrast norm) is not this ablation's run.
+    from study.ablation import RECIPE
+
+    assert done_at_another_budget({**record, "recipe": RECIPE}, run_config) == []
+    other = done_at_another_budget({**record, "recipe": {**RECIPE, "input_norm": "other"}}, run_config)
+    assert len(other) == 1 and other[0].startswith("recipe {")
 
 
 def test_report_gpu_table_shows_each_variant_its_peak_share_and_fallbacks():
@@ -249,10 +255,14 @@ def test_report_precision_table_pairs_each_path_with_fp32_by_seed():
                          "bf16_old − fp32 averaged +0.00 points over 2 seeds.")  # -2 and +2; no fp32 at 10 epochs
 
 
-def _record(folder, arm, seed, val, test, raw=None):
+HELD = {"input_norm": "image", "mirror": True, "label_smoothing": 0.1}  # the recipe as these records had it
+
+
+def _record(folder, arm, seed, val, test, raw=None, overrides=None, config_file=None):
     rec = {"preset": "best", "arm": arm, "seed": seed, "train_config": {"epochs": 8}, "train_seconds": 1200.0,
            "val_accuracy": val, "test": {"accuracy": test, "n": 7860}, "machine": {"cpu": "X", "cores": 2},
-           "command": "python -m study.recipe ..."}
+           "command": "python -m study.recipe ...", "overrides": HELD if overrides is None else overrides,
+           "config_file": config_file}
     if raw:
         rec["raw"] = raw
     (folder / f"{arm}-seed{seed}.json").write_text(json.dumps(rec))
@@ -271,13 +281,50 @@ def test_report_recipe_table_pairs_arms_by_seed_and_names_borrowed_rows(tmp_path
     rec = df[df["arm"] == "recipe"].set_index("seed")
     assert rec.loc[0, "test"] == 0.995 and rec.loc[0, "from"].startswith("raw weights of")  # borrowed from ema
     assert rec.loc[1, "from"] == ""
-    text = recipe_table(df)
+    text = recipe_table(df, "the quick config")
+    assert "| recipe: ROI crop, per-image contrast norm, class-aware mirror, label smoothing 0.1 | 0, 1 |" in text
+    assert "Each run: the quick config," in text
     old_row = next(line for line in text.splitlines() if line.startswith("| old recipe"))
     # old − recipe on test: seed 0: 0.97 − 0.995, seed 1: 0.96 − 0.99 -> mean −2.75 points
     assert "-2.75 ± 0.35 (n=2)" in old_row
     ema_row = next(line for line in text.splitlines() if line.startswith("| recipe + EMA"))
     assert "-1.50 (n=1)" in ema_row
     assert "raw weights of `best/ema-seed0.json`" in text
+
+
+def test_report_recipe_borrows_the_se_ablations_run_of_the_same_configuration(tmp_path):
+    """A folder named after a study arm (study.recipe --name top1) takes its recipe arm from the SE
+    ablation's run of that arm, but only when that run trained the folder's configuration and schedule."""
+    import pytest
+
+    from study.report.runs import load_recipe, recipe_table
+
+    config = {"preset": "seed", "lr": 0.005}
+    (tmp_path / "best_config.json").write_text(json.dumps(config))
+    recipes, ablation = tmp_path / "recipe", tmp_path / "ablation"
+    (recipes / "top1").mkdir(parents=True)
+    ablation.mkdir()
+    no_norm = {"mirror": True, "label_smoothing": 0.1}
+    for seed, (val, test) in enumerate([(0.984, 0.993), (0.986, 0.995)]):
+        _record(recipes / "top1", "no_norm", seed, val, test, overrides=no_norm,
+                config_file=str(tmp_path / "best_config.json"))
+    for seed, (val, test) in enumerate([(0.981, 0.994), (0.982, 0.992)]):
+        (ablation / f"top1-seed{seed}.json").write_text(json.dumps({
+            "arm": "top1", "seed": seed, "config": config, "recipe": HELD, "train_config": {"epochs": 8},
+            "train_seconds": 900.0, "history": [{"val_accuracy": 0.5}, {"val_accuracy": val}],
+            "test": {"accuracy": test, "n": 7860}, "machine": {"cpu": "Y", "cores": 2}, "command": "ablation"}))
+    df = load_recipe(recipes, ablation)
+    rec = df[df["arm"] == "recipe"].set_index("seed")
+    assert list(rec["val"]) == [0.981, 0.982]  # the last epoch's val, as the recipe records score it
+    text = recipe_table(df, "top1")
+    no_norm_row = next(line for line in text.splitlines() if line.startswith("| recipe without per-image"))
+    assert "| 0.35 ± 0.07 (n=2) | 0.10 ± 0.28 (n=2) |" in no_norm_row
+    assert f"the SE ablation's run `{ablation / 'top1-seed1.json'}`" in text
+    assert "Hardware: X, 2 cores, torch ?; Y, 2 cores, torch ?." in text
+    # Another configuration in the ablation's record: refused, not paired.
+    (tmp_path / "best_config.json").write_text(json.dumps({**config, "lr": 0.001}))
+    with pytest.raises(ValueError, match="not top1's configuration"):
+        load_recipe(recipes, ablation)
 
 
 def test_rung_check_reads_the_rank_correlation_and_flatness_off_the_curves(tmp_path):

@@ -5,7 +5,7 @@
 Reads, without training anything:
 - results/ablation/*.json (``make ablation``; until it holds a run, the quick ablation's
   results/ablation-quick): curves and the convergence table (``runs.py``);
-- results/recipe/<preset>/*.json (``make recipe``): the recipe ablation (``runs.py``);
+- results/recipe/<name>/*.json (``make recipe``): the recipe ablation, one folder per configuration (``runs.py``);
 - results/study/<name>/summary.csv and curves.csv (``make tune``): ASHA's rule and the
   factor effects (``trials.py``);
 - results/best/ (``make train-best``): the release run, and its split twin on the pack's
@@ -135,21 +135,38 @@ def study_blocks(study: Path, ablation: pd.DataFrame) -> dict:
     return blocks
 
 
-def recipe_blocks(folder: Path) -> tuple[dict, dict]:
-    """The recipe ablation's table, and the recipe's headline figures (test, against the old recipe)."""
-    rdf = load_recipe(folder)
+# The recipe ablation's records folders (study.recipe --name): the configuration each trained, in words,
+# the make command that adds an arm to it, and the REPORT block it fills.
+RECIPE_FOLDERS = {
+    "best": ("the quick study's winner (`QUICK_CONFIG`)", "make recipe", "recipe"),
+    "top1": ("the converging study's winner `top1` (`CONFIG`, the release configuration)",
+             "make recipe RECIPE_NAME=top1 RECIPE_CONFIG=results/study/cpu/best_config.json", "recipe_top1"),
+}
+
+
+def recipe_blocks(folder: Path, ablation: Path) -> tuple[dict, dict]:
+    """The recipe ablation's tables (one per configuration), and the recipe's headline figures (test, against
+    the old recipe, on the quick study's winner: the configuration it was measured on first)."""
+    rdf = load_recipe(folder, ablation)
     if rdf.empty:
         return {}, {}
-    rec, old = rdf[rdf["arm"] == "recipe"].set_index("seed"), rdf[rdf["arm"] == "old"].set_index("seed")
-    common = sorted(set(rec.index) & set(old.index))
+    blocks = {}
+    for name, d in rdf.groupby("name"):
+        if name not in RECIPE_FOLDERS:
+            raise ValueError(f"{folder / name}: no entry in study.report.RECIPE_FOLDERS says what it trained")
+        what, make, block = RECIPE_FOLDERS[name]
+        blocks[block] = recipe_table(d, what, make)
     headline = {}
+    first = rdf[rdf["name"] == "best"]
+    rec, old = first[first["arm"] == "recipe"].set_index("seed"), first[first["arm"] == "old"].set_index("seed")
+    common = sorted(set(rec.index) & set(old.index))
     if len(rec):
         headline["recipe"] = {"test": pm(rec["test"]), "seeds": len(rec), "epochs": int(rec["epochs"].iloc[0]),
                               "minutes": rec["train_seconds"].mean() / 60}
         if common:
             headline["recipe"]["vs_old"] = pm((rec.loc[common, "test"] - old.loc[common, "test"]).to_numpy())
             headline["recipe"]["pairs"] = len(common)
-    return {"recipe": recipe_table(rdf)}, headline
+    return blocks, headline
 
 
 def model_blocks(checkpoint: Path, data: Path, out: Path) -> tuple[dict, dict, Path | None]:
@@ -311,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     ablation = load_ablation(a.ablation)
     blocks, headline = ablation_blocks(ablation, a.out)
     blocks |= study_blocks(a.study, ablation)
-    recipe, recipe_headline = recipe_blocks(a.recipe)
+    recipe, recipe_headline = recipe_blocks(a.recipe, a.ablation)
     model, model_headline, held_out = model_blocks(a.checkpoint, a.data, a.out)
     blocks |= recipe | model
     headline |= recipe_headline | model_headline

@@ -11,7 +11,8 @@ def md_table(header: list[str], rows: list[list]) -> str:
 
 def machine_text(m) -> str:
     if isinstance(m, dict):
-        return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}"
+        flags = f" ({', '.join(m['cpu_flags'])})" if m.get("cpu_flags") else ""
+        return f"{m.get('cpu', '?')}{flags}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}"
     return str(m)
 
 

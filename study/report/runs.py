@@ -1,6 +1,6 @@
 """The training-run experiments: the SE ablation and its leakage run (`make ablation`,
 ``<folder>/<arm>-seed<k>.json``) and the accuracy recipe's ablation (`make recipe`,
-``results/recipe/<preset>/<arm>-seed<k>.json``)."""
+``results/recipe/<name>/<arm>-seed<k>.json``)."""
 
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ def leakage_table(df: pd.DataFrame) -> tuple[str, dict | None]:
 
 
 RECIPE_LABELS = {
-    "recipe": "recipe: ROI crop, per-image contrast norm, class-aware mirror, label smoothing 0.1",
+    "recipe": "recipe",  # what it held when the runs were made is read from their records (recipe_words)
     "old": "old recipe (same ROI pack)",
     "no_roi": "recipe on full frames (no ROI crop)",
     "no_norm": "recipe without per-image contrast norm",
@@ -184,34 +184,74 @@ RECIPE_LABELS = {
 }
 
 
-def load_recipe(folder: Path) -> pd.DataFrame:
-    """One row per run of `make recipe`. An ``ema`` run also stands for the ``recipe`` arm at its seed
-    when that arm has no run of its own: its raw weights followed the recipe's trajectory exactly (the
-    average does not feed back into training; tests/test_recipe.py checks the equality)."""
+def recipe_words(overrides: dict) -> str:
+    """The recipe a run trained with, in words, from its record (the ROI crop is the pack, always on)."""
+    words = ["ROI crop"]
+    if overrides.get("input_norm") == "image":
+        words.append("per-image contrast norm")
+    if overrides.get("mirror"):
+        words.append("class-aware mirror")
+    if overrides.get("label_smoothing"):
+        words.append(f"label smoothing {overrides['label_smoothing']}")
+    return ", ".join(words)
+
+
+def load_recipe(folder: Path, ablation: Path | None = None) -> pd.DataFrame:
+    """One row per run of `make recipe`, grouped by ``name`` (the records' folder: one configuration).
+
+    Two kinds of row stand for the ``recipe`` arm at a seed where that arm has no run of its own:
+    - an ``ema`` run's raw weights: they followed the recipe's trajectory exactly (the average does
+      not feed back into training; tests/test_recipe.py checks the equality);
+    - for a folder named after a study arm (``--name top1``), the SE ablation's run of that arm,
+      ``<ablation>/top1-seed<k>.json``: the same configuration (checked against the records'
+      ``config_file``), recipe, epochs and seed.
+    """
     rows = []
     files = sorted(folder.glob("*/*-seed*.json"))
     have = {(f.parent.name, f.name) for f in files}
+    stand_ins = {}  # (name, seed) -> the ablation record that stands for the recipe arm
     for f in files:
         r = json.loads(f.read_text())
-        base = {"preset": r["preset"], "seed": r["seed"], "epochs": r["train_config"]["epochs"],
+        name = f.parent.name
+        base = {"name": name, "preset": r["preset"], "seed": r["seed"], "epochs": r["train_config"]["epochs"],
                 "train_seconds": r["train_seconds"], "test_n": r["test"]["n"], "machine": r["machine"],
                 "command": r["command"]}
-        rows.append({**base, "arm": r["arm"], "val": r["val_accuracy"], "test": r["test"]["accuracy"], "from": ""})
-        if "raw" in r and (r["preset"], f"recipe-seed{r['seed']}.json") not in have:
+        rows.append({**base, "arm": r["arm"], "val": r["val_accuracy"], "test": r["test"]["accuracy"], "from": "",
+                     "recipe": recipe_words(r["overrides"])})
+        if "raw" in r and (name, f"recipe-seed{r['seed']}.json") not in have:
             rows.append({**base, "arm": "recipe", "val": r["raw"]["val_accuracy"], "test": r["raw"]["test_accuracy"],
-                         "from": f"raw weights of `{f.parent.name}/{f.name}`"})
+                         "from": f"raw weights of `{name}/{f.name}`", "recipe": recipe_words(r["overrides"])})
+        twin = ablation / f"{name}-seed{r['seed']}.json" if ablation is not None else None
+        if twin is not None and twin.is_file() and (name, f"recipe-seed{r['seed']}.json") not in have:
+            stand_ins[name, r["seed"]] = (twin, r)
+    for (name, seed), (twin, r) in sorted(stand_ins.items()):
+        a = json.loads(twin.read_text())
+        config = json.loads(Path(r["config_file"]).read_text()) if r.get("config_file") else None
+        if a.get("config") != config or a["train_config"]["epochs"] != r["train_config"]["epochs"]:
+            raise ValueError(f"{twin} is not {name}'s configuration and schedule in {folder / name}: "
+                             f"re-run the recipe arm there (python -m study.recipe ... --name {name} --arms recipe)")
+        rows.append({"name": name, "preset": r["preset"], "seed": seed, "epochs": a["train_config"]["epochs"],
+                     "train_seconds": a["train_seconds"], "test_n": a["test"]["n"], "machine": a["machine"],
+                     "command": a["command"], "arm": "recipe", "val": a["history"][-1]["val_accuracy"],
+                     "test": a["test"]["accuracy"], "from": f"the SE ablation's run `{twin}`",
+                     "recipe": recipe_words(a["recipe"])})
     return pd.DataFrame(rows)
 
 
-def recipe_table(df: pd.DataFrame) -> str:
-    """Per arm: seeds, val and test (last epoch), paired differences against the recipe, time."""
+def recipe_table(df: pd.DataFrame, configuration: str, make_command: str = "make recipe") -> str:
+    """Per arm of one configuration (one records folder): seeds, val and test (last epoch), paired
+    differences against the recipe, time. ``configuration`` says in words which network was trained."""
     ref = df[df["arm"] == "recipe"].set_index("seed")
+    held = sorted(set(ref["recipe"]))
+    if len(held) > 1:
+        raise ValueError(f"the recipe arm's runs of {configuration} trained different recipes: {held}")
+    labels = {**RECIPE_LABELS, "recipe": f"recipe: {held[0]}" if held else "recipe"}
     rows = []
     for arm in RECIPE_LABELS:
         d = df[df["arm"] == arm]
         if d.empty:
             continue
-        cells = [RECIPE_LABELS[arm], ", ".join(str(x) for x in sorted(d["seed"])), pm(d["val"]), pm(d["test"])]
+        cells = [labels[arm], ", ".join(str(x) for x in sorted(d["seed"])), pm(d["val"]), pm(d["test"])]
         x = d.set_index("seed")
         common = sorted(set(x.index) & set(ref.index))
         if arm != "recipe" and common:
@@ -225,15 +265,16 @@ def recipe_table(df: pd.DataFrame) -> str:
         rows.append(cells)
     header = ["arm", "seed(s)", "val acc %", "test acc %", "Δ val vs recipe (points)", "Δ test vs recipe (points)",
               "epochs", "min per run", "s per epoch"]
-    notes = [f"- {RECIPE_LABELS[r['arm']]}, seed {r['seed']}: {r['from']}." for _, r in df.iterrows() if r["from"]]
+    notes = [f"- {labels[r['arm']]}, seed {r['seed']}: {r['from']}." for _, r in df.iterrows() if r["from"]]
     r0 = df[df["arm"] != "long"].iloc[0]
     long = " (the long arm: twice that)" if (df["arm"] == "long").any() else ""
     text = (md_table(header, rows) + "\n\n"
-            f"Each run: the `{r0['preset']}` configuration, the track split's whole train part, {r0['epochs']} "
+            f"Each run: {configuration}, the track split's whole train part, {r0['epochs']} "
             f"epochs{long}, batch 128, one-cycle, scored at its last epoch (no selection on val); test = the held-out "
             f"test split (n={r0['test_n']}). A seed fixes the initial weights and the data order, so Δ is a paired "
-            f"difference (mean ± std over seeds). Hardware: {machine_text(r0['machine'])}. Command: "
-            f"`{r0['command']}` (per arm: `make recipe`).")
+            f"difference (mean ± std over seeds). Hardware: "
+            f"{'; '.join(sorted({machine_text(m) for m in df['machine']}))}. Command: "
+            f"`{r0['command']}` (per arm: `{make_command}`).")
     if notes:
         text += "\n\nRows not trained under their own arm:\n" + "\n".join(notes)
     return text
