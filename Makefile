@@ -117,8 +117,8 @@ calibrate: $(DATA_ROI)
 
 # The recipe ablation (the quick study's winner, QUICK_CONFIG, or RECIPE_PRESET=seed; recipe vs old recipe, then one piece off
 # at a time, then candidates; 3 seeds). Another configuration goes in its own records folder, e.g. the release one:
-# make recipe RECIPE_NAME=top1 RECIPE_CONFIG=results/study/cpu/best_config.json RECIPE_ARMS=no_norm
-RECIPE_ARMS ?= recipe old no_roi no_norm no_mirror no_smoothing ema balanced long
+# make recipe RECIPE_NAME=top1 RECIPE_CONFIG=results/study/cpu/best_config.json RECIPE_ARMS="no_mirror balanced"
+RECIPE_ARMS ?= recipe old no_roi no_mirror no_smoothing norm ema balanced long
 RECIPE_PRESET ?= best
 RECIPE_CONFIG ?= $(QUICK_CONFIG)
 RECIPE_NAME ?= $(RECIPE_PRESET)

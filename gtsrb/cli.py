@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     s.add_argument("--no-augment", action="store_true")
     s.add_argument("--recipe", action="store_true",
-                   help="add the accuracy recipe (per-image norm, class-aware mirror, label smoothing); "
+                   help="add the accuracy recipe (class-aware mirror, label smoothing); "
                         "train it on a pack made with --roi")
     s.add_argument("--precision", choices=("auto", "bf16", "fp32"),
                    help="auto (default): bf16 autocast on CUDA and on CPUs with AMX or AVX-512-BF16, "

@@ -12,10 +12,12 @@ the schedule is fixed, nothing is chosen on val. Arms:
 - ``old``: none of it (the recipe before this ablation), on the same pack;
 - ``no_<piece>``: the recipe without one piece (``no_roi`` trains on the
   full-frame pack instead);
-- ``balanced``, ``ema``: the recipe plus class-balanced sampling, or plus an EMA of
-  the weights (candidates it does not hold). The EMA does not change the training
-  trajectory, so the ``ema`` record also scores the run's raw weights (``raw``):
-  the EMA's effect is an exactly paired difference within one run;
+- ``norm``, ``balanced``, ``ema``: the recipe plus per-image contrast normalisation,
+  class-balanced sampling, or an EMA of the weights (candidates it does not hold;
+  records made while the recipe held the norm call its removal ``no_norm``). The
+  EMA does not change the training trajectory, so the ``ema`` record also scores
+  the run's raw weights (``raw``): the EMA's effect is an exactly paired
+  difference within one run;
 - ``long``: the recipe for LONG times ``--epochs`` (the same one-cycle schedule, stretched).
 
 Seed k of every arm shares the initial weights' seed and the data order's seed, so
@@ -38,9 +40,10 @@ from gtsrb.evaluate import evaluate
 from gtsrb.train import PRECISIONS, RECIPE, TrainConfig, fit, split_config
 from gtsrb.util import machine, write_text_atomic
 
-PIECES = {"norm": "input_norm", "mirror": "mirror", "smoothing": "label_smoothing"}
-# Candidates the recipe does not hold, each added to it.
-EXTRAS: dict[str, dict] = {"balanced": {"balanced": True}, "ema": {"ema_decay": 0.998}}
+PIECES = {"mirror": "mirror", "smoothing": "label_smoothing"}
+# Candidates the recipe does not hold, each added to it (the contrast norm was in it until it lost).
+EXTRAS: dict[str, dict] = {"norm": {"input_norm": "image"}, "balanced": {"balanced": True},
+                           "ema": {"ema_decay": 0.998}}
 LONG = 2  # the long arm trains this many times --epochs
 ARMS = ("recipe", "old", "no_roi", *(f"no_{p}" for p in PIECES), *EXTRAS, "long")
 

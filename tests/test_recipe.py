@@ -137,6 +137,7 @@ def test_recipe_arms_drop_exactly_one_piece():
         over, roi = arm_spec(f"no_{piece}")
         assert roi and set(RECIPE) - set(over) == {key}
     assert arm_spec("balanced")[0] == {**RECIPE, "balanced": True}
+    assert arm_spec("norm")[0] == {**RECIPE, "input_norm": "image"} and "input_norm" not in RECIPE
     assert arm_spec("ema")[0]["ema_decay"] > 0 and "ema_decay" not in RECIPE
     assert arm_spec("long") == (RECIPE, True)  # the recipe; main() doubles its epochs
     for arm in ARMS:
@@ -157,7 +158,7 @@ def test_the_recipe_ablation_records_each_run_once(synthetic_pack, tmp_path, cap
     cfg.write_text(json.dumps({"cfg": list(TINY.cfg)}))
     assert recipe([*args, "--preset", "best", "--config", str(cfg)]) == 0
     rec = json.loads((tmp_path / "res" / "best" / "recipe-seed0.json").read_text())
-    assert rec["arm"] == "recipe" and rec["roi"] and rec["model_config"]["input_norm"] == "image"
+    assert rec["arm"] == "recipe" and rec["roi"] and rec["model_config"]["input_norm"] == "dataset"
     assert rec["train_config"]["mirror"] and rec["train_config"]["label_smoothing"] > 0
     assert rec["train_config"]["precision"] == "fp32"  # as asked, whatever this CPU would pick
     assert rec["val_accuracy"] == pytest.approx(rec["history"][-1]["val_accuracy"], abs=0.02)
@@ -205,5 +206,6 @@ def test_gtsrb_train_recipe_adds_the_recipe_to_the_config(synthetic_pack, tmp_pa
             "--epochs", "1", "--batch-size", "64", "--out", str(out)]
     assert main(args) == 0
     ckpt = load_checkpoint(out / "best.pt")
-    assert ckpt["model_config"]["input_norm"] == "image" and list(ckpt["model_config"]["cfg"]) == list(TINY.cfg)
+    assert ckpt["model_config"]["input_norm"] == "dataset"  # the contrast norm left the recipe
+    assert list(ckpt["model_config"]["cfg"]) == list(TINY.cfg)
     assert ckpt["train_config"]["mirror"] and ckpt["train_config"]["label_smoothing"] == 0.1

@@ -293,8 +293,9 @@ def test_report_recipe_table_pairs_arms_by_seed_and_names_borrowed_rows(tmp_path
 
 
 def test_report_recipe_borrows_the_se_ablations_run_of_the_same_configuration(tmp_path):
-    """A folder named after a study arm (study.recipe --name top1) takes its recipe arm from the SE
-    ablation's run of that arm, but only when that run trained the folder's configuration and schedule."""
+    """A folder named after a study arm (study.recipe --name top1) takes the SE ablation's run of that arm
+    for the recipe arm it trained (the ablation ran while the recipe held the contrast norm: the ``norm``
+    arm now), but only when that run trained the folder's configuration and schedule."""
     import pytest
 
     from study.report.runs import load_recipe, recipe_table
@@ -304,9 +305,8 @@ def test_report_recipe_borrows_the_se_ablations_run_of_the_same_configuration(tm
     recipes, ablation = tmp_path / "recipe", tmp_path / "ablation"
     (recipes / "top1").mkdir(parents=True)
     ablation.mkdir()
-    no_norm = {"mirror": True, "label_smoothing": 0.1}
     for seed, (val, test) in enumerate([(0.984, 0.993), (0.986, 0.995)]):
-        _record(recipes / "top1", "no_norm", seed, val, test, overrides=no_norm,
+        _record(recipes / "top1", "recipe", seed, val, test, overrides={"mirror": True, "label_smoothing": 0.1},
                 config_file=str(tmp_path / "best_config.json"))
     for seed, (val, test) in enumerate([(0.981, 0.994), (0.982, 0.992)]):
         (ablation / f"top1-seed{seed}.json").write_text(json.dumps({
@@ -314,11 +314,12 @@ def test_report_recipe_borrows_the_se_ablations_run_of_the_same_configuration(tm
             "train_seconds": 900.0, "history": [{"val_accuracy": 0.5}, {"val_accuracy": val}],
             "test": {"accuracy": test, "n": 7860}, "machine": {"cpu": "Y", "cores": 2}, "command": "ablation"}))
     df = load_recipe(recipes, ablation)
-    rec = df[df["arm"] == "recipe"].set_index("seed")
-    assert list(rec["val"]) == [0.981, 0.982]  # the last epoch's val, as the recipe records score it
+    norm = df[df["arm"] == "norm"].set_index("seed")
+    assert list(norm["val"]) == [0.981, 0.982]  # the last epoch's val, as the recipe records score it
     text = recipe_table(df, "top1")
-    no_norm_row = next(line for line in text.splitlines() if line.startswith("| recipe without per-image"))
-    assert "| 0.35 ± 0.07 (n=2) | 0.10 ± 0.28 (n=2) |" in no_norm_row
+    assert "| recipe: ROI crop, class-aware mirror, label smoothing 0.1 | 0, 1 |" in text
+    norm_row = next(line for line in text.splitlines() if line.startswith("| recipe + per-image contrast norm"))
+    assert "| -0.35 ± 0.07 (n=2) | -0.10 ± 0.28 (n=2) |" in norm_row
     assert f"the SE ablation's run `{ablation / 'top1-seed1.json'}`" in text
     assert "Hardware: X, 2 cores, torch ?; Y, 2 cores, torch ?." in text
     # Another configuration in the ablation's record: refused, not paired.

@@ -175,7 +175,8 @@ RECIPE_LABELS = {
     "recipe": "recipe",  # what it held when the runs were made is read from their records (recipe_words)
     "old": "old recipe (same ROI pack)",
     "no_roi": "recipe on full frames (no ROI crop)",
-    "no_norm": "recipe without per-image contrast norm",
+    "no_norm": "recipe without per-image contrast norm",  # records made while the recipe held it
+    "norm": "recipe + per-image contrast norm",
     "no_mirror": "recipe without the class-aware mirror",
     "no_smoothing": "recipe without label smoothing",
     "ema": "recipe + EMA of the weights (decay 0.998)",
@@ -199,17 +200,20 @@ def recipe_words(overrides: dict) -> str:
 def load_recipe(folder: Path, ablation: Path | None = None) -> pd.DataFrame:
     """One row per run of `make recipe`, grouped by ``name`` (the records' folder: one configuration).
 
-    Two kinds of row stand for the ``recipe`` arm at a seed where that arm has no run of its own:
-    - an ``ema`` run's raw weights: they followed the recipe's trajectory exactly (the average does
-      not feed back into training; tests/test_recipe.py checks the equality);
+    Two kinds of row stand in for an arm at a seed where that arm has no run of its own:
+    - an ``ema`` run's raw weights, for the ``recipe`` arm: they followed the recipe's trajectory
+      exactly (the average does not feed back into training; tests/test_recipe.py checks the equality);
     - for a folder named after a study arm (``--name top1``), the SE ablation's run of that arm,
-      ``<ablation>/top1-seed<k>.json``: the same configuration (checked against the records'
-      ``config_file``), recipe, epochs and seed.
+      ``<ablation>/top1-seed<k>.json``, for the arm whose overrides are the recipe it trained (``norm``:
+      the ablation ran while the recipe held the contrast norm): the same configuration (checked against
+      the records' ``config_file``), epochs and seed.
     """
+    from study.recipe import ARMS, arm_spec  # trains nothing; kept out of the Study tab's torch-free imports
+
     rows = []
     files = sorted(folder.glob("*/*-seed*.json"))
     have = {(f.parent.name, f.name) for f in files}
-    stand_ins = {}  # (name, seed) -> the ablation record that stands for the recipe arm
+    borrowed = {}  # (name, seed) -> (the ablation record, a record of the folder to check it against)
     for f in files:
         r = json.loads(f.read_text())
         name = f.parent.name
@@ -222,17 +226,20 @@ def load_recipe(folder: Path, ablation: Path | None = None) -> pd.DataFrame:
             rows.append({**base, "arm": "recipe", "val": r["raw"]["val_accuracy"], "test": r["raw"]["test_accuracy"],
                          "from": f"raw weights of `{name}/{f.name}`", "recipe": recipe_words(r["overrides"])})
         twin = ablation / f"{name}-seed{r['seed']}.json" if ablation is not None else None
-        if twin is not None and twin.is_file() and (name, f"recipe-seed{r['seed']}.json") not in have:
-            stand_ins[name, r["seed"]] = (twin, r)
-    for (name, seed), (twin, r) in sorted(stand_ins.items()):
+        if twin is not None and twin.is_file():
+            borrowed[name, r["seed"]] = (twin, r)
+    for (name, seed), (twin, r) in sorted(borrowed.items()):
         a = json.loads(twin.read_text())
+        arm = next((x for x in ARMS if x != "long" and arm_spec(x) == (a["recipe"], True)), None)
+        if arm is None or (name, f"{arm}-seed{seed}.json") in have:
+            continue
         config = json.loads(Path(r["config_file"]).read_text()) if r.get("config_file") else None
         if a.get("config") != config or a["train_config"]["epochs"] != r["train_config"]["epochs"]:
             raise ValueError(f"{twin} is not {name}'s configuration and schedule in {folder / name}: "
-                             f"re-run the recipe arm there (python -m study.recipe ... --name {name} --arms recipe)")
+                             f"train that arm there (python -m study.recipe ... --name {name} --arms {arm})")
         rows.append({"name": name, "preset": r["preset"], "seed": seed, "epochs": a["train_config"]["epochs"],
                      "train_seconds": a["train_seconds"], "test_n": a["test"]["n"], "machine": a["machine"],
-                     "command": a["command"], "arm": "recipe", "val": a["history"][-1]["val_accuracy"],
+                     "command": a["command"], "arm": arm, "val": a["history"][-1]["val_accuracy"],
                      "test": a["test"]["accuracy"], "from": f"the SE ablation's run `{twin}`",
                      "recipe": recipe_words(a["recipe"])})
     return pd.DataFrame(rows)
