@@ -56,14 +56,18 @@ def preprocess(
     differs (the shared 32x32 copy).
     """
     img = to_rgb(img)
-    box = None
-    if roi is not None:
-        x1, y1, x2, y2 = roi
-        sw, sh = stated_size or img.size
-        fx, fy = img.width / sw, img.height / sh
-        box = (x1 * fx, y1 * fy, min((x2 + 1) * fx, img.width), min((y2 + 1) * fy, img.height))
+    box = None if roi is None else roi_box(roi, stated_size or img.size, img.size)
     out = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
     return np.asarray(out, dtype=np.uint8)
+
+
+def roi_box(roi: tuple[int, int, int, int], stated_size: tuple[int, int],
+            size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The CSV's inclusive ROI (X1, Y1, X2, Y2), stated for an image of ``stated_size``, as a PIL box
+    (left, upper, right, lower) on an image of ``size``."""
+    x1, y1, x2, y2 = roi
+    fx, fy = size[0] / stated_size[0], size[1] / stated_size[1]
+    return x1 * fx, y1 * fy, min((x2 + 1) * fx, size[0]), min((y2 + 1) * fy, size[1])
 
 
 # The largest image decode() accepts by default: far above any traffic-sign photo (GTSRB's

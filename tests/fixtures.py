@@ -27,8 +27,9 @@ def sign_image(cls: int, track: int, frame: int, size: int = 32) -> np.ndarray:
 
 
 def checkerboard(size: int = 64, square: int = 8) -> np.ndarray:
-    """A black-and-white checkerboard: a picture that is no traffic sign (uniform pixel noise is not a good
-    one: the model's per-image contrast norm and 28-px resize leave it close to a plain grey patch)."""
+    """A black-and-white checkerboard: a picture that is no traffic sign. Uniform pixel noise is not a
+    reliable one: after the 28-px resize it is close to a plain grey patch, which a model may not tell
+    from the training data (the contrast-normalised model before this one could not)."""
     yy, xx = np.mgrid[0:size, 0:size]
     return np.repeat(((yy // square + xx // square) % 2 * 255).astype(np.uint8)[..., None], 3, axis=2)
 

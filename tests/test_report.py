@@ -481,3 +481,24 @@ def test_make_ablation_trains_each_run_once_and_refuses_a_record_at_another_budg
     assert (results / "incumbent-seed0.json").read_text() == before
     assert main([*args[:-2], "--results", str(results), "--incumbent-config", str(tmp_path / "none.json")]) == 2
     assert "--incumbent-config" in capsys.readouterr().err
+
+
+def test_report_recipe_blocks_one_table_per_configuration_and_the_headline_quotes_the_release_one(tmp_path):
+    import pytest
+
+    from study.report import recipe_blocks
+
+    for name, test in (("best", 0.99), ("top1", 0.995)):
+        (tmp_path / name).mkdir()
+        for seed in (0, 1):
+            _record(tmp_path / name, "recipe", seed, 0.98, test + seed / 1000,
+                    overrides={"mirror": True, "label_smoothing": 0.1})
+    _record(tmp_path / "best", "old", 0, 0.97, 0.98, overrides={})
+    blocks, headline = recipe_blocks(tmp_path, None)
+    assert set(blocks) == {"recipe", "recipe_top1"} and "old recipe" in blocks["recipe"]
+    assert headline["recipe"]["test"] == "99.55 ± 0.07" and "`top1`" in headline["recipe"]["what"]
+    assert headline["recipe"]["held"] == "ROI crop, class-aware mirror, label smoothing 0.1"
+    (tmp_path / "unnamed").mkdir()
+    _record(tmp_path / "unnamed", "recipe", 0, 0.98, 0.99)
+    with pytest.raises(ValueError, match="RECIPE_FOLDERS"):
+        recipe_blocks(tmp_path, None)

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
@@ -139,7 +140,8 @@ def test_upload_shows_prediction_and_figures(page: Page):
     expect(page.locator("#summary")).not_to_contain_text("Unsure")
     # the image as sent is shown in the input box itself
     expect(page.locator("#image-input img").first).to_be_visible()
-    assert page.locator("#image-input img").first.evaluate("i => i.complete && i.naturalWidth") == 32
+    width = Image.open(STOP).width  # the example as uploaded (a ROI crop at the archive's resolution)
+    assert page.locator("#image-input img").first.evaluate("i => i.complete && i.naturalWidth") == width
     expect(page.get_by_test_id("toast-body")).to_have_count(0)
 
     page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
