@@ -138,9 +138,12 @@ def study_blocks(study: Path, ablation: pd.DataFrame) -> dict:
 # The recipe ablation's records folders (study.recipe --name): the configuration each trained, in words,
 # the make command that adds an arm to it, and the REPORT block it fills.
 RECIPE_FOLDERS = {
-    "best": ("the quick study's winner (`QUICK_CONFIG`)", "make recipe", "recipe"),
-    "top1": ("the converging study's winner `top1` (`CONFIG`, the release configuration)",
-             "make recipe RECIPE_NAME=top1 RECIPE_CONFIG=results/study/cpu/best_config.json", "recipe_top1"),
+    "best": ("the quick study's winner (`QUICK_CONFIG`)",
+             "`make recipe` as of commit `23c261e`, while the recipe held the contrast norm; today's "
+             "`study.recipe` refuses to add to these records", "recipe"),
+    "top1": ("the converging study's winner `top1` (`CONFIG`, the release configuration)", "`make recipe`",
+             "recipe_top1"),
+    "seed": ("the seed preset", "`make recipe RECIPE_PRESET=seed`", "recipe_seed"),
 }
 RELEASE_RECIPE = "top1"  # the folder of the release configuration: the headline quotes its recipe arm
 

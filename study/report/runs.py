@@ -245,7 +245,7 @@ def load_recipe(folder: Path, ablation: Path | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def recipe_table(df: pd.DataFrame, configuration: str, make_command: str = "make recipe") -> str:
+def recipe_table(df: pd.DataFrame, configuration: str, make_command: str = "`make recipe`") -> str:
     """Per arm of one configuration (one records folder): seeds, val and test (last epoch), paired
     differences against the recipe, time. ``configuration`` says in words which network was trained."""
     ref = df[df["arm"] == "recipe"].set_index("seed")
@@ -281,7 +281,7 @@ def recipe_table(df: pd.DataFrame, configuration: str, make_command: str = "make
             f"test split (n={r0['test_n']}). A seed fixes the initial weights and the data order, so Δ is a paired "
             f"difference (mean ± std over seeds). Hardware: "
             f"{'; '.join(sorted({machine_text(m) for m in df['machine']}))}. Command: "
-            f"`{r0['command']}` (per arm: `{make_command}`).")
+            f"`{r0['command']}` (per arm: {make_command}).")
     if notes:
         text += "\n\nRows not trained under their own arm:\n" + "\n".join(notes)
     return text
