@@ -63,6 +63,20 @@ def arm_spec(arm: str) -> tuple[dict, bool]:
     raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
 
 
+def other_recipe(folder: Path) -> str | None:
+    """Why ``folder``'s records were made under another recipe than today's ``RECIPE`` (a record whose
+    overrides are not its arm's today, or of an arm that no longer exists), or None."""
+    for f in sorted(folder.glob("*-seed*.json")):
+        r = json.loads(f.read_text())
+        try:
+            today = json.loads(json.dumps(arm_spec(r["arm"])[0]))
+        except ValueError:
+            return f"{f} is arm {r['arm']!r}, which today's recipe does not have"
+        if r.get("overrides") != today:
+            return f"{f} was trained with {r.get('overrides')}, but its arm {r['arm']!r} is now {today}"
+    return None
+
+
 def raw_weights_metrics(last: Path, pack: Path) -> dict:
     """Val and test accuracy of an EMA run's raw (trained) weights, from its last.pt."""
     ckpt = load_checkpoint(last)
@@ -101,17 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     name = a.name or a.preset
     results = a.results / name
     results.mkdir(parents=True, exist_ok=True)
+    stale = other_recipe(results)
+    if stale:
+        print(f"recipe: error: {stale}. The arms of one folder are compared with each other, so a run under "
+              f"today's recipe does not go beside them: pass --name NEW for a new folder.", file=sys.stderr)
+        return 2
     for seed in a.seeds:  # seed-major: an interrupted ablation still has every arm at the first seeds
         for arm in a.arms:
             done = results / f"{arm}-seed{seed}.json"
             overrides, roi = arm_spec(arm)
             if done.exists():
-                stored = json.loads(done.read_text())
-                if stored.get("overrides") != json.loads(json.dumps(overrides)):
-                    print(f"recipe: error: {done} was trained with {stored.get('overrides')}, but the {arm} arm is "
-                          f"now {overrides} (gtsrb.train.RECIPE changed). Pass --name NEW for a new folder.",
-                          file=sys.stderr)
-                    return 2
                 print(f"{name} {arm} seed {seed}: done, skipped", flush=True)
                 continue
             pack = a.data if roi else a.full_frame_data

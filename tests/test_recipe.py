@@ -173,11 +173,15 @@ def test_the_recipe_ablation_records_each_run_once(synthetic_pack, tmp_path, cap
     assert ema["raw"]["test_accuracy"] == rec["test"]["accuracy"]
     assert recipe([*args, "--preset", "best", "--config", str(cfg)]) == 0
     assert "done, skipped" in capsys.readouterr().out
-    # A record made under another recipe is refused, not skipped as if it were this arm.
+    # A record made under another recipe is refused, not skipped as if it were this arm ...
     done = tmp_path / "res" / "best" / "recipe-seed0.json"
     done.write_text(json.dumps({**rec, "overrides": {"mirror": True}}))
     assert recipe([*args[:5], "recipe", *args[8:], "--preset", "best", "--config", str(cfg)]) == 2
     assert "was trained with {'mirror': True}" in capsys.readouterr().err
+    # ... and so is any new run beside it: the folder's arms are compared with each other.
+    assert recipe([*args[:5], "norm", *args[8:], "--preset", "best", "--config", str(cfg)]) == 2
+    assert "--name NEW" in capsys.readouterr().err
+    assert not (tmp_path / "res" / "best" / "norm-seed0.json").exists()
 
 
 @pytest.mark.slow
