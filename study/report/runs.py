@@ -203,10 +203,10 @@ def load_recipe(folder: Path, ablation: Path | None = None) -> pd.DataFrame:
     Two kinds of row stand in for an arm at a seed where that arm has no run of its own:
     - an ``ema`` run's raw weights, for the ``recipe`` arm: they followed the recipe's trajectory
       exactly (the average does not feed back into training; tests/test_recipe.py checks the equality);
-    - for a folder named after a study arm (``--name top1``), the SE ablation's run of that arm,
-      ``<ablation>/top1-seed<k>.json``, for the arm whose overrides are the recipe it trained (``norm``:
-      the ablation ran while the recipe held the contrast norm): the same configuration (checked against
-      the records' ``config_file``), epochs and seed.
+    - for a folder named after an SE-ablation arm (``--name top1``; ``seed``), the SE ablation's run of
+      that arm, ``<ablation>/top1-seed<k>.json``, for the arm whose overrides are the recipe it trained
+      (``norm``: the ablation ran while the recipe held the contrast norm): the same configuration
+      (checked against the records' ``config_file`` or preset), epochs and seed.
     """
     from study.recipe import ARMS, arm_spec  # trains nothing; kept out of the Study tab's torch-free imports
 
@@ -233,7 +233,7 @@ def load_recipe(folder: Path, ablation: Path | None = None) -> pd.DataFrame:
         arm = next((x for x in ARMS if x != "long" and arm_spec(x) == (a["recipe"], True)), None)
         if arm is None or (name, f"{arm}-seed{seed}.json") in have:
             continue
-        config = json.loads(Path(r["config_file"]).read_text()) if r.get("config_file") else None
+        config = json.loads(Path(r["config_file"]).read_text()) if r.get("config_file") else {"preset": r["preset"]}
         if a.get("config") != config or a["train_config"]["epochs"] != r["train_config"]["epochs"]:
             raise ValueError(f"{twin} is not {name}'s configuration and schedule in {folder / name}: "
                              f"train that arm there (python -m study.recipe ... --name {name} --arms {arm})")
