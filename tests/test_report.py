@@ -296,8 +296,6 @@ def test_report_recipe_borrows_the_se_ablations_run_of_the_same_configuration(tm
     """A folder named after a study arm (study.recipe --name top1) takes the SE ablation's run of that arm
     for the recipe arm it trained (the ablation ran while the recipe held the contrast norm: the ``norm``
     arm now), but only when that run trained the folder's configuration and schedule."""
-    import pytest
-
     from study.report.runs import load_recipe, recipe_table
 
     config = {"preset": "seed", "lr": 0.005}
@@ -484,8 +482,6 @@ def test_make_ablation_trains_each_run_once_and_refuses_a_record_at_another_budg
 
 
 def test_report_recipe_blocks_one_table_per_configuration_and_the_headline_quotes_the_release_one(tmp_path):
-    import pytest
-
     from study.report import recipe_blocks
 
     for name, test in (("best", 0.99), ("top1", 0.995)):

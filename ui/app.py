@@ -122,6 +122,8 @@ class Demo:
         self.sha256 = sha256_file(self.path)
         self.cam_stage, self.cam_layer = gradcam_layer(self.clf.model)
         self.stats, self.stats_note = self._load_stats()
+        # The block the "unlike the training data" rule reads: fixed by the class averages, so chosen once.
+        self.distance_block = distance_block(self.stats) if self.stats else None
         self.calibration, self.calibration_note = self._load_calibration()
         metrics = self.path.parent / "metrics.json"
         self.metrics = json.loads(metrics.read_text()) if metrics.is_file() else None
@@ -219,7 +221,7 @@ class Demo:
             out.update({"temperature": t, "threshold": tau, "probability": round(p, 6), "low": p < tau})
             if p < tau:
                 out["reasons"].append(f"calibrated probability {p:.1%} is below the threshold {tau:.1%}")
-        block = distance_block(self.stats) if self.stats else None
+        block = self.distance_block
         st = self.stats.get(block) if block else None
         if st is not None and "distance_q99" in st:
             d = float(class_mean_distance(excitations[block], st["class_mean"], np.array([top]))[0])
