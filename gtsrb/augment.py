@@ -96,6 +96,18 @@ class BatchAugment(nn.Module):
         self.color_p = color_p
         self._constants: dict[tuple, torch.Tensor] = {}  # built once per device, not copied per call
 
+    @classmethod
+    def with_strength(cls, strength: float) -> BatchAugment:
+        """The default ranges, each scaled by ``strength`` (1.0: the defaults; 1.5: rotation ±15°,
+        shift ±15%, scale 0.85-1.15, shear ±7.5°, brightness and contrast ±45%). The colour
+        jitter's probability stays 0.8."""
+        if not 0 <= strength * 0.3 < 1:
+            raise ValueError(f"augment_strength must be in [0, 3.33) (brightness and contrast "
+                             f"±30% times it stay below 100%), got {strength}")
+        return cls(degrees=10.0 * strength, translate=0.1 * strength,
+                   scale=(1 - 0.1 * strength, 1 + 0.1 * strength), shear=5.0 * strength,
+                   brightness=0.3 * strength, contrast=0.3 * strength)
+
     def _const(self, values: tuple, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``torch.tensor(values)`` on ``device``, cached."""
         key = (values, device, dtype)

@@ -72,6 +72,7 @@ class TrainConfig:
     weight_decay: float = 5e-2  # AdamW's decoupled decay
     pct_start: float = 0.25  # share of steps spent warming up
     augment: bool = True
+    augment_strength: float = 1.0  # scales every augmentation range (BatchAugment.with_strength)
     # Train and validate on a track-grouped, stratified share of each split (1.0: all of it).
     train_fraction: float = 1.0
     val_fraction: float = 1.0
@@ -133,10 +134,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_augment() -> nn.Module:
+def make_augment(strength: float = 1.0) -> nn.Module:
     """Per-sample augmentation on float batches in [0, 1]. No flips (see module doc).
-    ``BatchAugment``'s defaults are the recipe (README: Training)."""
-    return BatchAugment()
+    ``BatchAugment``'s defaults (strength 1.0) are the recipe (README: Training)."""
+    return BatchAugment.with_strength(strength)
 
 
 @torch.no_grad()
@@ -301,7 +302,7 @@ def make_train_step(
         apply_routes(model, routes)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    augment = make_augment().to(device) if config.augment else nn.Identity()
+    augment = make_augment(config.augment_strength).to(device) if config.augment else nn.Identity()
     # fused: one kernel over all parameters; on CPU the default per-tensor loop took
     # a tenth of each step.
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)

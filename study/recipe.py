@@ -12,8 +12,9 @@ the schedule is fixed, nothing is chosen on val. Arms:
 - ``old``: none of it (the recipe before this ablation), on the same pack;
 - ``no_<piece>``: the recipe without one piece (``no_roi`` trains on the
   full-frame pack instead);
-- ``norm``, ``balanced``, ``ema``: the recipe plus per-image contrast normalisation,
-  class-balanced sampling, or an EMA of the weights (candidates it does not hold;
+- ``norm``, ``balanced``, ``ema``, ``strong_aug``: the recipe plus per-image contrast
+  normalisation, class-balanced sampling, an EMA of the weights, or every augmentation range
+  1.5 times as wide (``TrainConfig.augment_strength``) (candidates it does not hold;
   records made while the recipe held the norm call its removal ``no_norm``). The
   EMA does not change the training trajectory, so the ``ema`` record also scores
   the run's raw weights (``raw``): the EMA's effect is an exactly paired
@@ -43,7 +44,7 @@ from gtsrb.util import machine, write_text_atomic
 PIECES = {"mirror": "mirror", "smoothing": "label_smoothing"}
 # Candidates the recipe does not hold, each added to it (the contrast norm was in it until it lost).
 EXTRAS: dict[str, dict] = {"norm": {"input_norm": "image"}, "balanced": {"balanced": True},
-                           "ema": {"ema_decay": 0.998}}
+                           "ema": {"ema_decay": 0.998}, "strong_aug": {"augment_strength": 1.5}}
 LONG = 2  # the long arm trains this many times --epochs
 ARMS = ("recipe", "old", "no_roi", *(f"no_{p}" for p in PIECES), *EXTRAS, "long")
 

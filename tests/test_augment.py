@@ -127,6 +127,25 @@ def test_parameter_distributions_match_kornias():
     assert p.color.shape == (n,) and p.color.dtype == torch.bool
 
 
+@pytest.mark.parametrize("strength", [0.0, 1.5])
+def test_strength_scales_every_range_and_keeps_the_defaults_at_one(strength):
+    default, wide = BatchAugment(), BatchAugment.with_strength(strength)
+    assert (default._low, default._high) == (BatchAugment.with_strength(1.0)._low, BatchAugment.with_strength(1.0)._high)
+    centre = (0, 0, 1, 0, 0, 1, 1)  # angle, shear, scale, shift x, y, brightness, contrast
+    for lo, hi, dlo, dhi, c in zip(wide._low, wide._high, default._low, default._high, centre, strict=True):
+        assert lo == pytest.approx(c + strength * (dlo - c)) and hi == pytest.approx(c + strength * (dhi - c))
+    torch.manual_seed(0)
+    p = wide.sample_params(20000, "cpu")
+    assert torch.rad2deg(p.angle.abs()).max() == pytest.approx(10 * strength, abs=0.05)
+    assert p.brightness.max() == pytest.approx(1 + 0.3 * strength, abs=1e-3)
+
+
+@pytest.mark.parametrize("strength", [-0.5, 3.4])
+def test_a_strength_out_of_range_is_refused(strength):
+    with pytest.raises(ValueError, match="augment_strength"):
+        BatchAugment.with_strength(strength)
+
+
 def test_brightness_first_is_a_fair_coin_per_call():
     torch.manual_seed(0)
     aug = BatchAugment()

@@ -3,6 +3,7 @@
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -137,6 +138,7 @@ def test_recipe_arms_drop_exactly_one_piece():
         over, roi = arm_spec(f"no_{piece}")
         assert roi and set(RECIPE) - set(over) == {key}
     assert arm_spec("balanced")[0] == {**RECIPE, "balanced": True}
+    assert arm_spec("strong_aug")[0] == {**RECIPE, "augment_strength": 1.5}
     assert arm_spec("norm")[0] == {**RECIPE, "input_norm": "image"} and "input_norm" not in RECIPE
     assert arm_spec("ema")[0]["ema_decay"] > 0 and "ema_decay" not in RECIPE
     assert arm_spec("long") == (RECIPE, True)  # the recipe; main() doubles its epochs
@@ -213,3 +215,9 @@ def test_gtsrb_train_recipe_adds_the_recipe_to_the_config(synthetic_pack, tmp_pa
     assert ckpt["model_config"]["input_norm"] == "dataset"  # the contrast norm left the recipe
     assert list(ckpt["model_config"]["cfg"]) == list(TINY.cfg)
     assert ckpt["train_config"]["mirror"] and ckpt["train_config"]["label_smoothing"] == 0.1
+
+
+def test_augment_strength_reaches_the_training_step():
+    step = make_train_step(TINY, TrainConfig(augment_strength=1.5, device="cpu"), steps_per_epoch=2)
+    assert step.augment._high[0] == pytest.approx(math.radians(15))
+    assert make_train_step(TINY, TrainConfig(device="cpu"), 2).augment._high[0] == pytest.approx(math.radians(10))

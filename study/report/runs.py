@@ -181,6 +181,7 @@ RECIPE_LABELS = {
     "no_smoothing": "recipe without label smoothing",
     "ema": "recipe + EMA of the weights (decay 0.998)",
     "balanced": "recipe + class-balanced sampling",
+    "strong_aug": "recipe + augmentation ranges ×1.5 (rotation ±15°, shift ±15%, brightness and contrast ±45%)",
     "long": "recipe, twice the epochs",
 }
 
