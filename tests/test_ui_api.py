@@ -22,6 +22,7 @@ from PIL import Image
 from ui_server import CHECKPOINT, REPO, serve
 
 from gtsrb.classes import CLASS_NAMES
+from gtsrb.explain import EXCITATIONS_FILE, load_excitations
 
 pytest.importorskip("gradio_client")  # the `ui` extra
 pytestmark = pytest.mark.slow  # a real Gradio server in a subprocess
@@ -74,9 +75,11 @@ def check_well_formed(r: dict) -> None:
         assert t["name"] == CLASS_NAMES[t["class_id"]]
     assert len({t["class_id"] for t in top5}) == 5
     assert r["prediction"] == top5[0]
-    se_off = r["se_off"]
-    assert len(se_off["top5"]) == 5 and se_off["prediction"] == se_off["top5"][0]
-    assert 0.0 <= se_off["probability_of_se_on_class"] <= 1.0
+    for key in ("se_off", "se_held"):  # the committed checkpoint has class averages, so both come back
+        c = r[key]
+        assert len(c["top5"]) == 5 and c["prediction"] == c["top5"][0], key
+        assert 0.0 <= c["probability_of_se_on_class"] <= 1.0, key
+    assert r["se_held"]["blocks"] == r["se_off"]["blocks"]
     assert set(r["excitations"]) == set(SE_WIDTHS)
     for stage, width in SE_WIDTHS.items():
         e = r["excitations"][stage]
@@ -128,6 +131,7 @@ def test_se_off_switches_only_the_named_blocks(client, local):
     """The API's second input: the SE blocks to switch off (omitted: all), as the page's toggles do."""
     every = predict(client, STOP)["se_off"]
     assert every["blocks"] == list(SE_WIDTHS)
+    averages, _meta = load_excitations(CHECKPOINT.parent / EXCITATIONS_FILE)
     for blocks in (["stage4"], ["stage1", "stage2"], []):
         r = client.predict(handle_file(str(STOP)), blocks, api_name="/predict")
         check_well_formed(r)
@@ -136,9 +140,29 @@ def test_se_off_switches_only_the_named_blocks(client, local):
             expected = local.predict(STOP).probs[0]
         for t in r["se_off"]["top5"]:
             assert t["probability"] == pytest.approx(float(expected[t["class_id"]]), abs=1e-5), blocks
-    assert r["se_off"]["top5"] == r["top5"]  # nothing switched off: the SE-on answer
+        # held: each named gate at its average over the class averages' images (Classifier.se_held)
+        assert r["se_held"]["blocks"] == blocks
+        with local.se_held({b: averages[b]["overall_mean"] for b in blocks}):
+            expected = local.predict(STOP).probs[0]
+        for t in r["se_held"]["top5"]:
+            assert t["probability"] == pytest.approx(float(expected[t["class_id"]]), abs=1e-5), blocks
+    assert r["se_off"]["top5"] == r["top5"] == r["se_held"]["top5"]  # nothing switched off: the SE-on answer
     with pytest.raises(AppError, match="no SE block named stage9"):
         client.predict(handle_file(str(STOP)), ["stage9"], api_name="/predict")
+
+
+def test_without_class_averages_only_the_identity_counterfactual_is_shown(local, tmp_path):
+    import shutil
+
+    from ui.app import Demo, se_off_markdown
+
+    shutil.copy(CHECKPOINT, tmp_path / "best.pt")  # no excitations.npz beside it
+    demo = Demo(tmp_path / "best.pt")
+    array = local.preprocess(STOP)
+    off, held = demo.se_off(array, ["stage1"], STOP_ID)
+    assert demo.stats is None and held is None and off["blocks"] == ["stage1"]
+    text = se_off_markdown({"class_id": STOP_ID, "name": "Stop"}, off, held)
+    assert "replaced by the identity" in text and "held" not in text
 
 
 def test_confidence_is_calibrated_and_a_non_sign_is_unsure(client, tmp_path):

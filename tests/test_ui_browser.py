@@ -119,6 +119,7 @@ def expect_full_result(page: Page, name: str, class_id: int, file: str | None = 
     if file:
         expect(page.locator("#summary")).to_contain_text(file, timeout=WAIT_MS)
     expect(page.locator("#se-off")).to_contain_text("SE off", timeout=WAIT_MS)
+    expect(page.locator("#se-off")).to_contain_text("SE held at its average")
     expect_rendered_chart(page, "se-plot")
     expect_views(page)
 

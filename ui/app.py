@@ -165,16 +165,21 @@ class Demo:
         except DataError as e:
             raise _error(f"Cannot use this file. {_strip_dir(str(e), str(file), name)}") from None
 
-    def se_off(self, array: np.ndarray, blocks: list[str] | None, top: int) -> dict:
-        """The prediction with the given SE blocks (None: all) replaced by the identity."""
+    def se_off(self, array: np.ndarray, blocks: list[str] | None, top: int) -> tuple[dict, dict | None]:
+        """Two counterfactuals for the given SE blocks (None: all): each replaced by the identity, and each
+        gate held at its average over the class averages' split (the learned scale stays, the per-image
+        recalibration goes; None without class averages)."""
         try:
             with self.clf.se_disabled(blocks):  # None: every block; an unknown name is a ValueError
                 off = self.clf.predict_arrays(array)
         except ValueError as e:
             raise _error(f"se_off: {e}") from None
         blocks = [b for b in self.clf.se_names if blocks is None or b in blocks]  # in the model's order
-        return {"blocks": blocks, "prediction": _top(off.probs[0], 1)[0], "top5": _top(off.probs[0]),
-                "probability_of_se_on_class": round(float(off.probs[0, top]), 6)}
+        held = None
+        if self.stats is not None:
+            with self.clf.se_held({b: self.stats[b]["overall_mean"] for b in blocks}):
+                held = self.clf.predict_arrays(array)
+        return _counterfactual(blocks, off.probs[0], top), held and _counterfactual(blocks, held.probs[0], top)
 
     def analyse(self, image, se_off: list[str] | None = None) -> dict:
         """Image file (+ SE blocks to switch off, default all) -> JSON-friendly prediction and explanation."""
@@ -184,7 +189,7 @@ class Demo:
     def _analyse(self, name: str, note: str, array: np.ndarray, se_off: list[str] | None) -> dict:
         pred, cam = self.clf.predict_with_gradcam(array, self.cam_layer)
         top = int(pred.probs[0].argmax())
-        off = self.se_off(array, se_off, top)
+        off, held = self.se_off(array, se_off, top)
         excitations = {}
         for stage, e in pred.excitations.items():
             row = {"values": np.round(e[0], 5).tolist()}
@@ -206,6 +211,7 @@ class Demo:
             "top5": _top(pred.probs[0]),
             "confidence": self.confidence(pred.logits[0], pred.excitations, top),
             "se_off": off,
+            "se_held": held,
             "excitations": excitations,
             "gradcam": {"stage": self.cam_stage, "class_id": top, "heatmap": np.round(cam, 3).tolist()},
             "preprocessed": array[0].tolist(),
@@ -241,7 +247,7 @@ class Demo:
         r = self._analyse(name, note, array, se_off)
         label = {f"{t['name']} (class {t['class_id']})": t["probability"] for t in r["top5"]}
         return (r, r if raw_open else gr.skip(), label, summary_markdown(r),
-                se_off_markdown(r["se_off"], r["prediction"]), excitation_chart(r), views_image(img, r))
+                se_off_markdown(r["prediction"], r["se_off"], r["se_held"]), excitation_chart(r), views_image(img, r))
 
     def page_se_off(self, image, se_off: list[str] | None) -> str:
         """A toggle changed: only the SE-off panel is recomputed."""
@@ -250,7 +256,7 @@ class Demo:
         _name, _note, _img, array = self.read(image)
         pred = self.clf.predict_arrays(array)
         top = int(pred.probs[0].argmax())
-        return se_off_markdown(self.se_off(array, se_off, top), _top(pred.probs[0], 1)[0])
+        return se_off_markdown(_top(pred.probs[0], 1)[0], *self.se_off(array, se_off, top))
 
     def model_card(self) -> str:
         cfg, meta = self.clf.config, self.clf.meta
@@ -351,15 +357,28 @@ def summary_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def se_off_markdown(off: dict, on: dict) -> str:
+def _counterfactual(blocks: list[str], probs: np.ndarray, top: int) -> dict:
+    return {"blocks": blocks, "prediction": _top(probs, 1)[0], "top5": _top(probs),
+            "probability_of_se_on_class": round(float(probs[top]), 6)}
+
+
+def se_off_markdown(on: dict, off: dict, held: dict | None) -> str:
     if not off["blocks"]:
         return "**SE off:** no block switched off; tick one or more above."
-    same = off["prediction"]["class_id"] == on["class_id"]
-    return (f"**SE off** ({', '.join(off['blocks'])} replaced by the identity, same weights otherwise): "
-            f"{off['prediction']['name']} at {off['prediction']['probability']:.1%}"
-            + (" (the same class)" if same else f" (a different class; {on['name']} drops to "
-               f"{off['probability_of_se_on_class']:.1%})")
-            + ". The network was trained with SE on, so this shows how much it relies on the blocks' rescaling.")
+
+    def answer(r: dict) -> str:
+        same = r["prediction"]["class_id"] == on["class_id"]
+        return (f"{r['prediction']['name']} at {r['prediction']['probability']:.1%}"
+                + (" (the same class)" if same else f" (a different class; {on['name']} drops to "
+                   f"{r['probability_of_se_on_class']:.1%})"))
+
+    text = f"**SE off** ({', '.join(off['blocks'])} replaced by the identity, same weights otherwise): {answer(off)}."
+    if held is None:
+        return text + " The network was trained with SE on, so this shows how much it relies on the blocks' rescaling."
+    return text + ("\n\n**SE held at its average** (each gate fixed at its mean over the validation images, so "
+                   f"the learned scale stays and only the per-image recalibration goes): {answer(held)}.\n\n"
+                   "The network was trained with SE on: the identity shows how much it relies on the blocks' "
+                   "rescaling, the held gates what the per-image part of it adds.")
 
 
 SERIES = ("this image", "all classes (val avg)", "predicted class (val avg)")
@@ -461,7 +480,7 @@ def build_app(demo: Demo, results: Path = REPO / "results") -> gr.Blocks:
                              type="numpy", format="png", interactive=False, elem_id="views", height=VIEW + 40)
             with gr.Row():
                 switches = gr.CheckboxGroup(choices=blocks, value=blocks, label="SE blocks switched off",
-                                         info="Each ticked block is replaced by the identity (same weights otherwise).",
+                                         info="Each ticked block is replaced by the identity, then held at its average gate.",
                                          elem_id="se-switches", visible=bool(blocks))
             se_off = gr.Markdown(elem_id="se-off")
             excite_plot = gr.Plot(label="SE excitations", show_label=False, elem_id="se-plot", visible=bool(blocks))
