@@ -58,7 +58,7 @@ from gtsrb.metrics import calibration, classification_metrics
 from gtsrb.model import ModelConfig
 from gtsrb.train import PRECISIONS, RECIPE, TrainConfig, fit, split_config
 from gtsrb.util import atomic_path, machine, write_text_atomic
-from study.records import TOP
+from study.records import PRECISION_HELP, TOP
 from study.space import best_config_json
 from study.summary import PARAM_ORDER, study_budget
 
@@ -230,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--train-fraction", type=float, default=1.0, help="whole tracks; 1.0 for the real ablation")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="the training step's precision (auto: bf16 where the CPU multiplies it natively). A run "
-                        "added on another machine passes its pairs' precision: fp32 beside runs made without bf16")
+                   help=PRECISION_HELP)
     p.add_argument("--runs", type=Path, default=Path("runs/ablation"))
     p.add_argument("--results", type=Path, default=Path("results/ablation"))
     a = p.parse_args(argv)

@@ -40,6 +40,7 @@ from gtsrb.checkpoint import load_checkpoint, save_checkpoint
 from gtsrb.evaluate import evaluate
 from gtsrb.train import PRECISIONS, RECIPE, TrainConfig, fit, split_config
 from gtsrb.util import machine, write_text_atomic
+from study.records import PRECISION_HELP
 
 PIECES = {"mirror": "mirror", "smoothing": "label_smoothing"}
 # Candidates the recipe does not hold, each added to it (the contrast norm was in it until it lost).
@@ -107,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--train-fraction", type=float, default=1.0, help="whole tracks; 1.0 for the real ablation")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="the training step's precision (auto: bf16 where the CPU multiplies it natively). A run "
-                        "added on another machine passes its pairs' precision: fp32 beside runs made without bf16")
+                   help=PRECISION_HELP)
     p.add_argument("--runs", type=Path, default=Path("runs/recipe"))
     p.add_argument("--results", type=Path, default=Path("results/recipe"))
     a = p.parse_args(argv)

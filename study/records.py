@@ -16,6 +16,9 @@ TOP = ("top1", "top2", "top3")
 # The study trains every trial with seed 0 (study.ablation), so a top arm's seed-0 run is the very run
 # that ranked it among the top 3: chosen for its high val, it flatters the arm (the winner's curse).
 PICKED_ON_SEED = 0
+# `--precision` of study.ablation and study.recipe: paired runs must share it.
+PRECISION_HELP = ("the training step's precision (auto: bf16 where the CPU multiplies it natively). A run added "
+                  "on another machine passes its pairs' precision: fp32 beside runs made without bf16")
 
 
 def pm(values, scale: float = 100.0, digits: int = 2) -> str:
