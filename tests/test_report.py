@@ -365,12 +365,16 @@ def test_confused_pairs_say_how_many_test_tracks_the_errors_come_from(synthetic_
     from gtsrb.data import load_pack
     from gtsrb.inference import Classifier
     from gtsrb.model import ModelConfig, build_model
-    from study.report.model import best_model_section
+    from study.report.model import best_model_section, dead_units_text
 
     torch.manual_seed(0)
     tiny = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))
     ckpt = tmp_path / "tiny.pt"
-    save_checkpoint({"model_config": tiny.to_dict(), "model": build_model(tiny).state_dict(), "epoch": 0}, ckpt)
+    model = build_model(tiny)
+    dead, block = list(model.se_blocks())[-1]
+    with torch.no_grad():  # every hidden unit of the last block against the (non-negative) squeeze: all dead
+        block.fc1.weight.copy_(-block.fc1.weight.abs())
+    save_checkpoint({"model_config": tiny.to_dict(), "model": model.state_dict(), "epoch": 0}, ckpt)
     summary, pairs_md = best_model_section(ckpt, synthetic_pack, tmp_path)
     test = load_pack(synthetic_pack, "test")
     clf = Classifier.load(ckpt)
@@ -383,6 +387,13 @@ def test_confused_pairs_say_how_many_test_tracks_the_errors_come_from(synthetic_
     assert summary["se_held_accuracy"] == float((held == test.labels).mean())
     assert summary["se_held_changed"] == float((held != pred).mean())
     assert set(summary["se_constant"]) <= set(clf.se_names)
+    # dead ReLUs: the last block has none that fires, so its gate is 0.5 everywhere; the others have some
+    fired = summary["se_hidden_fired"]
+    assert list(fired) == clf.se_names and fired[dead] == [0, block.fc1.out_channels]
+    assert summary["se_constant"][dead]["all_half"]
+    assert all(0 < n <= total for name, (n, total) in fired.items() if name != dead)
+    assert "dead ReLUs" in dead_units_text(fired) and f"{dead} 0 of {block.fc1.out_channels}" in dead_units_text(fired)
+    assert dead_units_text({"stage1": [8, 8]}) == " Every hidden unit of every SE block fires on some val image."
     rows = [line.split(" | ") for line in pairs_md.splitlines()[2:]]
     assert rows, "an untrained model confuses something"
     for row in rows:

@@ -36,6 +36,7 @@ from study.report.model import (
     _train_splits,
     best_model_section,
     best_run_text,
+    dead_units_text,
     release_text,
     tta_text,
     unsure_text,
@@ -226,7 +227,8 @@ def model_blocks(checkpoint: Path, data: Path, out: Path) -> tuple[dict, dict, P
                             f"predictions change. **Every SE block replaced by the identity** (`se_disabled`, the "
                             f"demo's \"SE off\"; this also removes the scale, which the layers after it were "
                             f"trained on): {best['se_off_accuracy'] * 100:.2f}%, {best['se_off_changed'] * 100:.1f}% "
-                            f"change. The first gap is what the per-image excitation buys." + constant)
+                            f"change. The first gap is what the per-image excitation buys." + constant
+                            + dead_units_text(best["se_hidden_fired"]))
     exc = checkpoint.parent / "excitations.npz"
     if exc.is_file():
         from gtsrb.explain import load_excitations

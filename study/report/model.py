@@ -50,7 +50,20 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
         off = clf.predict_arrays(test.images).probs.argmax(1)
     # Each gate held at its val-split average per channel: the learned scale stays, the per-image
     # recalibration goes. A block whose gate hardly moves across val images recalibrates nothing.
-    val_gates = clf.predict_arrays(load_pack(data, "val").images).excitations
+    fired = {}  # per SE block: which hidden ReLUs fire on at least one val image
+
+    def record(name):
+        def hook(_module, _inputs, out):
+            f = (out.flatten(1) > 0).any(0).cpu()
+            fired[name] = f | fired[name] if name in fired else f
+        return hook
+
+    handles = [block.act.register_forward_hook(record(name)) for name, block in clf.model.se_blocks()]
+    try:
+        val_gates = clf.predict_arrays(load_pack(data, "val").images).excitations
+    finally:
+        for h in handles:
+            h.remove()
     with clf.se_held({name: g.mean(0) for name, g in val_gates.items()}):
         held = clf.predict_arrays(test.images).probs.argmax(1)
     spread = {name: float(np.ptp(g, axis=0).max()) for name, g in val_gates.items()}  # widest channel's range
@@ -71,11 +84,24 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
                "se_off_changed": float((off != pred).mean()),
                "se_held_accuracy": float((held == test.labels).mean()),
                "se_held_changed": float((held != pred).mean()),
+               "se_hidden_fired": {name: [int(f.sum()), len(f)] for name, f in fired.items()},
                "se_constant": {name: {"range": r, "all_half": bool(np.abs(val_gates[name] - 0.5).max() < 1e-3)}
                                for name, r in constant.items()},
                "seconds": round(time.perf_counter() - t0, 1)}
     (out / "best_test.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary, pairs_md
+
+
+def dead_units_text(fired: dict[str, list[int]]) -> str:
+    """How many of each SE block's hidden ReLUs fire on at least one val image, and why the others stay off."""
+    if all(n == total for n, total in fired.values()):
+        return " Every hidden unit of every SE block fires on some val image."
+    counts = ", ".join(f"{name} {n} of {total}" for name, (n, total) in fired.items())
+    return (f" **Hidden units of the SE blocks that fire on at least one val image: {counts}.** The others are "
+            "dead ReLUs: the blocks' 1×1 layers have no bias, and each block reads the average of a ReLU's "
+            "output, which is never negative, so a hidden unit whose weights have turned negative on the "
+            "channels that carry signal stays at zero for every image, and gets no gradient to come back. "
+            "A block with no unit left has the gate sigmoid(0) = 0.5 on every channel.")
 
 
 def reliability_figure(cal: dict, path: Path, n: int) -> None:
