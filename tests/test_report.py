@@ -372,8 +372,8 @@ def test_confused_pairs_say_how_many_test_tracks_the_errors_come_from(synthetic_
     ckpt = tmp_path / "tiny.pt"
     model = build_model(tiny)
     dead, block = list(model.se_blocks())[-1]
-    with torch.no_grad():  # every hidden unit of the last block against the (non-negative) squeeze: all dead
-        block.fc1.weight.copy_(-block.fc1.weight.abs())
+    with torch.no_grad():  # the last block's hidden units all at zero for every input: dead
+        block.fc1.weight.zero_()
     save_checkpoint({"model_config": tiny.to_dict(), "model": model.state_dict(), "epoch": 0}, ckpt)
     summary, pairs_md = best_model_section(ckpt, synthetic_pack, tmp_path)
     test = load_pack(synthetic_pack, "test")
@@ -392,8 +392,11 @@ def test_confused_pairs_say_how_many_test_tracks_the_errors_come_from(synthetic_
     assert list(fired) == clf.se_names and fired[dead] == [0, block.fc1.out_channels]
     assert summary["se_constant"][dead]["all_half"]
     assert all(0 < n <= total for name, (n, total) in fired.items() if name != dead)
-    assert "dead ReLUs" in dead_units_text(fired) and f"{dead} 0 of {block.fc1.out_channels}" in dead_units_text(fired)
-    assert dead_units_text({"stage1": [8, 8]}) == " Every hidden unit of every SE block fires on some val image."
+    text = dead_units_text(fired, summary["se_position"])
+    assert "dead ReLUs" in text and f"{dead} 0 of {block.fc1.out_channels}" in text
+    assert summary["se_position"] == "pre_bn" and "never negative" not in text  # pre-BN: a signed squeeze
+    assert "never negative" in dead_units_text(fired, "post_act")
+    assert dead_units_text({"stage1": [8, 8]}, "pre_bn") == " Every hidden unit of every SE block fires on some val image."
     rows = [line.split(" | ") for line in pairs_md.splitlines()[2:]]
     assert rows, "an untrained model confuses something"
     for row in rows:

@@ -179,7 +179,8 @@ class Demo:
         if self.stats is not None:
             with self.clf.se_held({b: self.stats[b]["overall_mean"] for b in blocks}):
                 held = self.clf.predict_arrays(array)
-        return _counterfactual(blocks, off.probs[0], top), held and _counterfactual(blocks, held.probs[0], top)
+        return (_counterfactual(blocks, off.probs[0], top),
+                None if held is None else _counterfactual(blocks, held.probs[0], top))
 
     def analyse(self, image, se_off: list[str] | None = None) -> dict:
         """Image file (+ SE blocks to switch off, default all) -> JSON-friendly prediction and explanation."""

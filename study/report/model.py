@@ -85,6 +85,7 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
                "se_held_accuracy": float((held == test.labels).mean()),
                "se_held_changed": float((held != pred).mean()),
                "se_hidden_fired": {name: [int(f.sum()), len(f)] for name, f in fired.items()},
+               "se_position": clf.config.se_position,
                "se_constant": {name: {"range": r, "all_half": bool(np.abs(val_gates[name] - 0.5).max() < 1e-3)}
                                for name, r in constant.items()},
                "seconds": round(time.perf_counter() - t0, 1)}
@@ -92,16 +93,18 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
     return summary, pairs_md
 
 
-def dead_units_text(fired: dict[str, list[int]]) -> str:
-    """How many of each SE block's hidden ReLUs fire on at least one val image, and why the others stay off."""
+def dead_units_text(fired: dict[str, list[int]], position: str) -> str:
+    """How many of each SE block's hidden ReLUs fire on at least one val image, and why the others stay off
+    (``position``: the blocks' ``ModelConfig.se_position``)."""
     if all(n == total for n, total in fired.values()):
         return " Every hidden unit of every SE block fires on some val image."
     counts = ", ".join(f"{name} {n} of {total}" for name, (n, total) in fired.items())
+    why = (" Here each block reads the average of a ReLU's output, which is never negative, so a unit whose "
+           "weights are negative on the channels that carry signal is one of them." if position == "post_act" else "")
     return (f" **Hidden units of the SE blocks that fire on at least one val image: {counts}.** The others are "
-            "dead ReLUs: the blocks' 1×1 layers have no bias, and each block reads the average of a ReLU's "
-            "output, which is never negative, so a hidden unit whose weights have turned negative on the "
-            "channels that carry signal stays at zero for every image, and gets no gradient to come back. "
-            "A block with no unit left has the gate sigmoid(0) = 0.5 on every channel.")
+            "dead ReLUs: the blocks' 1×1 layers have no bias, so a hidden unit whose weights point away from "
+            "every squeezed input it is shown stays at zero, and a unit at zero gets no gradient to come back."
+            + why + " A block with no unit left has the gate sigmoid(0) = 0.5 on every channel.")
 
 
 def reliability_figure(cal: dict, path: Path, n: int) -> None:
