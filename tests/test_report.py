@@ -512,3 +512,19 @@ def test_report_recipe_blocks_one_table_per_configuration_and_the_headline_quote
     _record(tmp_path / "unnamed", "recipe", 0, 0.98, 0.99)
     with pytest.raises(ValueError, match="RECIPE_FOLDERS"):
         recipe_blocks(tmp_path, None)
+
+
+def test_error_tracks_counts_errors_per_physical_sign():
+    import numpy as np
+
+    from study.report.model import WORST_TRACKS, error_tracks
+
+    groups = np.repeat(np.arange(8), 3)  # 8 tracks of 3 frames
+    labels = np.zeros(24, int)
+    pred = labels.copy()
+    pred[[0, 1, 2, 4, 9]] = 1  # track 0 wholly wrong, one frame of tracks 1 and 3
+    t = error_tracks(labels, pred, groups)
+    assert t == {"n": 24, "tracks": 8, "errors": 5, "tracks_with_errors": 3,
+                 "in_worst_tracks": 5, "worst_track": 3}
+    assert WORST_TRACKS >= 3
+    assert error_tracks(labels, labels, groups)["worst_track"] == 0

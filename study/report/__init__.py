@@ -33,6 +33,7 @@ from gtsrb.util import machine, write_text_atomic
 from study.records import ARM_LABELS, PICKED_ON_SEED, TOP, ablation_folder, pm
 from study.report.common import machine_text, md_table
 from study.report.model import (
+    WORST_TRACKS,
     _train_splits,
     best_model_section,
     best_run_text,
@@ -214,6 +215,13 @@ def model_blocks(checkpoint: Path, data: Path, out: Path) -> tuple[dict, dict, P
                                  f"evaluation pass, one of val and two SE counterfactuals, {best['seconds']:.0f} s on "
                                  f"{machine_text(machine())}); no training.")
         blocks["confused"] = pairs_md
+        blocks["error_tracks"] = md_table(
+            ["split", "images", "tracks", "errors", "tracks with an error", f"errors in the {WORST_TRACKS} worst tracks",
+             "errors in the worst track (points of accuracy)"],
+            [[split, t["n"], t["tracks"], t["errors"], t["tracks_with_errors"], t["in_worst_tracks"],
+              f"{t['worst_track']} ({t['worst_track'] / t['n'] * 100:.2f})"]
+             for split, t in best["error_tracks"].items()],
+        ) + f"\n\nModel `{held_out}`, last epoch; the track split of `{data}`. Made by `make report`."
         constant = "".join(
             f" `{name}`'s gate does not vary across val images (no channel's gate moves by more than "
             f"{c['range']:.0e})"

@@ -59,11 +59,13 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
         return hook
 
     handles = [block.act.register_forward_hook(record(name)) for name, block in clf.model.se_blocks()]
+    val = load_pack(data, "val")
     try:
-        val_gates = clf.predict_arrays(load_pack(data, "val").images).excitations
+        val_out = clf.predict_arrays(val.images)
     finally:
         for h in handles:
             h.remove()
+    val_gates = val_out.excitations
     with clf.se_held({name: g.mean(0) for name, g in val_gates.items()}):
         held = clf.predict_arrays(test.images).probs.argmax(1)
     spread = {name: float(np.ptp(g, axis=0).max()) for name, g in val_gates.items()}  # widest channel's range
@@ -84,6 +86,8 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
                "se_off_changed": float((off != pred).mean()),
                "se_held_accuracy": float((held == test.labels).mean()),
                "se_held_changed": float((held != pred).mean()),
+               "error_tracks": {"val": error_tracks(val.labels, val_out.probs.argmax(1), val.groups),
+                                "test": error_tracks(test.labels, pred, test.groups)},
                "se_hidden_fired": {name: [int(f.sum()), len(f)] for name, f in fired.items()},
                "se_position": clf.config.se_position,
                "se_constant": {name: {"range": r, "all_half": bool(np.abs(val_gates[name] - 0.5).max() < 1e-3)}
@@ -91,6 +95,20 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
                "seconds": round(time.perf_counter() - t0, 1)}
     (out / "best_test.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary, pairs_md
+
+
+WORST_TRACKS = 5  # error_tracks: how many of the worst tracks it sums
+
+
+def error_tracks(labels: np.ndarray, pred: np.ndarray, groups: np.ndarray) -> dict:
+    """How a split's errors spread over its tracks (physical signs, about 30 frames each). The frames of a
+    track tend to be right or wrong together, so where a few tracks hold most errors, the split's accuracy
+    moves in steps of a track, and it tells models apart more coarsely than its image count suggests."""
+    wrong = pred != labels
+    per_track = np.sort(np.unique(groups[wrong], return_counts=True)[1])[::-1]
+    return {"n": int(len(labels)), "tracks": int(len(np.unique(groups))), "errors": int(wrong.sum()),
+            "tracks_with_errors": int(len(per_track)), "in_worst_tracks": int(per_track[:WORST_TRACKS].sum()),
+            "worst_track": int(per_track[0]) if len(per_track) else 0}
 
 
 def dead_units_text(fired: dict[str, list[int]], position: str) -> str:
