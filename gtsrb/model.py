@@ -39,6 +39,10 @@ class SqueezeExcitation(nn.Module):
       ``x * gate(w) + b``.
 
     The hidden width is ``channels // reduction``, floored at ``min_hidden``.
+    ``bias``: whether the two 1x1 layers have biases. The seed's have none; the
+    paper's fully connected layers (and torchvision's and timm's blocks) do.
+    Without one, a hidden ReLU that is zero for every input gets no gradient and
+    stays dead (results/REPORT.md, "What the SE blocks do").
     The gate is injectable and is a submodule, so a forward hook on ``gate``
     reads the excitation.
     """
@@ -50,15 +54,16 @@ class SqueezeExcitation(nn.Module):
         min_hidden: int = 4,
         form: SEForm = "gate",
         gate_layer: Callable[[], nn.Module] = nn.Sigmoid,
+        bias: bool = False,
     ):
         super().__init__()
         hidden = max(min_hidden, channels // reduction)
         self.form = form
         out = 2 * channels if form == "scale_shift" else channels
         self.squeeze = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=False)
+        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias)
         self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(hidden, out, 1, bias=False)
+        self.fc2 = nn.Conv2d(hidden, out, 1, bias=bias)
         self.gate = gate_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,6 +83,7 @@ class ModelConfig:
     se_position: SEPosition = "pre_bn"  # between conv and BN (seed), or after the ReLU
     se_reduction: int = 16
     se_min_hidden: int = 4
+    se_bias: bool = False  # biases in the SE blocks' 1x1 layers (the seed has none)
     pool: Literal["max", "avg"] = "max"
     conv_dropout: float = 0.4  # after every conv that does not end a stage
     classifier_dropout: float = 0.5
@@ -152,7 +158,8 @@ def make_features(config: ModelConfig) -> nn.Sequential:
         ends_stage = cfg[i + 1] == "M"
         se = config.se_stages[stage] and ends_stage
         layers.append(nn.Conv2d(in_ch, v, 3, padding=0 if first else 1, bias=False))
-        se_block = SqueezeExcitation(v, config.se_reduction, config.se_min_hidden, config.se_form) if se else None
+        se_block = (SqueezeExcitation(v, config.se_reduction, config.se_min_hidden, config.se_form, bias=config.se_bias)
+                    if se else None)
         if se_block is not None and config.se_position == "pre_bn":
             layers.append(se_block)
         layers += [nn.BatchNorm2d(v), nn.ReLU(inplace=True)]

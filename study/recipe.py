@@ -12,9 +12,10 @@ the schedule is fixed, nothing is chosen on val. Arms:
 - ``old``: none of it (the recipe before this ablation), on the same pack;
 - ``no_<piece>``: the recipe without one piece (``no_roi`` trains on the
   full-frame pack instead);
-- ``norm``, ``balanced``, ``ema``, ``strong_aug``: the recipe plus per-image contrast
-  normalisation, class-balanced sampling, an EMA of the weights, or every augmentation range
-  1.5 times as wide (``TrainConfig.augment_strength``) (candidates it does not hold;
+- ``norm``, ``balanced``, ``ema``, ``strong_aug``, ``se_bias``: the recipe plus per-image contrast
+  normalisation, class-balanced sampling, an EMA of the weights, every augmentation range
+  1.5 times as wide (``TrainConfig.augment_strength``), or biases in the SE blocks' 1x1 layers
+  (``ModelConfig.se_bias``) (candidates it does not hold;
   records made while the recipe held the norm call its removal ``no_norm``). The
   EMA does not change the training trajectory, so the ``ema`` record also scores
   the run's raw weights (``raw``): the EMA's effect is an exactly paired
@@ -45,7 +46,8 @@ from study.records import PRECISION_HELP
 PIECES = {"mirror": "mirror", "smoothing": "label_smoothing"}
 # Candidates the recipe does not hold, each added to it (the contrast norm was in it until it lost).
 EXTRAS: dict[str, dict] = {"norm": {"input_norm": "image"}, "balanced": {"balanced": True},
-                           "ema": {"ema_decay": 0.998}, "strong_aug": {"augment_strength": 1.5}}
+                           "ema": {"ema_decay": 0.998}, "strong_aug": {"augment_strength": 1.5},
+                           "se_bias": {"se_bias": True}}
 LONG = 2  # the long arm trains this many times --epochs
 ARMS = ("recipe", "old", "no_roi", *(f"no_{p}" for p in PIECES), *EXTRAS, "long")
 

@@ -92,6 +92,29 @@ def test_scale_shift_form_is_x_times_sigmoid_plus_bias():
     torch.testing.assert_close(se(x), x * torch.sigmoid(w) + b)
 
 
+def test_se_bias_adds_a_bias_to_both_1x1_layers_and_nothing_else():
+    plain, biased = build_model(ModelConfig(se_form="gate")), build_model(ModelConfig(se_form="gate", se_bias=True))
+    for (_, a), (_, b) in zip(plain.se_blocks(), biased.se_blocks()):
+        assert a.fc1.bias is None and a.fc2.bias is None
+        assert b.fc1.bias.shape == (b.fc1.out_channels,) and b.fc2.bias.shape == (b.fc2.out_channels,)
+    extra = sum(b.fc1.out_channels + b.fc2.out_channels for _, b in biased.se_blocks())
+    assert count_parameters(biased) == count_parameters(plain) + extra
+
+
+def test_a_biased_unit_can_fire_where_the_bias_free_one_cannot():
+    # A hidden unit with negative weights on a non-negative squeeze (post_act) is zero for every
+    # input without a bias; a positive bias lets it fire, so its gradient is not zero.
+    se = SqueezeExcitation(8, reduction=2, form="gate", bias=True)
+    with torch.no_grad():
+        se.fc1.weight.fill_(-1.0)
+        se.fc1.bias.fill_(0.0)
+    x = torch.rand(4, 8, 3, 3)
+    assert torch.all(se.fc1(se.squeeze(x)) <= 0)
+    with torch.no_grad():
+        se.fc1.bias.fill_(10.0)
+    assert torch.all(torch.relu(se.fc1(se.squeeze(x))) > 0)
+
+
 def test_reduction_has_a_floor_on_hidden_width():
     assert SqueezeExcitation(64, reduction=32, min_hidden=4).fc1.out_channels == 4
     assert SqueezeExcitation(64, reduction=8, min_hidden=4).fc1.out_channels == 8
@@ -125,9 +148,16 @@ def test_dropout_rates_come_from_the_config():
 
 
 def test_config_round_trips_through_json():
-    cfg = ModelConfig(se_stages=(True, False, True, False, True), se_form="gate", pool="avg", image_size=32)
+    cfg = ModelConfig(se_stages=(True, False, True, False, True), se_form="gate", pool="avg", image_size=32,
+                      se_bias=True)
     again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg
+
+
+def test_a_config_saved_before_se_bias_loads_bias_free():
+    old = ModelConfig().to_dict()
+    del old["se_bias"]
+    assert ModelConfig.from_dict(old).se_bias is False
 
 
 def test_bad_config_values_are_rejected():

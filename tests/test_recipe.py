@@ -139,6 +139,7 @@ def test_recipe_arms_drop_exactly_one_piece():
         assert roi and set(RECIPE) - set(over) == {key}
     assert arm_spec("balanced")[0] == {**RECIPE, "balanced": True}
     assert arm_spec("strong_aug")[0] == {**RECIPE, "augment_strength": 1.5}
+    assert arm_spec("se_bias")[0] == {**RECIPE, "se_bias": True}
     assert arm_spec("norm")[0] == {**RECIPE, "input_norm": "image"} and "input_norm" not in RECIPE
     assert arm_spec("ema")[0]["ema_decay"] > 0 and "ema_decay" not in RECIPE
     assert arm_spec("long") == (RECIPE, True)  # the recipe; main() doubles its epochs

@@ -394,6 +394,7 @@ def test_confused_pairs_say_how_many_test_tracks_the_errors_come_from(synthetic_
     assert all(0 < n <= total for name, (n, total) in fired.items() if name != dead)
     text = dead_units_text(fired, summary["se_position"])
     assert "dead ReLUs" in text and f"{dead} 0 of {block.fc1.out_channels}" in text
+    assert "no bias" in text and "no bias" not in dead_units_text(fired, summary["se_position"], bias=True)
     assert summary["se_position"] == "pre_bn" and "never negative" not in text  # pre-BN: a signed squeeze
     assert "never negative" in dead_units_text(fired, "post_act")
     assert dead_units_text({"stage1": [8, 8]}, "pre_bn") == " Every hidden unit of every SE block fires on some val image."

@@ -236,7 +236,8 @@ def model_blocks(checkpoint: Path, data: Path, out: Path) -> tuple[dict, dict, P
                             f"demo's \"SE off\"; this also removes the scale, which the layers after it were "
                             f"trained on): {best['se_off_accuracy'] * 100:.2f}%, {best['se_off_changed'] * 100:.1f}% "
                             f"change. The first gap is what the per-image excitation buys." + constant
-                            + dead_units_text(best["se_hidden_fired"], best["se_position"]))
+                            + dead_units_text(best["se_hidden_fired"], best["se_position"],
+                                              best["se_bias"]))
     exc = checkpoint.parent / "excitations.npz"
     if exc.is_file():
         from gtsrb.explain import load_excitations

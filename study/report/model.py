@@ -89,7 +89,7 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
                "error_tracks": {"val": error_tracks(val.labels, val_out.probs.argmax(1), val.groups),
                                 "test": error_tracks(test.labels, pred, test.groups)},
                "se_hidden_fired": {name: [int(f.sum()), len(f)] for name, f in fired.items()},
-               "se_position": clf.config.se_position,
+               "se_position": clf.config.se_position, "se_bias": clf.config.se_bias,
                "se_constant": {name: {"range": r, "all_half": bool(np.abs(val_gates[name] - 0.5).max() < 1e-3)}
                                for name, r in constant.items()},
                "seconds": round(time.perf_counter() - t0, 1)}
@@ -111,12 +111,16 @@ def error_tracks(labels: np.ndarray, pred: np.ndarray, groups: np.ndarray) -> di
             "worst_track": int(per_track[0]) if len(per_track) else 0}
 
 
-def dead_units_text(fired: dict[str, list[int]], position: str) -> str:
+def dead_units_text(fired: dict[str, list[int]], position: str, bias: bool = False) -> str:
     """How many of each SE block's hidden ReLUs fire on at least one val image, and why the others stay off
-    (``position``: the blocks' ``ModelConfig.se_position``)."""
+    (``position``, ``bias``: the blocks' ``ModelConfig.se_position`` and ``se_bias``)."""
     if all(n == total for n, total in fired.values()):
         return " Every hidden unit of every SE block fires on some val image."
     counts = ", ".join(f"{name} {n} of {total}" for name, (n, total) in fired.items())
+    if bias:
+        return (f" **Hidden units of the SE blocks that fire on at least one val image: {counts}.** The others are "
+                "dead ReLUs: weights and bias together keep them below zero for every squeezed input they are "
+                "shown, and a unit at zero gets no gradient to come back.")
     why = (" Here each block reads the average of a ReLU's output, which is never negative, so a unit whose "
            "weights are negative on the channels that carry signal is one of them." if position == "post_act" else "")
     return (f" **Hidden units of the SE blocks that fire on at least one val image: {counts}.** The others are "

@@ -182,6 +182,7 @@ RECIPE_LABELS = {
     "ema": "recipe + EMA of the weights (decay 0.998)",
     "balanced": "recipe + class-balanced sampling",
     "strong_aug": "recipe + augmentation ranges ×1.5 (rotation ±15°, shift ±15%, brightness and contrast ±45%)",
+    "se_bias": "recipe + biases in the SE blocks' 1×1 layers",
     "long": "recipe, twice the epochs",
 }
 
