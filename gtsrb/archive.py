@@ -112,6 +112,11 @@ class Layout:
     records: list[Record]
     bad: list[str] = field(default_factory=list)  # skipped rows (with --skip-bad)
 
+    def close(self) -> None:
+        """Close every source's zip (a folder holds nothing open)."""
+        for s in self.sources:
+            s.close()
+
 
 def _read_csv(source: Source, name: str) -> list[dict[str, str]]:
     try:

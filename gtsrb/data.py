@@ -110,8 +110,8 @@ def pack(
         }
         write_pack(out, images, labels, tracks, [r.filename for r in records], split_codes, attrs, compress)
     finally:
-        for s in layout.sources if layout is not None else []:
-            s.close()
+        if layout is not None:
+            layout.close()
     counts = {name: int((split_codes == i).sum()) for i, name in enumerate(SPLIT_NAMES)}
     return PackSummary(out, layout.kind, counts, len(set(labels.tolist())), len(layout.bad), time.perf_counter() - t0)
 

@@ -32,8 +32,7 @@ def official_test_arrays(paths: Sequence[str | os.PathLike], size: int, roi: boo
         if not ok.all():
             raise DataError(layout.bad[0])
     finally:
-        for s in layout.sources:
-            s.close()
+        layout.close()
     return images, np.array([r.label for r in layout.records], np.int64)
 
 

@@ -42,21 +42,24 @@ def main(argv: list[str] | None = None) -> int:
     layout = find_layout([a.source])
     records = {r.filename: r for r in layout.records}
     OUT.mkdir(exist_ok=True)
-    for c in CLASSES:
-        rows = np.flatnonzero(test.labels == c)
-        first_track = test.tracks[rows[0]]
-        track_rows = rows[test.tracks[rows] == first_track]
-        name = test.filenames[track_rows[len(track_rows) // 2]]
-        r = records[name]
-        src = layout.sources[r.source]
-        full = to_rgb(decode(src.read(r.name), src.describe(r.name)))
-        box = roi_box(r.roi, (r.width, r.height), full.size)
-        img = full.resize((round(box[2] - box[0]), round(box[3] - box[1])), Image.Resampling.BILINEAR, box=box)
-        buf = io.BytesIO()
-        img.save(buf, "PNG", optimize=True)
-        out = OUT / f"{c:02d}-{slug(CLASS_NAMES[c])}.png"
-        out.write_bytes(buf.getvalue())
-        print(f"{out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out} <- {name} ({img.width}x{img.height}, {len(buf.getvalue())} bytes)")
+    try:
+        for c in CLASSES:
+            rows = np.flatnonzero(test.labels == c)
+            first_track = test.tracks[rows[0]]
+            track_rows = rows[test.tracks[rows] == first_track]
+            name = test.filenames[track_rows[len(track_rows) // 2]]
+            r = records[name]
+            src = layout.sources[r.source]
+            full = to_rgb(decode(src.read(r.name), src.describe(r.name)))
+            box = roi_box(r.roi, (r.width, r.height), full.size)
+            img = full.resize((round(box[2] - box[0]), round(box[3] - box[1])), Image.Resampling.BILINEAR, box=box)
+            buf = io.BytesIO()
+            img.save(buf, "PNG", optimize=True)
+            out = OUT / f"{c:02d}-{slug(CLASS_NAMES[c])}.png"
+            out.write_bytes(buf.getvalue())
+            print(f"{out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out} <- {name} ({img.width}x{img.height}, {len(buf.getvalue())} bytes)")
+    finally:
+        layout.close()
     return 0
 
 
