@@ -376,6 +376,7 @@ def test_confused_pairs_say_how_many_test_tracks_the_errors_come_from(synthetic_
         block.fc1.weight.zero_()
     save_checkpoint({"model_config": tiny.to_dict(), "model": model.state_dict(), "epoch": 0}, ckpt)
     summary, pairs_md = best_model_section(ckpt, synthetic_pack, tmp_path)
+    assert (tmp_path / "worst_val_tracks.png").stat().st_size > 0
     test = load_pack(synthetic_pack, "test")
     clf = Classifier.load(ckpt)
     pred = clf.predict_arrays(test.images).probs.argmax(1)

@@ -78,6 +78,7 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
         f"(confidence above {top['lower']:.3f}), where accuracy is {top['accuracy']:.1%} against a mean confidence "
         f"of {top['confidence']:.1%}. The largest overconfidence is {worst_gap * 100:.0f} points, in the "
         f"{worst['lower']:.2f}–{worst['upper']:.2f} bin ({worst['count']} images).")
+    worst_tracks_figure(val.images, val.labels, val.groups, val_out.probs.argmax(1), out / "worst_val_tracks.png")
     summary = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": int(len(test.labels)),
                "calibration_text": calibration_text,
                "errors": int((pred != test.labels).sum()), "ece": cal["ece"],
@@ -147,6 +148,32 @@ def reliability_figure(cal: dict, path: Path, n: int) -> None:
     ax2.set_ylabel("images (log)")
     ax2.set_xlabel("confidence (top-1 probability)")
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+def worst_tracks_figure(images, labels, groups, pred, path: Path, frames: int = 10) -> None:
+    """One row per track among the WORST_TRACKS with the most errors: evenly spaced frames of the physical
+    sign, each titled with the class id the model read, and the row with the sign's class, its error count
+    and its most common wrong reading."""
+    wrong = pred != labels
+    tracks, counts = np.unique(groups[wrong], return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:WORST_TRACKS]
+    fig = plt.figure(figsize=(frames * 1.3, max(1, len(order)) * 1.9), dpi=110, layout="constrained")
+    for sub, k in zip(np.atleast_1d(fig.subfigures(max(1, len(order)), 1)), order):
+        idx = np.flatnonzero(groups == tracks[k])
+        shown = idx[np.unique(np.linspace(0, len(idx) - 1, frames).astype(int))]
+        axes = np.atleast_1d(sub.subplots(1, frames))
+        for ax in axes:
+            ax.axis("off")
+        for ax, i in zip(axes, shown):
+            ax.imshow(images[i], interpolation="nearest")
+            ax.set_title(f"→ {pred[i]}", fontsize=7, color="tab:red" if wrong[i] else "black")
+        true = labels[idx[0]]
+        misread = np.bincount(pred[idx][wrong[idx]]).argmax()
+        sub.suptitle(f"track {tracks[k]}: {true} {CLASS_NAMES[true]}, wrong on {counts[k]} of {len(idx)} frames, "
+                     f"most often read as {misread} {CLASS_NAMES[misread]}", fontsize=8, x=0.01, ha="left")
+    fig.suptitle(f"The {len(order)} val tracks with the most errors (the class id read on each frame; red: "
+                 "wrong)", fontsize=10)
     save_figure(fig, path)
 
 
