@@ -117,6 +117,12 @@ class Layout:
         for s in self.sources:
             s.close()
 
+    def __enter__(self) -> "Layout":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _read_csv(source: Source, name: str) -> list[dict[str, str]]:
     try:
@@ -160,13 +166,23 @@ def _source_paths(paths: Sequence[Path | str]) -> list[Path]:
     return out
 
 
-def _open_sources(paths: Sequence[Path | str]) -> list[Source]:
-    return [Source(p) for p in _source_paths(paths)]
-
-
 def find_layout(paths: Sequence[Path | str], skip_bad: bool = False) -> Layout:
-    """Index the official training or test layout in folders or zips (read in place)."""
-    sources = _open_sources(paths)
+    """Index the official training or test layout in folders or zips (read in place).
+
+    Use it as ``with find_layout(paths) as layout:`` so its zips are closed; on an error it closes
+    what it opened itself."""
+    sources: list[Source] = []
+    try:
+        for p in _source_paths(paths):
+            sources.append(Source(p))
+        return _layout(sources, skip_bad)
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
+
+
+def _layout(sources: list[Source], skip_bad: bool) -> Layout:
     all_names = {(i, n) for i, s in enumerate(sources) for n in s.names}
     train_csvs = [(i, n) for i, n in sorted(all_names) if _TRAIN_CSV.match(n)]
     test_images = [(i, n) for i, n in sorted(all_names) if _TEST_PPM.match(n)]

@@ -79,9 +79,7 @@ def pack(
     if size < 8:
         raise DataError(f"--size {size}: images must be at least 8 pixels wide")
     check_writable(out)  # before the decoding, not after it
-    layout = None
-    try:
-        layout = find_layout(sources, skip_bad=skip_bad)
+    with find_layout(sources, skip_bad=skip_bad) as layout:
         images, ok = decode_records(layout, size, roi)
         if not ok.all() and not skip_bad:
             raise DataError(layout.bad[0])
@@ -109,9 +107,6 @@ def pack(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         write_pack(out, images, labels, tracks, [r.filename for r in records], split_codes, attrs, compress)
-    finally:
-        if layout is not None:
-            layout.close()
     counts = {name: int((split_codes == i).sum()) for i, name in enumerate(SPLIT_NAMES)}
     return PackSummary(out, layout.kind, counts, len(set(labels.tolist())), len(layout.bad), time.perf_counter() - t0)
 

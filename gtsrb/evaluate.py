@@ -21,8 +21,7 @@ from gtsrb.plots import confusion_figure, save_figure
 
 def official_test_arrays(paths: Sequence[str | os.PathLike], size: int, roi: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The official test layout (folder, or the images zip plus the GT zip) -> images, labels."""
-    layout = find_layout(paths)
-    try:
+    with find_layout(paths) as layout:
         if layout.kind != "test":
             raise DataError(
                 f"{', '.join(str(p) for p in paths)}: this is the training layout; "
@@ -31,8 +30,6 @@ def official_test_arrays(paths: Sequence[str | os.PathLike], size: int, roi: boo
         images, ok = decode_records(layout, size, roi)
         if not ok.all():
             raise DataError(layout.bad[0])
-    finally:
-        layout.close()
     return images, np.array([r.label for r in layout.records], np.int64)
 
 

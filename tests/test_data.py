@@ -568,6 +568,20 @@ def test_official_test_images_zip_alone_is_an_error_naming_gt_csv(test_zips, tmp
     assert not (tmp_path / "t.h5").exists()
 
 
+
+def test_every_zip_find_layout_opens_is_closed_after_with_and_on_its_own_error(test_zips, monkeypatch):
+    from gtsrb import archive
+    opened = []
+    real_open = zipfile.ZipFile
+    monkeypatch.setattr(archive.zipfile, "ZipFile", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1])
+    with archive.find_layout(list(test_zips)) as layout:
+        assert layout.kind == "test" and all(z.fp is not None for z in opened)
+    assert len(opened) == 2 and all(z.fp is None for z in opened)
+    opened.clear()
+    with pytest.raises(DataError, match="GT-final_test.csv"):  # the images zip alone: find_layout raises
+        archive.find_layout([test_zips[0]])
+    assert len(opened) == 1 and opened[0].fp is None
+
 # --------------------------------------------------------------------------- 7. default source
 
 

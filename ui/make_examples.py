@@ -39,10 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", type=Path, default=Path("../shared/gtsrb/GTSRB_Final_Training_Images.zip"))
     a = p.parse_args(argv)
     test = load_pack(a.data, "test")
-    layout = find_layout([a.source])
-    records = {r.filename: r for r in layout.records}
-    OUT.mkdir(exist_ok=True)
-    try:
+    with find_layout([a.source]) as layout:
+        records = {r.filename: r for r in layout.records}
+        OUT.mkdir(exist_ok=True)
         for c in CLASSES:
             rows = np.flatnonzero(test.labels == c)
             first_track = test.tracks[rows[0]]
@@ -58,8 +57,6 @@ def main(argv: list[str] | None = None) -> int:
             out = OUT / f"{c:02d}-{slug(CLASS_NAMES[c])}.png"
             out.write_bytes(buf.getvalue())
             print(f"{out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out} <- {name} ({img.width}x{img.height}, {len(buf.getvalue())} bytes)")
-    finally:
-        layout.close()
     return 0
 
 

@@ -118,16 +118,15 @@ def dead_units_text(fired: dict[str, list[int]], position: str, bias: bool = Fal
     if all(n == total for n, total in fired.values()):
         return " Every hidden unit of every SE block fires on some val image."
     counts = ", ".join(f"{name} {n} of {total}" for name, (n, total) in fired.items())
+    text = f" **Hidden units of the SE blocks that fire on at least one val image: {counts}.** The others are dead ReLUs: "
     if bias:
-        return (f" **Hidden units of the SE blocks that fire on at least one val image: {counts}.** The others are "
-                "dead ReLUs: weights and bias together keep them below zero for every squeezed input they are "
-                "shown, and a unit at zero gets no gradient to come back.")
+        return text + ("weights and bias together keep them below zero for every squeezed input they are shown, "
+                       "and a unit at zero gets no gradient to come back.")
     why = (" Here each block reads the average of a ReLU's output, which is never negative, so a unit whose "
            "weights are negative on the channels that carry signal is one of them." if position == "post_act" else "")
-    return (f" **Hidden units of the SE blocks that fire on at least one val image: {counts}.** The others are "
-            "dead ReLUs: the blocks' 1×1 layers have no bias, so a hidden unit whose weights point away from "
-            "every squeezed input it is shown stays at zero, and a unit at zero gets no gradient to come back."
-            + why + " A block with no unit left has the gate sigmoid(0) = 0.5 on every channel.")
+    return text + ("the blocks' 1×1 layers have no bias, so a hidden unit whose weights point away from every "
+                   "squeezed input it is shown stays at zero, and a unit at zero gets no gradient to come back."
+                   + why + " A block with no unit left has the gate sigmoid(0) = 0.5 on every channel.")
 
 
 def reliability_figure(cal: dict, path: Path, n: int) -> None:
