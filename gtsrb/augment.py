@@ -49,6 +49,22 @@ order, and the sampling grid is computed in float32 (the parameters' dtype)
 before the cast to the batch's dtype: float rounding only. Random draws
 differ from kornia's stream (it samples on the CPU), so the distribution is the
 same, not the numbers. Never a flip: it turns "keep left" into "keep right".
+
+Robustness stages (off by default; ``TrainConfig.dark_p``, ``blur_p``, ``erase_p``), after the
+colour jitter and in this order, each on a per-sample coin. They aim at the release model's errors
+on the official test set (issue 33: dark, blurred and partly covered signs):
+
+- darkening: ``y -> factor * y ** gamma``, factor ~ U(``dark``), gamma ~ U(``gamma``) (an
+  under-exposed camera: a lower gain and a steeper tone curve);
+- blur: a per-sample 5x5 kernel, Gaussian (sigma ~ U(``blur_sigma``)) or, with probability
+  ``motion_share``, a line of length ~ U(``motion_length``) pixels at a uniform angle (motion blur);
+  edges replicate, so a blurred border does not darken;
+- occlusion (random erasing, Zhong et al. 2017, arXiv 1708.04896): one rectangle of U(``erase_area``)
+  of the image at a log-uniform aspect in ``erase_aspect``, filled with one random colour.
+
+Each is a fixed list of batched kernels whatever the coins say (a sample that skips a stage gets its
+neutral parameters: factor and gamma 1, the identity kernel, an empty rectangle), so the step stays
+sync-free and capturable.
 """
 
 from __future__ import annotations
@@ -72,6 +88,16 @@ class AugmentParams(NamedTuple):
     contrast: torch.Tensor  # (N,) blend factor towards the grayscale mean
     color: torch.Tensor  # (N,) bool: this sample gets the colour jitter
     brightness_first: torch.Tensor  # () bool: brightness before contrast, for the whole batch
+    # Robustness stages; None: the stage is off for this augmenter (see module doc).
+    dark: torch.Tensor | None = None  # (N, 2): gain factor, gamma; (1, 1) for a sample that is not darkened
+    blur: torch.Tensor | None = None  # (N, K, K) normalised kernels; the identity for a sample not blurred
+    erase: torch.Tensor | None = None  # (N, 4) rectangle x0, y0, x1, y1 as fractions of W, H; empty if none
+    erase_color: torch.Tensor | None = None  # (N, 3 or C) fill colour in [0, 1]
+
+
+def _uniform(bounds: tuple[float, float], u: torch.Tensor) -> torch.Tensor:
+    """U[0, 1) draws mapped onto [low, high)."""
+    return bounds[0] + (bounds[1] - bounds[0]) * u
 
 
 class BatchAugment(nn.Module):
@@ -86,8 +112,31 @@ class BatchAugment(nn.Module):
         brightness: float = 0.3,
         contrast: float = 0.3,
         color_p: float = 0.8,
+        dark_p: float = 0.0,
+        dark: tuple[float, float] = (0.25, 0.7),
+        gamma: tuple[float, float] = (1.0, 1.0),
+        blur_p: float = 0.0,
+        blur_sigma: tuple[float, float] = (0.5, 1.0),
+        motion_share: float = 0.5,
+        motion_length: tuple[float, float] = (2.0, 5.0),
+        erase_p: float = 0.0,
+        erase_area: tuple[float, float] = (0.02, 0.15),
+        erase_aspect: tuple[float, float] = (0.3, 3.3),
     ):
         super().__init__()
+        for name, prob in (("color_p", color_p), ("dark_p", dark_p), ("blur_p", blur_p),
+                           ("motion_share", motion_share), ("erase_p", erase_p)):
+            if not 0.0 <= prob <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {prob}")
+        for name, (lo, hi), bounds in (("dark", dark, (0.0, 1.0)), ("gamma", gamma, (0.1, 10.0)),
+                                       ("blur_sigma", blur_sigma, (0.05, 3.0)),
+                                       ("motion_length", motion_length, (1.0, 5.0)),
+                                       ("erase_area", erase_area, (0.0, 1.0)), ("erase_aspect", erase_aspect, (0.01, 100.0))):
+            if not bounds[0] <= lo <= hi <= bounds[1]:
+                raise ValueError(f"{name} must be a range (low, high) inside [{bounds[0]}, {bounds[1]}], got {(lo, hi)}")
+        self.dark_p, self.dark_range, self.gamma_range = dark_p, dark, gamma
+        self.blur_p, self.blur_sigma, self.motion_share, self.motion_length = blur_p, blur_sigma, motion_share, motion_length
+        self.erase_p, self.erase_area, self.erase_aspect = erase_p, erase_area, erase_aspect
         # Per-sample uniforms as low + U[0, 1) * (high - low), one column per
         # AugmentParams field: angle, shear, scale, translate x, y, brightness, contrast.
         deg, sh = math.radians(degrees), math.radians(shear)
@@ -97,16 +146,16 @@ class BatchAugment(nn.Module):
         self._constants: dict[tuple, torch.Tensor] = {}  # built once per device, not copied per call
 
     @classmethod
-    def with_strength(cls, strength: float) -> BatchAugment:
+    def with_strength(cls, strength: float, **robust) -> BatchAugment:
         """The default ranges, each scaled by ``strength`` (1.0: the defaults; 1.5: rotation ±15°,
         shift ±15%, scale 0.85-1.15, shear ±7.5°, brightness and contrast ±45%). The colour
-        jitter's probability stays 0.8."""
+        jitter's probability stays 0.8. ``robust``: the robustness stages' arguments (dark_p, ...)."""
         if not 0 <= strength * 0.3 < 1:
             raise ValueError(f"augment_strength must be in [0, 3.33) (brightness and contrast "
                              f"±30% times it stay below 100%), got {strength}")
         return cls(degrees=10.0 * strength, translate=0.1 * strength,
                    scale=(1 - 0.1 * strength, 1 + 0.1 * strength), shear=5.0 * strength,
-                   brightness=0.3 * strength, contrast=0.3 * strength)
+                   brightness=0.3 * strength, contrast=0.3 * strength, **robust)
 
     def _const(self, values: tuple, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``torch.tensor(values)`` on ``device``, cached."""
@@ -137,7 +186,53 @@ class BatchAugment(nn.Module):
             contrast=v[:, 6],
             color=u[:, -1] < self.color_p,
             brightness_first=torch.rand((), device=device) < 0.5,
+            **self._sample_robust(n, device),
         )
+
+    def _sample_robust(self, n: int, device: torch.device) -> dict:
+        """The robustness stages' draws (after the affine and colour draws, so turning a stage on
+        leaves those unchanged for a seed)."""
+        out: dict = {}
+        if self.dark_p > 0:
+            u = torch.rand(n, 3, device=device)
+            drawn = torch.stack([_uniform(self.dark_range, u[:, 0]), _uniform(self.gamma_range, u[:, 1])], dim=1)
+            out["dark"] = torch.where((u[:, 2] < self.dark_p)[:, None], drawn, 1.0)
+        if self.blur_p > 0:
+            out["blur"] = self._sample_kernels(n, device)
+        if self.erase_p > 0:
+            u = torch.rand(n, 5, device=device)
+            area = _uniform(self.erase_area, u[:, 0])
+            log_lo, log_hi = math.log(self.erase_aspect[0]), math.log(self.erase_aspect[1])
+            aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, 1])  # height / width
+            # As fractions of the side: h * w = area; an overlong side is cut to the image.
+            h = torch.sqrt(area * aspect).clamp(max=1.0)
+            w = torch.sqrt(area / aspect).clamp(max=1.0)
+            x0, y0 = u[:, 2] * (1 - w), u[:, 3] * (1 - h)
+            on = (u[:, 4] < self.erase_p).float()
+            out["erase"] = torch.stack([x0, y0, x0 + w * on, y0 + h * on], dim=1)
+            out["erase_color"] = torch.rand(n, 3, device=device)
+        return out
+
+    KERNEL = 5  # blur kernel side: covers sigma up to 1 and motion up to 5 pixels
+
+    def _sample_kernels(self, n: int, device: torch.device) -> torch.Tensor:
+        """(N, K, K) normalised blur kernels: Gaussian, motion line, or the identity."""
+        u = torch.rand(n, 5, device=device)
+        r = self.KERNEL // 2
+        offsets = self._const(tuple(float(i) for i in range(-r, r + 1)), device)
+        dy, dx = offsets.view(1, -1, 1), offsets.view(1, 1, -1)
+        sigma = _uniform(self.blur_sigma, u[:, 0]).view(n, 1, 1)
+        gauss = torch.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma))
+        # Motion: weight falls off linearly with the distance from a centred segment of the drawn length.
+        theta = (u[:, 1] * math.pi).view(n, 1, 1)
+        length = _uniform(self.motion_length, u[:, 2]).view(n, 1, 1)
+        along = dx * torch.cos(theta) + dy * torch.sin(theta)
+        across = -dx * torch.sin(theta) + dy * torch.cos(theta)
+        motion = (1 - across.abs()).clamp(min=0) * (length / 2 + 0.5 - along.abs()).clamp(0, 1)
+        identity = ((dx == 0) & (dy == 0)).to(gauss.dtype).expand(n, -1, -1)
+        kernel = torch.where((u[:, 3] < self.motion_share).view(n, 1, 1), motion, gauss)
+        kernel = torch.where((u[:, 4] < self.blur_p).view(n, 1, 1), kernel, identity)
+        return kernel / kernel.sum((1, 2), keepdim=True)
 
     def apply(self, x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
         """Apply ``p`` to ``x`` (N, C, H, W), float in [0, 1]."""
@@ -172,6 +267,30 @@ class BatchAugment(nn.Module):
         for f_step, g_step in zip(f, g):
             mean = (y * gray).sum((1, 2, 3), keepdim=True)
             y = torch.addcmul(mean * g_step, y, f_step).clamp_(0.0, 1.0)
+        return self._apply_robust(y, p)
+
+    def _apply_robust(self, y: torch.Tensor, p: AugmentParams) -> torch.Tensor:
+        """Darkening, blur, then occlusion, where ``p`` has them (see module doc)."""
+        n, c, h, w = y.shape
+        channels_last = not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
+        if p.dark is not None:
+            gain, gamma = (t.to(y.dtype).view(n, 1, 1, 1) for t in p.dark.unbind(1))
+            # clamp before pow: 0 ** gamma is fine, but a tiny negative from rounding is not.
+            y = y.clamp(min=0).pow(gamma) * gain
+        if p.blur is not None:
+            k = p.blur.shape[-1]
+            weight = p.blur.to(y.dtype).repeat_interleave(c, dim=0).unsqueeze(1)  # (N*C, 1, K, K)
+            padded = F.pad(y.reshape(1, n * c, h, w), (k // 2,) * 4, mode="replicate")
+            y = F.conv2d(padded, weight, groups=n * c).view(n, c, h, w)
+        if p.erase is not None:
+            xs = self._const(tuple((i + 0.5) / w for i in range(w)), y.device, p.erase.dtype).view(1, 1, w)
+            ys = self._const(tuple((i + 0.5) / h for i in range(h)), y.device, p.erase.dtype).view(1, h, 1)
+            box = p.erase.view(n, 4, 1, 1)
+            inside = (xs >= box[:, 0]) & (xs < box[:, 2]) & (ys >= box[:, 1]) & (ys < box[:, 3])  # (N, H, W)
+            color = p.erase_color[:, :c] if p.erase_color.shape[1] >= c else p.erase_color[:, :1].expand(n, c)
+            y = torch.where(inside.unsqueeze(1), color.to(y.dtype).view(n, c, 1, 1), y)
+        if channels_last:
+            y = y.contiguous(memory_format=torch.channels_last)
         return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -78,3 +78,20 @@ def track_subset(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: 
     if fraction == 1:
         return np.arange(len(labels))
     return _hold_out(np.asarray(labels), np.asarray(groups), fraction, "track", seed)
+
+
+def cv_fold(labels: np.ndarray, groups: np.ndarray, fold: int, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Boolean mask of fold ``fold`` of a ``folds``-way StratifiedGroupKFold: whole tracks, stratified
+    by class. The folds partition the images, so ``folds`` runs validate on every image once.
+
+    The selection protocol of ``study.recipe --protocol cv``: the pack's train and val splits pooled
+    and re-split, so a recipe is chosen on several times the tracks one val split holds."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if not 0 <= fold < folds or folds < 2:
+        raise ValueError(f"fold {fold} of {folds}: expected 0 <= fold < folds and folds >= 2")
+    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    _, held = list(splitter.split(labels, labels, groups))[fold]
+    mask = np.zeros(len(labels), bool)
+    mask[held] = True
+    return mask

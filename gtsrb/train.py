@@ -58,7 +58,7 @@ from gtsrb.data import Packed, load_pack
 from gtsrb.metrics import classification_metrics, confusion
 from gtsrb.cpu_routes import ROUTES, apply_routes
 from gtsrb.model import PRESETS, ModelConfig, build_model, to_float_images
-from gtsrb.splits import SPLIT_NAMES, track_subset
+from gtsrb.splits import SPLIT_NAMES, cv_fold, track_subset
 
 PRECISIONS = ("auto", "bf16", "fp32")  # TrainConfig.precision
 METRIC_NAMES = ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall")
@@ -73,6 +73,11 @@ class TrainConfig:
     pct_start: float = 0.25  # share of steps spent warming up
     augment: bool = True
     augment_strength: float = 1.0  # scales every augmentation range (BatchAugment.with_strength)
+    # Robustness augmentations (gtsrb.augment, module doc): the share of images darkened, blurred
+    # (Gaussian or motion) and partly covered by a random rectangle. 0: off.
+    dark_p: float = 0.0
+    blur_p: float = 0.0
+    erase_p: float = 0.0
     # Train and validate on a track-grouped, stratified share of each split (1.0: all of it).
     train_fraction: float = 1.0
     val_fraction: float = 1.0
@@ -98,6 +103,11 @@ class TrainConfig:
     # The pack splits to train on. ("train", "val", "test") is the official protocol: all
     # 39,209 images, nothing held out, and best.pt is the last epoch's weights.
     train_splits: tuple[str, ...] = ("train",)
+    # Cross-validation over the pack's train and val splits together (gtsrb.splits.cv_fold): >= 0
+    # validates on that track-grouped fold of ``folds`` and trains on the others; the test split
+    # stays out. -1: the pack's own val split.
+    fold: int = -1
+    folds: int = 5
 
 
 
@@ -134,10 +144,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_augment(strength: float = 1.0) -> nn.Module:
+def make_augment(strength: float = 1.0, dark_p: float = 0.0, blur_p: float = 0.0, erase_p: float = 0.0) -> nn.Module:
     """Per-sample augmentation on float batches in [0, 1]. No flips (see module doc).
-    ``BatchAugment``'s defaults (strength 1.0) are the recipe (README: Training)."""
-    return BatchAugment.with_strength(strength)
+    ``BatchAugment``'s defaults (strength 1.0, robustness stages off) are the recipe (README: Training)."""
+    return BatchAugment.with_strength(strength, dark_p=dark_p, blur_p=blur_p, erase_p=erase_p)
 
 
 @torch.no_grad()
@@ -302,7 +312,8 @@ def make_train_step(
         apply_routes(model, routes)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    augment = make_augment(config.augment_strength).to(device) if config.augment else nn.Identity()
+    augment = (make_augment(config.augment_strength, config.dark_p, config.blur_p, config.erase_p).to(device)
+               if config.augment else nn.Identity())
     # fused: one kernel over all parameters; on CPU the default per-tensor loop took
     # a tenth of each step.
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
@@ -406,8 +417,16 @@ def training_splits(data: Packed, config: TrainConfig) -> tuple[Packed, Packed]:
     unknown = set(config.train_splits) - set(SPLIT_NAMES)
     if unknown or not config.train_splits:
         raise ValueError(f"train_splits {config.train_splits!r}: expected some of {', '.join(SPLIT_NAMES)}")
-    train = data.take(np.isin(data.split, [SPLIT_NAMES.index(s) for s in config.train_splits]))
-    val = data.subset("val") if "val" not in config.train_splits else data.take(np.zeros(0, np.int64))
+    if config.fold >= 0:
+        if tuple(config.train_splits) != ("train",):
+            raise ValueError(f"fold {config.fold}: cross-validation re-splits train and val; train_splits must be "
+                             f"('train',), got {config.train_splits!r}")
+        pool = data.take(np.isin(data.split, [SPLIT_NAMES.index("train"), SPLIT_NAMES.index("val")]))
+        held = cv_fold(pool.labels, pool.groups, config.fold, config.folds, seed=int(data.attrs.get("seed", 0)))
+        train, val = pool.take(~held), pool.take(held)
+    else:
+        train = data.take(np.isin(data.split, [SPLIT_NAMES.index(s) for s in config.train_splits]))
+        val = data.subset("val") if "val" not in config.train_splits else data.take(np.zeros(0, np.int64))
     train = train.take(track_subset(train.labels, train.groups, config.train_fraction, config.seed))
     if len(val.labels):
         val = val.take(track_subset(val.labels, val.groups, config.val_fraction, config.seed))

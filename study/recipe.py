@@ -20,7 +20,16 @@ the schedule is fixed, nothing is chosen on val. Arms:
   EMA does not change the training trajectory, so the ``ema`` record also scores
   the run's raw weights (``raw``): the EMA's effect is an exactly paired
   difference within one run;
-- ``long``: the recipe for LONG times ``--epochs`` (the same one-cycle schedule, stretched).
+- ``long``: the recipe for LONG times ``--epochs`` (the same one-cycle schedule, stretched);
+- ``robust``: the recipe plus the three robustness augmentations (``ROBUST``: darkening, blur,
+  occlusion; ``gtsrb.augment``), and ``dark``, ``blur``, ``erase``: the recipe plus one of them.
+
+``--protocol cv`` (issue 33's selection protocol): run k validates on fold k of a track-grouped
+5-fold split of the pack's train and val splits pooled (``gtsrb.splits.cv_fold``) with seed k, and
+writes ``<arm>-fold<k>.json``. Three folds see three times the tracks one val split holds, so arms
+are told apart on more signs; the test split stays out of every choice. Each record also keeps the
+file names its last-epoch weights got wrong on the fold's val and on test, for a paired bootstrap
+over tracks (``study.report``), and, with ``--full-frame-data``, the test accuracy on whole frames.
 
 Seed k of every arm shares the initial weights' seed and the data order's seed, so
 arms are compared as paired differences. Each finished run writes
@@ -38,8 +47,10 @@ import time
 from pathlib import Path
 
 from gtsrb.checkpoint import load_checkpoint, save_checkpoint
+from gtsrb.data import load_pack
 from gtsrb.evaluate import evaluate
-from gtsrb.train import PRECISIONS, RECIPE, TrainConfig, fit, split_config
+from gtsrb.inference import Classifier
+from gtsrb.train import PRECISIONS, RECIPE, TrainConfig, fit, split_config, training_splits
 from gtsrb.util import machine, write_text_atomic
 from study.records import PRECISION_HELP
 
@@ -48,6 +59,9 @@ PIECES = {"mirror": "mirror", "smoothing": "label_smoothing"}
 EXTRAS: dict[str, dict] = {"norm": {"input_norm": "image"}, "balanced": {"balanced": True},
                            "ema": {"ema_decay": 0.998}, "strong_aug": {"augment_strength": 1.5},
                            "se_bias": {"se_bias": True}}
+# The robustness augmentations at the strengths an independent check on the official test set used (issue 33).
+ROBUST: dict = {"dark_p": 0.3, "blur_p": 0.2, "erase_p": 0.5}
+EXTRAS |= {"robust": ROBUST, **{k[:-2]: {k: v} for k, v in ROBUST.items()}}
 LONG = 2  # the long arm trains this many times --epochs
 ARMS = ("recipe", "old", "no_roi", *(f"no_{p}" for p in PIECES), *EXTRAS, "long")
 
@@ -70,7 +84,7 @@ def arm_spec(arm: str) -> tuple[dict, bool]:
 def other_recipe(folder: Path) -> str | None:
     """Why ``folder``'s records were made under another recipe than today's ``RECIPE`` (a record whose
     overrides are not its arm's today, or of an arm that no longer exists), or None."""
-    for f in sorted(folder.glob("*-seed*.json")):
+    for f in sorted([*folder.glob("*-seed*.json"), *folder.glob("*-fold*.json")]):
         r = json.loads(f.read_text())
         try:
             today = json.loads(json.dumps(arm_spec(r["arm"])[0]))
@@ -92,6 +106,17 @@ def raw_weights_metrics(last: Path, pack: Path) -> dict:
         tmp.unlink(missing_ok=True)
 
 
+def wrong_files(checkpoint: Path, pack: Path, config: TrainConfig) -> dict[str, list[str]]:
+    """The file names ``checkpoint`` gets wrong on the run's own val (its fold under cv) and on test."""
+    data = load_pack(pack)
+    clf = Classifier.load(checkpoint)
+    out = {}
+    for name, part in (("val", training_splits(data, config)[1]), ("test", data.subset("test"))):
+        pred = clf.predict_arrays(part.images).probs.argmax(1)
+        out[name] = sorted(f for f, p, y in zip(part.filenames, pred, part.labels) if p != y)
+    return out
+
+
 def base_config(preset: str, best_config: Path) -> dict:
     return json.loads(best_config.read_text()) if preset == "best" else {"preset": preset}
 
@@ -106,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="the records' folder under --results (default: the preset). One folder per "
                                    "configuration: a study arm's name, e.g. top1, pairs with results/ablation/top1-seed*")
     p.add_argument("--arms", nargs="+", default=["recipe", "old"], choices=ARMS)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="seeds; under --protocol cv, the folds (run k: fold k, seed k)")
+    p.add_argument("--protocol", choices=("split", "cv"), default="split",
+                   help="split: validate on the pack's val split; cv: on fold k of train+val pooled (see above)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--train-fraction", type=float, default=1.0, help="whole tracks; 1.0 for the real ablation")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -125,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for seed in a.seeds:  # seed-major: an interrupted ablation still has every arm at the first seeds
         for arm in a.arms:
-            done = results / f"{arm}-seed{seed}.json"
+            done = results / (f"{arm}-fold{seed}.json" if a.protocol == "cv" else f"{arm}-seed{seed}.json")
             overrides, roi = arm_spec(arm)
             if done.exists():
                 print(f"{name} {arm} seed {seed}: done, skipped", flush=True)
@@ -138,29 +166,36 @@ def main(argv: list[str] | None = None) -> int:
             epochs = a.epochs * (LONG if arm == "long" else 1)
             train_config = TrainConfig(**{**train_over, "epochs": epochs, "seed": seed,
                                               "train_fraction": a.train_fraction, "precision": a.precision,
-                                              "histograms": False})
-            out = a.runs / name / arm / f"seed{seed}"
+                                              "histograms": False, "fold": seed if a.protocol == "cv" else -1})
+            out = a.runs / name / arm / (f"fold{seed}" if a.protocol == "cv" else f"seed{seed}")
             print(f"{name} {arm} seed {seed}: training -> {out}", flush=True)
             t0 = time.perf_counter()
             history = fit(model_config, pack, out, train_config, resume=(out / "last.pt").exists(), progress=False)
             seconds = time.perf_counter() - t0
-            # The last epoch's weights (the EMA where the arm keeps one): no selection on val.
-            val, test = (evaluate(out / "last.pt", pack, split) for split in ("val", "test"))
+            # The last epoch's weights (the EMA where the arm keeps one): no selection on val. Under cv the
+            # fold's val accuracy is the last history row's (fit validated those weights on that fold).
+            test = evaluate(out / "last.pt", pack, "test")
             test.pop("per_class", None)
+            val_accuracy = history[-1]["val_accuracy"] if a.protocol == "cv" else evaluate(out / "last.pt", pack, "val")["accuracy"]
+            full_frame = None
+            if a.full_frame_data is not None and roi:
+                full_frame = evaluate(out / "last.pt", a.full_frame_data, "test")["accuracy"]
             raw = raw_weights_metrics(out / "last.pt", pack) if train_config.ema_decay > 0 else None
             record = {
                 "preset": a.preset, "name": name, "config_file": str(a.config) if a.preset == "best" else None,
                 "arm": arm, "seed": seed, "pack": str(pack), "roi": roi,
                 "overrides": overrides, "model_config": model_config.to_dict(),
                 "train_config": train_config.__dict__, "history": history,
-                "val_accuracy": val["accuracy"], "test": test,
+                "protocol": a.protocol, "val_accuracy": val_accuracy, "test": test,
+                **({"full_frame_test_accuracy": full_frame} if full_frame is not None else {}),
+                "wrong": wrong_files(out / "last.pt", pack, train_config),
                 "wall_seconds": round(seconds, 1), "train_seconds": round(sum(h["seconds"] for h in history), 1),
                 "machine": machine(),
                 "command": "python -m study.recipe " + " ".join(argv or sys.argv[1:]),
                 **({"raw": raw} if raw else {}),
             }
             write_text_atomic(done, json.dumps(record, indent=1) + "\n")
-            print(f"{name} {arm} seed {seed}: val {val['accuracy']:.4f} "
+            print(f"{name} {arm} seed {seed}: val {val_accuracy:.4f} "
                   f"test {test['accuracy']:.4f} ({seconds:.0f} s)", flush=True)
     return 0
 

@@ -235,3 +235,139 @@ def test_shape_dtype_device_and_range(dtype):
     assert out.shape == x.shape and out.dtype == dtype and out.device == x.device
     assert out.min() >= 0 and out.max() <= 1
     assert not torch.allclose(out, x)
+
+
+# --- robustness stages: darkening, blur, occlusion (issue 33) ---
+
+ROBUST = {"dark_p": 0.3, "blur_p": 0.2, "erase_p": 0.5}
+
+
+def test_robust_stages_are_off_by_default_and_leave_the_other_draws_unchanged():
+    assert all(getattr(BatchAugment().sample_params(4, "cpu"), f) is None for f in ("dark", "blur", "erase"))
+    torch.manual_seed(0)
+    plain = BatchAugment().sample_params(64, "cpu")
+    torch.manual_seed(0)
+    robust = BatchAugment(**ROBUST).sample_params(64, "cpu")
+    for field in ("angle", "shear", "scale", "translate", "brightness", "contrast", "color"):
+        assert torch.equal(getattr(plain, field), getattr(robust, field)), field
+
+
+def test_darkening_draws_gain_and_gamma_uniformly_on_its_share():
+    torch.manual_seed(0)
+    p = BatchAugment(dark_p=0.3, dark=(0.25, 0.7), gamma=(1.0, 2.0)).sample_params(40000, "cpu")
+    gain, gamma = p.dark.unbind(1)
+    on = gain != 1.0
+    assert abs(on.float().mean() - 0.3) < 0.01
+    assert (gamma[~on] == 1.0).all()
+    for v, (lo, hi) in ((gain[on], (0.25, 0.7)), (gamma[on], (1.0, 2.0))):
+        assert lo <= v.min() < lo + 0.01 and hi - 0.01 < v.max() <= hi
+        assert abs(v.mean() - (lo + hi) / 2) < 0.01 * (hi - lo) + 1e-3
+        assert abs(v.std() - (hi - lo) / math.sqrt(12)) < 0.01 * (hi - lo) + 1e-3
+
+
+def test_darkening_applies_gain_times_power():
+    x = torch.rand(2, 3, 8, 8)
+    p = identity_params(2, False)._replace(dark=torch.tensor([[0.5, 2.0], [1.0, 1.0]]))
+    out = BatchAugment(dark_p=1.0).apply(x, p)
+    torch.testing.assert_close(out[0], 0.5 * x[0] ** 2, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out[1], x[1], rtol=0, atol=1e-5)
+
+
+def kernel_moments(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per kernel: its variance along x + y, and the share of its mass off the centre pixel."""
+    r = k.shape[-1] // 2
+    o = torch.arange(-r, r + 1, dtype=k.dtype)
+    d2 = o.view(1, -1, 1) ** 2 + o.view(1, 1, -1) ** 2
+    return (k * d2).sum((1, 2)), 1 - k[:, r, r]
+
+
+def test_blur_kernels_are_normalised_and_blur_their_share():
+    torch.manual_seed(0)
+    k = BatchAugment(blur_p=0.2).sample_params(20000, "cpu").blur
+    assert k.shape == (20000, 5, 5) and (k >= 0).all()
+    torch.testing.assert_close(k.sum((1, 2)), torch.ones(20000))
+    spread, off_centre = kernel_moments(k)
+    blurred = off_centre > 1e-6
+    assert abs(blurred.float().mean() - 0.2) < 0.01
+    assert spread[~blurred].abs().max() < 1e-6  # the identity
+    # A Gaussian of sigma >= 0.5 spreads at least 2 sigma^2 * (1 - truncation) = 0.5; a motion line of length >= 2 too.
+    assert spread[blurred].min() > 0.3
+
+
+def test_gaussian_and_motion_kernels_have_their_shape():
+    torch.manual_seed(0)
+    gauss = BatchAugment(blur_p=1.0, motion_share=0.0, blur_sigma=(0.8, 0.8)).sample_params(8, "cpu").blur
+    torch.testing.assert_close(gauss, gauss[:1].expand_as(gauss))  # one sigma: one kernel
+    torch.testing.assert_close(gauss[0], gauss[0].T)  # isotropic
+    spread, _ = kernel_moments(gauss)
+    assert spread[0] == pytest.approx(2 * 0.8 ** 2, rel=0.1)  # truncated at 2.5 sigma: a little less
+    motion = BatchAugment(blur_p=1.0, motion_share=1.0, motion_length=(5.0, 5.0)).sample_params(4000, "cpu").blur
+    # A line: most of its mass lies within one pixel of a line through the centre, in both directions.
+    r = 2
+    o = torch.arange(-r, r + 1, dtype=torch.float32)
+    dy, dx = o.view(-1, 1), o.view(1, -1)
+    cov_xx = (motion * dx * dx).sum((1, 2))
+    cov_yy = (motion * dy * dy).sum((1, 2))
+    cov_xy = (motion * dx * dy).sum((1, 2))
+    tr, det = cov_xx + cov_yy, cov_xx * cov_yy - cov_xy ** 2
+    minor = tr / 2 - torch.sqrt((tr / 2) ** 2 - det)
+    major = tr - minor
+    assert (major > 4 * minor).all()  # elongated, unlike a Gaussian
+    torch.testing.assert_close(motion.flip(1, 2), motion, rtol=0, atol=1e-6)  # centred: symmetric through it
+
+
+def test_blur_keeps_a_flat_image_flat_up_to_its_edges():
+    x = torch.full((4, 3, 12, 12), 0.6)
+    torch.manual_seed(0)
+    p = BatchAugment(blur_p=1.0).sample_params(4, "cpu")
+    p = identity_params(4, False)._replace(blur=p.blur)
+    torch.testing.assert_close(BatchAugment(blur_p=1.0).apply(x, p), x, rtol=0, atol=1e-5)
+
+
+def test_erasing_covers_its_share_with_one_rectangle_of_the_drawn_area():
+    torch.manual_seed(0)
+    aug = BatchAugment(erase_p=0.5)
+    n = 4000
+    p = aug.sample_params(n, "cpu")
+    x = torch.full((n, 3, 28, 28), 0.5)  # a drawn colour with all three channels at exactly 0.5: never
+    out = aug.apply(x, identity_params(n, False)._replace(erase=p.erase, erase_color=p.erase_color))
+    written = ((out - 0.5).abs() > 1e-4).any(1)  # (N, H, W); the identity warp rounds by ~1e-7
+    share = written.float().mean((1, 2))
+    erased = share > 0
+    assert abs(erased.float().mean() - 0.5) < 0.03
+    # Pixel-rounded areas: within the drawn 2-15% up to the rectangle's pixel edges.
+    assert share[erased].min() > 0.005 and share[erased].max() < 0.2
+    assert abs(share[erased].mean() - 0.085) < 0.01
+    # One colour per rectangle, in [0, 1].
+    i = int(torch.nonzero(erased)[0])
+    colours = out[i][:, written[i]]
+    torch.testing.assert_close(colours, colours[:, :1].expand_as(colours))
+    torch.testing.assert_close(colours[:, 0], p.erase_color[i])
+    # A rectangle: its rows and columns form one block.
+    rows, cols = written[i].any(1), written[i].any(0)
+    assert written[i].sum() == rows.sum() * cols.sum()
+
+
+@pytest.mark.parametrize("kwargs,match", [({"dark_p": 1.5}, "dark_p"), ({"erase_p": -0.1}, "erase_p"),
+                                          ({"dark": (0.8, 0.2)}, "dark"), ({"motion_length": (2, 9)}, "motion_length")])
+def test_bad_robust_arguments_are_refused_by_name(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BatchAugment(**kwargs)
+
+
+def test_robust_forward_has_no_host_sync_and_the_same_ops_whatever_the_draws():
+    aug = BatchAugment(**ROBUST)
+    torch.manual_seed(0)
+    a = aten_ops(aug, torch.rand(64, 3, 28, 28).contiguous(memory_format=torch.channels_last))
+    torch.manual_seed(1)
+    b = aten_ops(aug, torch.zeros(64, 3, 28, 28).contiguous(memory_format=torch.channels_last))
+    assert not SYNC_OPS & set(a)
+    assert a == b
+
+
+def test_robust_output_keeps_shape_layout_and_range():
+    torch.manual_seed(0)
+    x = torch.rand(32, 3, 28, 28).contiguous(memory_format=torch.channels_last)
+    out = BatchAugment(**ROBUST)(x)
+    assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
+    assert out.min() >= 0 and out.max() <= 1

@@ -87,3 +87,44 @@ def test_track_split_with_more_folds_than_tracks_is_a_value_error():
     labels, groups = np.arange(12) % 2, np.arange(12) // 4  # 3 tracks
     with pytest.raises(ValueError, match="number of groups"):
         make_split(labels, groups, "track")
+
+
+def test_cv_folds_partition_the_images_by_whole_tracks_and_are_stable():
+    from gtsrb.splits import cv_fold
+
+    labels, groups = synthetic_labels_groups()
+    masks = [cv_fold(labels, groups, k, 5, seed=0) for k in range(5)]
+    np.testing.assert_array_equal(np.sum(masks, axis=0), 1)  # every image validated exactly once
+    for m in masks:
+        assert not set(groups[m]) & set(groups[~m])  # no track on both sides
+        assert abs(m.mean() - 0.2) < 0.02
+        share = np.bincount(labels[m], minlength=43) / m.sum()
+        assert np.abs(share - np.bincount(labels, minlength=43) / len(labels)).max() < 0.02
+    np.testing.assert_array_equal(cv_fold(labels, groups, 2, 5, seed=0), masks[2])
+    assert not np.array_equal(cv_fold(labels, groups, 2, 5, seed=1), masks[2])
+    with pytest.raises(ValueError, match="fold 5 of 5"):
+        cv_fold(labels, groups, 5, 5)
+
+
+def test_a_fold_trains_and_validates_on_train_plus_val_and_never_sees_test(synthetic_pack):
+    from gtsrb.data import load_pack
+    from gtsrb.train import TrainConfig, training_splits
+
+    data = load_pack(synthetic_pack)
+    seen = []
+    for k in range(5):
+        train, val = training_splits(data, TrainConfig(fold=k))
+        assert not set(train.groups) & set(val.groups)
+        assert set(train.filenames) | set(val.filenames) == set(data.take(data.split < 2).filenames)
+        seen += val.filenames
+    assert sorted(seen) == sorted(data.take(data.split < 2).filenames)  # each image validated once
+    with pytest.raises(ValueError, match="train_splits"):
+        training_splits(data, TrainConfig(fold=0, train_splits=("train", "val")))
+
+
+def test_make_augment_takes_the_robust_knobs_from_train_config():
+    from gtsrb.train import make_augment
+
+    aug = make_augment(1.0, dark_p=0.3, blur_p=0.2, erase_p=0.5)
+    assert (aug.dark_p, aug.blur_p, aug.erase_p) == (0.3, 0.2, 0.5)
+    assert make_augment().dark_p == 0.0
