@@ -62,6 +62,14 @@ on the official test set (issue 33: dark, blurred and partly covered signs):
 - occlusion (random erasing, Zhong et al. 2017, arXiv 1708.04896): one rectangle of U(``erase_area``)
   of the image at a log-uniform aspect in ``erase_aspect``, filled with one random colour.
 
+Framing (``TrainConfig.framing``; a pack made with a frame size): the batch is whole frames with their
+annotated ROI boxes, and the output is the model's size. With probability ``framing`` a sample is
+cropped to a box between its ROI and the whole frame (a side ~ U(ROI side, frame side) for each axis
+from one draw, placed uniformly among the positions that keep the ROI inside and stay in the
+frame); the others get the tight ROI. The crop is folded into the affine warp's sampling grid (one
+``grid_sample`` from the frame), so a shift or a turn past the crop's edge shows the sign's real
+surroundings, not zero padding.
+
 Each is a fixed list of batched kernels whatever the coins say (a sample that skips a stage gets its
 neutral parameters: factor and gamma 1, the identity kernel, an empty rectangle), so the step stays
 sync-free and capturable.
@@ -122,10 +130,12 @@ class BatchAugment(nn.Module):
         erase_p: float = 0.0,
         erase_area: tuple[float, float] = (0.02, 0.15),
         erase_aspect: tuple[float, float] = (0.3, 3.3),
+        framing: float = 0.0,
+        out_size: int | None = None,
     ):
         super().__init__()
         for name, prob in (("color_p", color_p), ("dark_p", dark_p), ("blur_p", blur_p),
-                           ("motion_share", motion_share), ("erase_p", erase_p)):
+                           ("motion_share", motion_share), ("erase_p", erase_p), ("framing", framing)):
             if not 0.0 <= prob <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {prob}")
         for name, (lo, hi), bounds in (("dark", dark, (0.0, 1.0)), ("gamma", gamma, (0.1, 10.0)),
@@ -137,6 +147,7 @@ class BatchAugment(nn.Module):
         self.dark_p, self.dark_range, self.gamma_range = dark_p, dark, gamma
         self.blur_p, self.blur_sigma, self.motion_share, self.motion_length = blur_p, blur_sigma, motion_share, motion_length
         self.erase_p, self.erase_area, self.erase_aspect = erase_p, erase_area, erase_aspect
+        self.framing, self.out_size = framing, out_size
         # Per-sample uniforms as low + U[0, 1) * (high - low), one column per
         # AugmentParams field: angle, shear, scale, translate x, y, brightness, contrast.
         deg, sh = math.radians(degrees), math.radians(shear)
@@ -234,9 +245,25 @@ class BatchAugment(nn.Module):
         kernel = torch.where((u[:, 4] < self.blur_p).view(n, 1, 1), kernel, identity)
         return kernel / kernel.sum((1, 2), keepdim=True)
 
-    def apply(self, x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
-        """Apply ``p`` to ``x`` (N, C, H, W), float in [0, 1]."""
+    def sample_crops(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(N, 4) crop boxes (x1, y1, x2, y2, fractions of the frame) for ROI ``boxes`` of the same
+        form: with probability ``framing`` a box between the ROI and the whole frame, else the ROI."""
+        n = boxes.shape[0]
+        u = torch.rand(n, 4, device=boxes.device)
+        lo, hi = boxes[:, :2], boxes[:, 2:]
+        t = u[:, :1] * (u[:, 3:] < self.framing)  # 0: the tight ROI
+        size = torch.lerp(hi - lo, torch.ones_like(lo), t)
+        # Positions that keep the ROI inside the crop and the crop inside the frame: [hi - size, lo].
+        start_min, start_max = (hi - size).clamp(min=0), torch.minimum(lo, 1 - size)
+        start = torch.lerp(start_min, torch.maximum(start_max, start_min), u[:, 1:3])
+        return torch.cat([start, start + size], dim=1)
+
+    def apply(self, x: torch.Tensor, p: AugmentParams, crop: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply ``p`` to ``x`` (N, C, H, W), float in [0, 1]; with ``crop`` (N, 4 fractions of the
+        frame), sample each sample's box of ``x`` at ``out_size`` instead of the whole image."""
         n, c, h, w = x.shape
+        if crop is not None and self.out_size is not None:
+            h = w = self.out_size
         dev, pdtype = x.device, p.angle.dtype
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
@@ -250,6 +277,11 @@ class BatchAugment(nn.Module):
         shift = torch.bmm(p.translate.unsqueeze(1), a_t)
         base = self._base_grid(h, w, dev, pdtype).expand(n, -1, -1)
         grid = torch.baddbmm(shift, base, a_t, beta=-2.0).view(n, h, w, 2)  # base @ A^T - 2 t @ A^T
+        if crop is not None:
+            # The output's [-1, 1] square onto the crop box, in the frame's normalised coordinates.
+            centre = (crop[:, :2] + crop[:, 2:] - 1).to(pdtype).view(n, 1, 1, 2)
+            half = (crop[:, 2:] - crop[:, :2]).to(pdtype).view(n, 1, 1, 2)
+            grid = torch.addcmul(centre, grid, half)
         y = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
         if channels_last:
             y = y.contiguous(memory_format=torch.channels_last)
@@ -293,5 +325,7 @@ class BatchAugment(nn.Module):
             y = y.contiguous(memory_format=torch.channels_last)
         return y
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.apply(x, self.sample_params(x.shape[0], x.device))
+    def forward(self, x: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """Augment ``x``; with ROI ``boxes`` (framing), ``x`` holds whole frames (see module doc)."""
+        p = self.sample_params(x.shape[0], x.device)
+        return self.apply(x, p, None if boxes is None else self.sample_crops(boxes))

@@ -20,7 +20,7 @@ import numpy as np
 from gtsrb import __version__
 from gtsrb.archive import DataError, Layout, find_layout
 from gtsrb.classes import CLASS_NAMES, NUM_CLASSES
-from gtsrb.preprocess import DEFAULT_SIZE, decode_records
+from gtsrb.preprocess import DEFAULT_SIZE, decode_frames, decode_records
 from gtsrb.splits import SPLIT_NAMES, make_split, track_groups
 from gtsrb.util import atomic_path
 
@@ -67,12 +67,15 @@ def pack(
     skip_bad: bool = False,
     keep_splits: Iterable[str] | None = None,
     compress: bool = False,
+    frame_size: int | None = None,
 ) -> PackSummary:
     """Pack the official layout into one HDF5 file, written atomically.
 
     ``keep_splits`` keeps only the named splits (e.g. a small pack to carry to a
     GPU machine); the split is computed on the whole archive first, so it is the
-    same split as the full pack's.
+    same split as the full pack's. ``frame_size`` also stores every whole image at
+    that size (``frames``) with its ROI as fractions of it (``boxes``), for the
+    framing augmentation.
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -81,18 +84,25 @@ def pack(
     check_writable(out)  # before the decoding, not after it
     with find_layout(sources, skip_bad=skip_bad) as layout:
         images, ok = decode_records(layout, size, roi)
+        extra: dict[str, np.ndarray] = {}
+        if frame_size is not None:
+            frames, boxes, frames_ok = decode_frames(layout, frame_size)
+            ok &= frames_ok
+            extra = {"frames": frames, "boxes": boxes}
         if not ok.all() and not skip_bad:
             raise DataError(layout.bad[0])
         records = [r for r, good in zip(layout.records, ok) if good]
         labels = np.array([r.label for r in records], np.int16)
         tracks = np.array([r.track for r in records], np.int32)
         images = images if ok.all() else images[ok]
+        extra = {k: (v if ok.all() else v[ok]) for k, v in extra.items()}
         split_codes = _split_codes(layout, labels, tracks, split, seed)
         digests = [s.sha256() for s in layout.sources]
         if keep_splits is not None:
             keep = np.isin(split_codes, [SPLIT_NAMES.index(s) for s in keep_splits])
             records = [r for r, k in zip(records, keep) if k]
             images, labels, tracks, split_codes = images[keep], labels[keep], tracks[keep], split_codes[keep]
+            extra = {k: v[keep] for k, v in extra.items()}
         attrs = {
             "format_version": FORMAT_VERSION,
             "layout": layout.kind,
@@ -102,11 +112,12 @@ def pack(
             "seed": seed,
             "split_kind": split if layout.kind == "train" else "official-test",
             "roi": roi,
+            **({"frame_size": frame_size} if frame_size is not None else {}),
             "skipped_bad": len(layout.bad),
             "gtsrb_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        write_pack(out, images, labels, tracks, [r.filename for r in records], split_codes, attrs, compress)
+        write_pack(out, images, labels, tracks, [r.filename for r in records], split_codes, attrs, compress, extra)
     counts = {name: int((split_codes == i).sum()) for i, name in enumerate(SPLIT_NAMES)}
     return PackSummary(out, layout.kind, counts, len(set(labels.tolist())), len(layout.bad), time.perf_counter() - t0)
 
@@ -136,6 +147,7 @@ def write_pack(
     split: np.ndarray,
     attrs: dict,
     compress: bool = False,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> None:
     """Write the HDF5 schema (see README) to a temp file beside ``out``, then rename."""
     with atomic_path(out) as tmp:
@@ -152,6 +164,8 @@ def write_pack(
             f.create_dataset("split", data=split.astype(np.uint8))
             f["split"].attrs["codes"] = ", ".join(f"{i}={s}" for i, s in enumerate(SPLIT_NAMES))
             f.create_dataset("class_names", data=np.array(CLASS_NAMES, dtype=object), dtype=h5py.string_dtype())
+            for name, array in (extra or {}).items():  # frames and boxes (the framing augmentation)
+                f.create_dataset(name, data=array, **gzip)
             for k, v in attrs.items():
                 f.attrs[k] = v
 
@@ -167,6 +181,10 @@ class Packed:
     split: np.ndarray
     class_names: list[str]
     attrs: dict
+    # A pack made with a frame size (the framing augmentation): each whole image, and its ROI as
+    # fractions (x1, y1, x2, y2) of it; None otherwise.
+    frames: np.ndarray | None = None
+    boxes: np.ndarray | None = None
 
     @property
     def groups(self) -> np.ndarray:
@@ -184,6 +202,8 @@ class Packed:
             self.split[index],
             self.class_names,
             self.attrs,
+            None if self.frames is None else self.frames[index],
+            None if self.boxes is None else self.boxes[index],
         )
 
     def subset(self, split: str) -> "Packed":
@@ -208,6 +228,8 @@ def load_pack(path: Path | str, split: str | None = None) -> Packed:
                 split=f["split"][:],
                 class_names=[s.decode() if isinstance(s, bytes) else s for s in f["class_names"][:]],
                 attrs=dict(f.attrs),
+                frames=f["frames"][:] if "frames" in f else None,
+                boxes=f["boxes"][:] if "boxes" in f else None,
             )
     except OSError as e:
         raise DataError(f"{path}: not a readable HDF5 file ({e})") from e

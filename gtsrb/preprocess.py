@@ -150,3 +150,25 @@ def decode_records(layout: Layout, size: int, roi: bool) -> tuple[np.ndarray, np
             ok[k] = False
             layout.bad.append(str(e))
     return images, ok
+
+
+def decode_frames(layout: Layout, frame_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every record's whole image at ``frame_size`` square, its annotated ROI as fractions (x1, y1,
+    x2, y2) of that frame, and a bool mask of those that decoded (messages added to ``layout.bad``).
+
+    The framing augmentation (``TrainConfig.framing``) crops between the ROI and the whole frame on
+    the device, so a model learns the tight crop and GTSRB's own framing (a ~10% margin) alike."""
+    frames = np.zeros((len(layout.records), frame_size, frame_size, 3), np.uint8)
+    boxes = np.zeros((len(layout.records), 4), np.float32)
+    ok = np.ones(len(layout.records), bool)
+    for k, r in enumerate(layout.records):
+        source = layout.sources[r.source]
+        try:
+            img = to_rgb(decode(source.read(r.name), source.describe(r.name)))
+            frames[k] = np.asarray(img.resize((frame_size, frame_size), Image.Resampling.BILINEAR), np.uint8)
+            x1, y1, x2, y2 = roi_box(r.roi, (r.width, r.height), img.size)
+            boxes[k] = (x1 / img.size[0], y1 / img.size[1], x2 / img.size[0], y2 / img.size[1])
+        except DataError as e:
+            ok[k] = False
+            layout.bad.append(str(e))
+    return frames, boxes, ok

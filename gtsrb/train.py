@@ -78,6 +78,9 @@ class TrainConfig:
     dark_p: float = 0.0
     blur_p: float = 0.0
     erase_p: float = 0.0
+    # The framing augmentation: the share of images cropped between their ROI and their whole frame
+    # (the others: the ROI). Needs a pack made with `gtsrb pack --roi --frame-size N`. 0: off.
+    framing: float = 0.0
     # Train and validate on a track-grouped, stratified share of each split (1.0: all of it).
     train_fraction: float = 1.0
     val_fraction: float = 1.0
@@ -144,10 +147,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_augment(strength: float = 1.0, dark_p: float = 0.0, blur_p: float = 0.0, erase_p: float = 0.0) -> nn.Module:
+def make_augment(strength: float = 1.0, dark_p: float = 0.0, blur_p: float = 0.0, erase_p: float = 0.0,
+                 framing: float = 0.0, out_size: int | None = None) -> nn.Module:
     """Per-sample augmentation on float batches in [0, 1]. No flips (see module doc).
-    ``BatchAugment``'s defaults (strength 1.0, robustness stages off) are the recipe (README: Training)."""
-    return BatchAugment.with_strength(strength, dark_p=dark_p, blur_p=blur_p, erase_p=erase_p)
+    ``BatchAugment``'s defaults (strength 1.0, robustness stages and framing off) are the recipe."""
+    return BatchAugment.with_strength(strength, dark_p=dark_p, blur_p=blur_p, erase_p=erase_p,
+                                      framing=framing, out_size=out_size)
 
 
 @torch.no_grad()
@@ -238,22 +243,25 @@ class TrainStep:
         if config.compile:
             self.forward = _compiled(model)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor,
+                 boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.forward is self.model:
-            return self._step(images, labels)
+            return self._step(images, labels, boxes)
         try:
-            return self._step(images, labels)
+            return self._step(images, labels, boxes)
         except Exception as e:  # noqa: BLE001 - a compiler bug must not stop training
             # Seen: inductor's conv backward stride check fails with channels_last
             # on CUDA (torch 2.11). The step failed before the optimizer moved.
             warnings.warn(f"torch.compile failed ({type(e).__name__}); training eagerly", stacklevel=2)
             self.forward = self.model
-            return self._step(images, labels)
+            return self._step(images, labels, boxes)
 
-    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, images: torch.Tensor, labels: torch.Tensor,
+              boxes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         x = to_float_images(images)
         with torch.no_grad():
-            x = self.augment(x)
+            # With ROI boxes the batch is whole frames, which the augmentation crops (framing).
+            x = self.augment(x) if boxes is None else self.augment(x, boxes)
         # The layout the config asks for (the uint8 batch arrives as NHWC, and the augmentation keeps it).
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         with _autocast(self.device, self.bf16):
@@ -278,14 +286,19 @@ def epoch_order(labels: np.ndarray, n: int, config: TrainConfig, epoch: int) -> 
     return torch.randperm(len(labels), generator=gen)[:n]
 
 
-def mirror_batch(images: torch.Tensor, labels: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mirror_batch(images: torch.Tensor, labels: torch.Tensor, table: torch.Tensor,
+                 boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-aware horizontal flip of a uint8 (N, H, W, 3) batch, p = 0.5 per image.
 
     ``table`` maps a class to the class of its mirror image (-1: none, never flipped), so a
-    symmetric sign keeps its label and "keep right" becomes "keep left"."""
+    symmetric sign keeps its label and "keep right" becomes "keep left". ``boxes`` (N, 4 fractions
+    x1, y1, x2, y2), where given, are flipped with their frames in place."""
     target = table[labels]
     flip = (target >= 0) & (torch.rand(len(labels), device=labels.device) < 0.5)
     images = torch.where(flip.view(-1, 1, 1, 1), images.flip(2), images)
+    if boxes is not None:
+        mirrored = torch.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], dim=1)
+        boxes.copy_(torch.where(flip.view(-1, 1), mirrored, boxes))
     return images, torch.where(flip, target, labels)
 
 
@@ -312,7 +325,8 @@ def make_train_step(
         apply_routes(model, routes)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    augment = (make_augment(config.augment_strength, config.dark_p, config.blur_p, config.erase_p).to(device)
+    augment = (make_augment(config.augment_strength, config.dark_p, config.blur_p, config.erase_p,
+                            config.framing, model_config.image_size).to(device)
                if config.augment else nn.Identity())
     # fused: one kernel over all parameters; on CPU the default per-tensor loop took
     # a tenth of each step.
@@ -354,9 +368,17 @@ def fit(
         pack_path = Path(data).resolve()
         data = load_pack(pack_path)
     train, val = training_splits(data, config)
-    # Data lives on the device as one uint8 tensor per split.
-    x_train, y_train, x_val, y_val = (torch.from_numpy(a).to(device) for a in (train.images, train.labels,
-                                                                                val.images, val.labels))
+    # Data lives on the device as one uint8 tensor per split. Framing trains on the whole frames (and
+    # their ROI boxes), cropped by the augmentation; val stays the pack's images.
+    framing = config.framing > 0
+    if framing and train.frames is None:
+        raise ValueError(f"{pack_path or 'the pack'}: framing {config.framing} needs whole frames; "
+                         f"pack with `gtsrb pack --roi --frame-size 32`")
+    if framing and not config.augment:
+        raise ValueError(f"framing {config.framing}: the framing crop is part of the augmentation; needs augment=True")
+    x_train, y_train, x_val, y_val = (torch.from_numpy(a).to(device) for a in (
+        train.frames if framing else train.images, train.labels, val.images, val.labels))
+    boxes_train = torch.from_numpy(train.boxes).to(device) if framing else None
     steps_per_epoch = max(1, len(y_train) // config.batch_size)  # drop the ragged last batch
     train_step = make_train_step(model_config, config, steps_per_epoch, device)
     model, scheduler = train_step.model, train_step.scheduler
@@ -376,9 +398,10 @@ def fit(
         for i in bar:
             idx = order[i * config.batch_size : (i + 1) * config.batch_size]
             x, y = x_train[idx], y_train[idx]
+            boxes = boxes_train[idx] if boxes_train is not None else None
             if mirror is not None:
-                x, y = mirror_batch(x, y, mirror)
-            loss, logits = train_step(x, y)
+                x, y = mirror_batch(x, y, mirror, boxes)
+            loss, logits = train_step(x, y, boxes)
             log.step(loss, logits, y, scheduler.get_last_lr()[0], bar, flush=i == steps_per_epoch - 1)
 
         train_m = log.epoch_train_metrics()

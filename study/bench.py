@@ -13,7 +13,10 @@ fastest round beside it as its spread.
 - train_variants_img_s: the same step with one option changed. ``stock`` runs
   plain ``torch.nn`` modules (no ``gtsrb.cpu_routes``); ``route_<name>`` one
   route alone; ``nchw`` the NCHW layout; ``fp32`` and ``bf16`` a precision
-  forced. The variant whose
+  forced; ``robust_aug`` the robustness augmentations on (darkening, blur, occlusion),
+  ``framing`` the framing crop from 32 px frames, ``robust_framing`` both (their cost as
+  ``augment_cost``: the share of a default step's time they add, issue 33's limit 10%).
+  The variant whose
   options are the default's, spelled out (``default_twin``), is a check of the
   method: it must agree with train_img_s within the spread (default_agrees).
 - naive_img_s: what most tutorials run, measured in the same rounds:
@@ -108,13 +111,18 @@ def train_step_runner(batch: int = 128, **train_options) -> Callable[[], None]:
     step_fn = make_train_step(PRESETS["seed"], config, steps_per_epoch=100_000)
     n = batch * 8
     images, labels = _random_data(n, step_fn.device)
+    boxes = None
+    if config.framing > 0:  # whole 32 px frames with a ROI box each, cropped to 28 px by the step
+        size = PRESETS["seed"].image_size * 8 // 7
+        images = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, device=step_fn.device)
+        boxes = torch.tensor([0.15, 0.15, 0.85, 0.85], device=step_fn.device).repeat(n, 1)
     i = 0
 
     def step() -> None:
         nonlocal i
         idx = torch.arange(i, i + batch, device=step_fn.device) % n
         i += batch
-        loss, _ = step_fn(images[idx], labels[idx])
+        loss, _ = step_fn(images[idx], labels[idx], None if boxes is None else boxes[idx])
         loss.item()
 
     step.train_step = step_fn
@@ -302,6 +310,9 @@ def cpu_variants() -> dict[str, dict]:
     }
     variants |= {f"route_{name}": {"cpu_routes": (name,)} for name in ROUTES}
     variants |= {"nchw": {"channels_last": False}, "fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}}
+    from study.recipe import FRAMING, ROBUST
+
+    variants |= {"robust_aug": ROBUST, "framing": FRAMING, "robust_framing": {**ROBUST, **FRAMING}}
     return variants
 
 
@@ -340,6 +351,9 @@ def run(source: Path | None, quick: bool = False) -> dict:
         result["default_agrees"] = bool(twin["min"] <= default["median"] <= twin["max"]
                                         or default["min"] <= twin["median"] <= default["max"])
         result["speedup_vs_stock"] = default["median"] / timed["stock"]["median"]
+        # Time per image with the extra augmentation over the default's, minus one.
+        result["augment_cost"] = {name: default["median"] / timed[name]["median"] - 1
+                                  for name in ("robust_aug", "framing", "robust_framing")}
         if naive is not None:
             result["naive_img_s"] = naive["median"]
             result["naive_img_s_spread"] = naive

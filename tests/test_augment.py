@@ -3,6 +3,8 @@ kornia itself, which the training used before), in a few batched ops with no hos
 
 import math
 
+import numpy as np
+
 import kornia.augmentation as K
 import pytest
 import torch
@@ -371,3 +373,58 @@ def test_robust_output_keeps_shape_layout_and_range():
     out = BatchAugment(**ROBUST)(x)
     assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
     assert out.min() >= 0 and out.max() <= 1
+
+
+# --- framing: crops between the ROI and the whole frame (issue 33) ---
+
+def random_rois(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    lo = torch.rand(n, 2, generator=g) * 0.3
+    return torch.cat([lo, lo + 0.4 + torch.rand(n, 2, generator=g) * 0.3], dim=1)
+
+
+def test_framing_zero_crops_every_sample_to_its_roi():
+    rois = random_rois(100)
+    torch.testing.assert_close(BatchAugment(framing=0.0).sample_crops(rois), rois)
+
+
+def test_framing_crops_contain_the_roi_stay_in_the_frame_and_cover_the_range():
+    rois = random_rois(20000)
+    torch.manual_seed(0)
+    crops = BatchAugment(framing=0.6).sample_crops(rois)
+    eps = 1e-6
+    assert (crops[:, :2] <= rois[:, :2] + eps).all() and (crops[:, 2:] >= rois[:, 2:] - eps).all()
+    assert (crops >= -eps).all() and (crops <= 1 + eps).all()
+    loose = (crops - rois).abs().amax(1) > 1e-6
+    assert abs(loose.float().mean() - 0.6) < 0.02
+    # The side is drawn uniformly between the ROI's and the frame's: half way on average.
+    t = ((crops[:, 2] - crops[:, 0]) - (rois[:, 2] - rois[:, 0])) / (1 - (rois[:, 2] - rois[:, 0]))
+    assert abs(t[loose].mean() - 0.5) < 0.02 and t[loose].max() > 0.99
+    # Some reach the whole frame's width; offsets vary (not always centred on the ROI).
+    centre_shift = ((crops[:, 0] + crops[:, 2]) - (rois[:, 0] + rois[:, 2])) / 2
+    assert centre_shift[loose].std() > 0.02
+
+
+def test_a_tight_crop_of_the_frame_matches_the_packed_roi_crop():
+    # The grid_sample crop of the ROI against PIL's resize of the same box (what `gtsrb pack --roi` stores).
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8))
+    frame = np.asarray(noise.filter(ImageFilter.GaussianBlur(1.5)))  # smooth, like a photo at this scale
+    box_px = (4.0, 5.0, 28.0, 27.0)
+    pil = np.asarray(Image.fromarray(frame).resize((28, 28), Image.Resampling.BILINEAR, box=box_px), np.float32) / 255
+    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
+    box = torch.tensor([[box_px[0] / 32, box_px[1] / 32, box_px[2] / 32, box_px[3] / 32]])
+    aug = BatchAugment(framing=0.0, out_size=28)
+    p = identity_params(1, False)
+    out = aug.apply(x, p, aug.sample_crops(box))[0].permute(1, 2, 0).numpy()
+    assert out.shape == (28, 28, 3)
+    assert np.abs(out - pil).mean() < 0.01
+
+
+def test_framing_forward_outputs_the_model_size_from_larger_frames():
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 32, 32)
+    out = BatchAugment(framing=0.5, out_size=28, dark_p=0.3, blur_p=0.2, erase_p=0.5)(x, random_rois(8))
+    assert out.shape == (8, 3, 28, 28) and out.min() >= 0 and out.max() <= 1
