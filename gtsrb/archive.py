@@ -17,12 +17,13 @@ import csv
 import hashlib
 import io
 import lzma
+import os
 import re
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Callable, Sequence
 
 from gtsrb.classes import NUM_CLASSES
 from gtsrb.util import sha256_file
@@ -38,9 +39,40 @@ _TEST_PPM = re.compile(r"^(?P<dir>(?:.*/)?Final_Test/Images)/\d{5}\.ppm$")
 _TRACK = re.compile(r"^(\d{5})_\d{5}\.ppm$")
 _CSV_COLUMNS = ("Filename", "Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "ClassId")
 
+# The most bytes one file is read into memory with: far above any image a sign could need (a 32-bit BMP
+# at gtsrb.preprocess.MAX_PIXELS is 160 MB), far below what would exhaust memory. A zip member's
+# declared size is checked before it is inflated, and a read never goes past the cap whatever the
+# member declares.
+MAX_READ_BYTES = 256 << 20
+# A GTSRB CSV holds at most 12,630 rows of about 40 bytes.
+MAX_CSV_BYTES = 16 << 20
+# The first bytes of a file, read first: an image's header is in them, so its size can be checked
+# before the rest is read.
+HEAD_BYTES = 1 << 16
+
 
 class DataError(Exception):
     """Bad input data. The message names the file and the problem."""
+
+
+def read_bounded(f: BinaryIO, declared: int, where: str, max_bytes: int,
+                 check_head: Callable[[bytes], None] | None = None) -> bytes:
+    """All of ``f`` (whose size is said to be ``declared``), holding at most ``max_bytes`` in memory:
+    the head first, for ``check_head`` to refuse from; then the declared size; then the rest, read
+    no further than the cap whatever was declared (a file may grow, a zip member may lie)."""
+    head = f.read(HEAD_BYTES)
+    if check_head is not None:
+        check_head(head)
+    if declared > max_bytes:
+        raise DataError(f"{where}: {_mb(declared)}, over the {_mb(max_bytes)} limit for one file")
+    data = head + f.read(max_bytes + 1 - len(head))
+    if len(data) > max_bytes:
+        raise DataError(f"{where}: more than the {_mb(max_bytes)} limit for one file")
+    return data
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n} bytes"
 
 
 class Source:
@@ -63,15 +95,32 @@ class Source:
         else:
             raise DataError(f"{self.path}: not a folder or a zip archive")
 
-    def read(self, name: str) -> bytes:
-        """A file's bytes; a zip member that fails its CRC or does not inflate is a DataError."""
-        if self._zip is None:
-            return (self.path / name).read_bytes()
+    def read(self, name: str, max_bytes: int = MAX_READ_BYTES,
+             check_head: Callable[[bytes], None] | None = None) -> bytes:
+        """A file's bytes, or a DataError naming it: a zip member that fails its CRC or does not
+        inflate, or a file over ``max_bytes`` (refused from a zip member's declared size before it
+        is inflated). ``check_head`` sees the first HEAD_BYTES before anything else is read, and may
+        refuse the file from them (an image header over the pixel cap)."""
+        where = self.describe(name)
         try:
-            return self._zip.read(name)
+            if self._zip is None:
+                f: BinaryIO = open(self.path / name, "rb")
+                declared = os.fstat(f.fileno()).st_size
+            else:
+                info = self._zip.getinfo(name)
+                declared = info.file_size
+                f = self._zip.open(info)
+            with f:
+                return read_bounded(f, declared, where, max_bytes, check_head)
         # what zipfile's CRC check and its inflate, bzip2 and lzma decoders raise on bad data
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, lzma.LZMAError) as e:
-            raise DataError(f"{self.describe(name)}: corrupt zip member ({e})") from e
+        except (zipfile.BadZipFile, zlib.error, EOFError, lzma.LZMAError) as e:
+            raise DataError(f"{where}: corrupt zip member ({e})") from e
+        # an encrypted member, or a compression method zipfile does not implement
+        except (RuntimeError, NotImplementedError) as e:
+            raise DataError(f"{where}: cannot be read ({e})") from e
+        except OSError as e:
+            what = "corrupt zip member" if self._zip is not None else "cannot be read"
+            raise DataError(f"{where}: {what} ({e.strerror or e})") from e
 
     def describe(self, name: str) -> str:
         """A path a person can find: the zip and the member, or the file."""
@@ -80,9 +129,15 @@ class Source:
     def sha256(self) -> str:
         if self.kind == "zip":
             return sha256_file(self.path)
-        h = hashlib.sha256()  # a folder: hash names and contents in a fixed order
+        h = hashlib.sha256()  # a folder: hash names and contents in a fixed order, a chunk at a time
         for name in self.names:
-            h.update(name.encode() + b"\0" + self.read(name))
+            h.update(name.encode() + b"\0")
+            try:
+                with open(self.path / name, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+            except OSError as e:
+                raise DataError(f"{self.describe(name)}: cannot be read ({e.strerror or e})") from e
         return h.hexdigest()
 
     def close(self) -> None:
@@ -124,13 +179,14 @@ class Layout:
         self.close()
 
 
-def _read_csv(source: Source, name: str) -> list[dict[str, str]]:
+def _read_csv(source: Source, name: str) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) of each CSV row; the line number counts physical lines, header included."""
     try:
-        text = source.read(name).decode("utf-8-sig")
+        text = source.read(name, MAX_CSV_BYTES).decode("utf-8-sig")
         reader = csv.DictReader(io.StringIO(text), delimiter=";")
-        rows = list(reader)
+        rows = [(reader.line_num, row) for row in reader]
         header = reader.fieldnames or []
-    except (UnicodeDecodeError, csv.Error, zipfile.BadZipFile, OSError) as e:
+    except (UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{source.describe(name)}: unreadable CSV ({e})") from e
     missing = [c for c in _CSV_COLUMNS if c not in header]
     if missing and not (missing == ["ClassId"] and _TEST_CSV_NOLABEL.match(name)):
@@ -138,23 +194,66 @@ def _read_csv(source: Source, name: str) -> list[dict[str, str]]:
     return rows
 
 
-def _parse_row(source: Source, csv_name: str, line: int, row: dict[str, str]) -> tuple:
-    try:
-        w, h = int(row["Width"]), int(row["Height"])
-        roi = (int(row["Roi.X1"]), int(row["Roi.Y1"]), int(row["Roi.X2"]), int(row["Roi.Y2"]))
-        label = int(row["ClassId"])
-    except (TypeError, ValueError) as e:
-        raise DataError(f"{source.describe(csv_name)} line {line}: bad value ({e})") from e
-    return w, h, roi, label
+# The largest Width or Height a CSV row may state: GTSRB's images are at most a few hundred pixels.
+_MAX_SIDE = 100_000
 
 
-def _row_problem(sources, csv_at: tuple[int, str], line: int, label: int, image_at: tuple[int, str], all_names) -> str | None:
-    """What is wrong with one CSV row (a label out of range, a missing image), or None."""
-    if not 0 <= label < NUM_CLASSES:
-        return f"{sources[csv_at[0]].describe(csv_at[1])} line {line}: ClassId {label} is outside 0-{NUM_CLASSES - 1}"
-    if image_at not in all_names:
-        return f"{sources[image_at[0]].describe(image_at[1])}: image listed in {csv_at[1]} line {line} is missing"
-    return None
+def _parse_row(row: dict[str, str]) -> tuple[int, int, tuple[int, int, int, int], int]:
+    """Width, Height, ROI and ClassId of a row; ValueError (or TypeError, for a short row) if one is
+    not an integer, or if the ROI is not inside the image (preprocess crops to it and scales it by the
+    stated size, so an empty, inverted or outside box cannot be used)."""
+    w, h = int(row["Width"]), int(row["Height"])
+    x1, y1, x2, y2 = (int(row[k]) for k in ("Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2"))
+    label = int(row["ClassId"])
+    if not (0 < w <= _MAX_SIDE and 0 < h <= _MAX_SIDE):
+        raise ValueError(f"Width {w}, Height {h}: expected 1 to {_MAX_SIDE} pixels")
+    if not (0 <= x1 <= x2 < w and 0 <= y1 <= y2 < h):
+        raise ValueError(f"ROI ({x1}, {y1})-({x2}, {y2}) is not inside the {w}x{h} image "
+                         "(expected 0 <= Roi.X1 <= Roi.X2 < Width and 0 <= Roi.Y1 <= Roi.Y2 < Height)")
+    return w, h, (x1, y1, x2, y2), label
+
+
+class _Rows:
+    """Checks the rows of one layout's CSV(s) and collects its records: with ``skip_bad`` a bad row is
+    skipped and counted, without it the first one is a DataError naming the file and the line."""
+
+    def __init__(self, sources: list[Source], all_names: set, skip_bad: bool):
+        self.sources, self.all_names, self.skip_bad = sources, all_names, skip_bad
+        self.records: list[Record] = []
+        self.bad: list[str] = []
+        self.listed: set[tuple[int, str]] = set()
+
+    def problem(self, message: str) -> None:
+        if not self.skip_bad:
+            raise DataError(message)
+        self.bad.append(message)
+
+    def add(self, csv_at: tuple[int, str], line: int, row: dict[str, str], image_at: tuple[int, str],
+            folder_class: int | None, track: int, filename: str) -> None:
+        where = f"{self.sources[csv_at[0]].describe(csv_at[1])} line {line}"
+        if image_at in self.listed:  # packing it twice would weigh it twice, and could split it across parts
+            return self.problem(f"{where}: {row['Filename']} is listed twice")
+        self.listed.add(image_at)  # a bad row still lists its image: it is skipped as a row, not as unlisted
+        try:
+            w, h, roi, label = _parse_row(row)
+        except (TypeError, ValueError) as e:
+            return self.problem(f"{where}: bad value ({e})")
+        if not 0 <= label < NUM_CLASSES:
+            return self.problem(f"{where}: ClassId {label} is outside 0-{NUM_CLASSES - 1}")
+        if folder_class is not None and label != folder_class:
+            return self.problem(f"{where}: ClassId {label} in the folder of class {folder_class:05d}")
+        if image_at not in self.all_names:
+            image = self.sources[image_at[0]].describe(image_at[1])
+            return self.problem(f"{image}: image listed in {csv_at[1]} line {line} is missing")
+        self.records.append(Record(image_at[0], image_at[1], label, track, w, h, roi, filename))
+
+    def unlisted(self, images: list[tuple[int, str]], where: str) -> None:
+        """Images of the layout that no row lists: packing them would need a label, skipping them
+        silently would lose them."""
+        left = [at for at in images if at not in self.listed]
+        if left:
+            first = self.sources[left[0][0]].describe(left[0][1])
+            self.problem(f"{first}: listed in no CSV row ({len(left)} image(s) of {where} are not)")
 
 
 def _source_paths(paths: Sequence[Path | str]) -> list[Path]:
@@ -163,11 +262,20 @@ def _source_paths(paths: Sequence[Path | str]) -> list[Path]:
     for p in map(Path, paths):
         zips = sorted(p.glob("GTSRB_Final_*.zip")) if p.is_dir() else []
         out += zips or [p]
+    seen: dict[Path, Path] = {}
+    for p in out:
+        first = seen.setdefault(p.resolve(), p)
+        if first is not p:
+            raise DataError(f"{p}: given twice" + (f" (also as {first})" if str(first) != str(p) else ""))
     return out
 
 
 def find_layout(paths: Sequence[Path | str], skip_bad: bool = False) -> Layout:
     """Index the official training or test layout in folders or zips (read in place).
+
+    Several sources make one layout only as the official test set ships: the images zip and the GT
+    zip. A source that adds nothing to the layout found (a second training archive, a test archive
+    beside the training one) is refused, naming it, rather than silently left out.
 
     Use it as ``with find_layout(paths) as layout:`` so its zips are closed; on an error it closes
     what it opened itself."""
@@ -196,23 +304,38 @@ def _layout(sources: list[Source], skip_bad: bool) -> Layout:
             f"{where}: not the official GTSRB layout (expected Final_Training/Images/NNNNN/GT-NNNNN.csv "
             "or Final_Test/Images/NNNNN.ppm with GT-final_test.csv)"
         )
+    parts = (_TRAIN_CSV, _TRAIN_PPM) if layout.kind == "train" else (_TEST_CSV, _TEST_PPM, _TEST_CSV_NOLABEL)
+    used = {i for i, n in all_names if any(p.match(n) for p in parts)}
+    for i, s in enumerate(sources):
+        if i not in used:
+            others = ", ".join(str(sources[j].path) for j in sorted(used))
+            what = "training" if layout.kind == "train" else "official test"
+            raise DataError(f"{s.path}: adds nothing to the {what} layout in {others}; "
+                            "give the source(s) of one layout only")
     return layout
 
 
 def _train_layout(sources: list[Source], all_names: set, skip_bad: bool) -> Layout:
     class_dirs: dict[int, tuple[int, str]] = {}
+    images: dict[int, list[tuple[int, str]]] = {}
     for i, n in sorted(all_names):
         m = _TRAIN_PPM.match(n) or _TRAIN_CSV.match(n)
-        if m:
-            class_dirs.setdefault(int(m["cls"]), (i, m["dir"]))
+        if not m:
+            continue
+        cls, at = int(m["cls"]), (i, m["dir"])
+        first = class_dirs.setdefault(cls, at)
+        if first != at:  # two copies of a class: which one is meant cannot be guessed
+            raise DataError(f"{sources[at[0]].describe(at[1])}: class folder {cls:05d} is also at "
+                            f"{sources[first[0]].describe(first[1])}; give one training archive")
+        if _TRAIN_PPM.match(n):
+            images.setdefault(cls, []).append((i, n))
     missing = [f"{c:05d}" for c in range(NUM_CLASSES) if c not in class_dirs]
     if missing:
         raise DataError(
             f"{sources[0].path}: class folder(s) {', '.join(missing)} missing or empty (no images and no CSV; "
             f"expected 00000-{NUM_CLASSES - 1:05d})"
         )
-    records: list[Record] = []
-    bad: list[str] = []
+    rows = _Rows(sources, all_names, skip_bad)
     for cls, (i, d) in sorted(class_dirs.items()):
         src = sources[i]
         if cls >= NUM_CLASSES:
@@ -220,23 +343,16 @@ def _train_layout(sources: list[Source], all_names: set, skip_bad: bool) -> Layo
         csv_name = f"{d}/GT-{cls:05d}.csv"
         if (i, csv_name) not in all_names:
             raise DataError(f"{src.describe(csv_name)}: missing CSV for class {cls:05d}")
-        rows = _read_csv(src, csv_name)
-        if not rows:
+        csv_rows = _read_csv(src, csv_name)
+        if not csv_rows:
             raise DataError(f"{src.describe(csv_name)}: class {cls:05d} is empty (no rows)")
-        for line, row in enumerate(rows, start=2):
-            w, h, roi, label = _parse_row(src, csv_name, line, row)
-            fname = row["Filename"]
-            member = f"{d}/{fname}"
-            problem = _row_problem(sources, (i, csv_name), line, label, (i, member), all_names)
-            if problem:
-                if not skip_bad:
-                    raise DataError(problem)
-                bad.append(problem)
-                continue
+        for line, row in csv_rows:
+            fname = row["Filename"] or ""
             m = _TRACK.match(fname)
-            track = int(m[1]) if m else -1
-            records.append(Record(i, member, label, track, w, h, roi, f"{cls:05d}/{fname}"))
-    return Layout("train", sources, records, bad)
+            rows.add((i, csv_name), line, row, (i, f"{d}/{fname}"), cls, int(m[1]) if m else -1,
+                     f"{cls:05d}/{fname}")
+        rows.unlisted(images.get(cls, []), src.describe(d))
+    return Layout("train", sources, rows.records, rows.bad)
 
 
 def _test_layout(sources, all_names, test_images, skip_bad) -> Layout:
@@ -249,26 +365,28 @@ def _test_layout(sources, all_names, test_images, skip_bad) -> Layout:
             else ""
         )
         raise DataError(f"{sources[0].path}: missing GT-final_test.csv with the test labels{hint}")
+    if len(csvs) > 1:  # which one holds the labels cannot be guessed, and scoring the wrong one misleads
+        (a, an), (b, bn) = csvs[:2]
+        raise DataError(f"{sources[b].describe(bn)}: a second GT-final_test.csv (the first is "
+                        f"{sources[a].describe(an)}); keep one")
     ci, csv_name = csvs[0]
-    image_dir = {}
+    image_dirs: dict[tuple[int, str], None] = {}
     for i, n in test_images:
-        image_dir.setdefault(_TEST_PPM.match(n)["dir"], i)
-    (img_dir, img_src), = list(image_dir.items())[:1]
-    rows = _read_csv(sources[ci], csv_name)
-    if not rows:
+        image_dirs.setdefault((i, _TEST_PPM.match(n)["dir"]), None)
+    (img_src, img_dir), *others = image_dirs
+    if others:
+        (j, other), = others[:1]
+        raise DataError(f"{sources[j].describe(other)}: a second Final_Test/Images folder (the first is "
+                        f"{sources[img_src].describe(img_dir)}); give one")
+    csv_rows = _read_csv(sources[ci], csv_name)
+    if not csv_rows:
         raise DataError(f"{sources[ci].describe(csv_name)}: no rows")
-    records, bad = [], []
-    for line, row in enumerate(rows, start=2):
-        w, h, roi, label = _parse_row(sources[ci], csv_name, line, row)
-        member = f"{img_dir}/{row['Filename']}"
-        problem = _row_problem(sources, (ci, csv_name), line, label, (img_src, member), all_names)
-        if problem:
-            if not skip_bad:
-                raise DataError(problem)
-            bad.append(problem)
-            continue
-        records.append(Record(img_src, member, label, -1, w, h, roi, row["Filename"]))
-    return Layout("test", sources, records, bad)
+    rows = _Rows(sources, all_names, skip_bad)
+    for line, row in csv_rows:
+        fname = row["Filename"] or ""
+        rows.add((ci, csv_name), line, row, (img_src, f"{img_dir}/{fname}"), None, -1, fname)
+    rows.unlisted(test_images, sources[img_src].describe(img_dir))
+    return Layout("test", sources, rows.records, rows.bad)
 
 
 def default_source() -> Path:

@@ -80,6 +80,7 @@ def unsure_report(probs: np.ndarray, labels: np.ndarray, tau: float, unlike: np.
 
 def calibrate(checkpoint: str | os.PathLike, data: str | os.PathLike, target: float = DEFAULT_TARGET) -> dict:
     """Fit the temperature, the threshold and the excitation-distance rule on val; report on test."""
+    from gtsrb.archive import DataError
     from gtsrb.data import load_pack
     from gtsrb.explain import class_excitations, class_mean_distance, distance_block, distance_q99
     from gtsrb.inference import Classifier
@@ -87,6 +88,10 @@ def calibrate(checkpoint: str | os.PathLike, data: str | os.PathLike, target: fl
 
     clf = Classifier.load(checkpoint)
     val, test = load_pack(data, "val"), load_pack(data, "test")
+    for name, part in (("val", val), ("test", test)):
+        if not len(part.labels):  # a fit on no image returns the grid's first temperature and a NaN loss
+            raise DataError(f"{data}: no images in its {name} split; calibrate fits on val and reports on "
+                            f"test (pack without --keep-splits)")
     pv, pt = clf.predict_arrays(val.images), clf.predict_arrays(test.images)
     t = fit_temperature(pv.logits, val.labels)
     conf_val = softmax(pv.logits, t).max(1)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
+from gtsrb.archive import DataError
 from gtsrb.util import atomic_path
 
 
-class CheckpointError(Exception):
+class CheckpointError(DataError):
     """A checkpoint that cannot be read safely. The message names the file."""
 
 
@@ -30,7 +31,7 @@ def _one_line(e: Exception) -> str:
     """torch's multi-line load errors -> the one line that says what was wrong (the CLI prints one line)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     for ln in lines:
-        if ln.startswith("WeightsUnpickler error:"):
+        if ln.startswith("WeightsUnpickler error:") or "unsupported global" in ln.lower():
             return ln
     return lines[0] if lines else type(e).__name__
 
@@ -48,11 +49,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):  # no pickled class or function: garbage, not code
+        # torch words a pickled class or function "Unsupported global" (2.x) or "unsupported GLOBAL"
+        # (2.14, for the GLOBAL opcode): code. Anything else it cannot unpickle is garbage.
+        if "unsupported global" not in str(e).lower():
             raise CheckpointError(f"{path}: not a readable checkpoint (not a file written by torch.save)") from e
-        raise CheckpointError(f"{path}: refused, it holds more than weights and plain data ({_one_line(e)})") from e
+        raise CheckpointError(f"{path}: refused, it holds code (pickled classes or functions), not just "
+                              f"weights and plain data ({_one_line(e)})") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({_one_line(e)})") from e
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
         raise CheckpointError(f"{path}: not a gtsrb checkpoint (needs 'model' and 'model_config')")
+    if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise CheckpointError(f"{path}: 'model' is not a dict of weight tensors")
+    for name, t in state["model"].items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: weight {name} holds NaN or infinite values (a diverged run?); "
+                                  f"it would predict nothing meaningful")
     return state

@@ -7,13 +7,26 @@ status 2; never a traceback from deep inside.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from gtsrb.archive import DataError
 from gtsrb.preprocess import DEFAULT_SIZE
 from gtsrb.splits import SPLIT_KINDS, SPLIT_NAMES
+from gtsrb.publish import check_folder_target
+from gtsrb.validate import non_negative_int, positive_float, positive_int
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as the CLI's one line (`gtsrb: error: argument --batch-size: ...`), exit 2,
+    without the usage block above it (``-h`` still shows the usage)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"gtsrb: error: {message}\n")
 
 
 def _fail(msg: str) -> int:
@@ -34,35 +47,92 @@ def cmd_pack(a: argparse.Namespace) -> int:
     from gtsrb.archive import default_source
     from gtsrb.data import pack
 
+    keep_splits = _keep_splits(a.keep_splits)  # a typo fails now, not after the decoding
     sources = a.source or [default_source()]
     out = a.out or Path("data") / f"gtsrb{a.size}.h5"
     before = _identity(out)
-    try:
-        summary = pack(
-            sources, out, size=a.size, split=a.split, seed=a.seed, roi=a.roi, skip_bad=a.skip_bad,
-            keep_splits=a.keep_splits.split(",") if a.keep_splits else None, compress=a.compress,
-        )
-    except KeyboardInterrupt:
-        # Only the final rename puts a file at ``out``: a new file there is this run's, complete.
-        if out.is_file() and _identity(out) != before:
-            print(f"interrupted after {out} was written in full: it is complete", file=sys.stderr)
-            return 0
-        raise
+    complete = f"interrupted after {out} was written in full: it is complete"
+    with _interrupts_noted() as interrupted:
+        try:
+            summary = pack(
+                sources, out, size=a.size, split=a.split, seed=a.seed, roi=a.roi, skip_bad=a.skip_bad,
+                keep_splits=keep_splits, compress=a.compress,
+                frame_size=a.frame_size,
+            )
+        except KeyboardInterrupt:
+            # Only the final rename puts a file at ``out``: a new file there is this run's, complete.
+            if out.is_file() and _identity(out) != before:
+                print(complete, file=sys.stderr)
+                return 0
+            kept = "; the pack already there is untouched" if before is not None else ""
+            print(f"gtsrb: error: interrupted: {out} was not written{kept}", file=sys.stderr)
+            return 130
+    if interrupted:  # noted, but swallowed inside HDF5's callbacks: pack returned, so the rename happened
+        print(complete, file=sys.stderr)
+        return 0
     print(summary)
     return 0
 
 
+def _keep_splits(text: str | None) -> list[str] | None:
+    """--keep-splits: a comma list of split names, or DataError naming the flag and the valid names."""
+    if text is None:
+        return None
+    names = [s.strip() for s in text.split(",")]
+    wrong = [s for s in names if s not in SPLIT_NAMES]
+    if wrong:
+        raise DataError(f"--keep-splits {text}: {', '.join(repr(s) for s in wrong)} is not a split; "
+                        f"expected a comma list of {', '.join(SPLIT_NAMES)}")
+    return names
+
+
+@contextlib.contextmanager
+def _interrupts_noted() -> Iterator[list[bool]]:
+    """Ctrl-C still raises KeyboardInterrupt, and is also noted in the yielded list. Python cannot
+    raise it inside a callback (h5py frees its objects in weakref callbacks while it writes): there it
+    prints "Exception ignored ... KeyboardInterrupt" and carries on, so the caller learns of it from
+    the note instead, and that print is left out."""
+    noted: list[bool] = []
+
+    def on_sigint(signum, frame):
+        noted.append(True)
+        raise KeyboardInterrupt
+
+    def unraisable(u) -> None:
+        if not isinstance(u.exc_value, KeyboardInterrupt):
+            previous_hook(u)
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: Ctrl-C is not delivered here
+        yield noted
+        return
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    try:
+        yield noted
+    finally:
+        sys.unraisablehook = previous_hook
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
 def _load_config_arg(text: str) -> dict:
-    """--config: inline JSON or a path to a JSON file."""
+    """--config: inline JSON or a path to a JSON file (its fields are checked by split_config)."""
     if text.lstrip().startswith("{"):
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"--config: not valid JSON ({e})") from None
     path = Path(text)
     if not path.is_file():
         raise DataError(f"{path}: no such config file")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text, so not a JSON config") from None
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from e
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -83,9 +153,12 @@ def cmd_train(a: argparse.Namespace) -> int:
     out = Path(a.out)
     if (out / "last.pt").exists() and not a.resume:
         raise DataError(f"{out}: holds a run already; pass --resume to continue it or choose another --out")
+    check_folder_target(out, "--out")
     history = fit(model_config, a.data, out, train_config, resume=a.resume)
-    best = max(history, key=lambda h: h["val_accuracy"]) if history else None
-    if best:
+    if "val" in train_config.train_splits:
+        print(f"trained {len(history)} epochs, nothing held out: best.pt is the last epoch's; checkpoints in {out}")
+    elif history:
+        best = max(history, key=lambda h: h["val_accuracy"])
         print(f"best val accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']}; checkpoints in {out}")
     return 0
 
@@ -101,6 +174,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
         official = fetch(a.dir, test=True, base_url=a.base_url or BASE_URL)
     # Files only where asked: evaluating a shipped checkpoint must not write into results/.
+    if a.out is not None:
+        check_folder_target(a.out, "--out")
     result = evaluate(a.checkpoint, a.data, a.split, official, a.out, device=a.device, tta=a.tta)
     table = result.pop("per_class")
     if a.json:
@@ -116,8 +191,11 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
+    from gtsrb.classes import NUM_CLASSES
     from gtsrb.inference import Classifier
 
+    if not 1 <= a.top <= NUM_CLASSES:
+        raise DataError(f"--top {a.top}: expected 1 to {NUM_CLASSES}")
     clf = Classifier.load(a.checkpoint, device=a.device)
     results = []
     for path in a.images:
@@ -134,9 +212,16 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_excitations(a: argparse.Namespace) -> int:
-    from gtsrb.explain import compute_excitations_file, load_excitations
+    from gtsrb.explain import EXCITATIONS_FILE, compute_excitations_file, load_excitations
+    from gtsrb.publish import check_file_target
 
-    out = compute_excitations_file(a.checkpoint, a.data, a.split, a.out)
+    # The output is checked before the inference and written in one rename at the end; a missing or
+    # empty split is refused by compute_excitations_file before any inference.
+    out = check_file_target(a.out or a.checkpoint.parent / EXCITATIONS_FILE)
+    try:
+        out = compute_excitations_file(a.checkpoint, a.data, a.split, out)
+    except OSError as e:
+        raise DataError(f"{out}: cannot write ({e.strerror or e})") from e
     stats, meta = load_excitations(out)
     print(f"{out}: class-average excitations from {meta['source']}")
     for name, st in stats.items():
@@ -146,15 +231,21 @@ def cmd_excitations(a: argparse.Namespace) -> int:
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
     from gtsrb.calibrate import CALIBRATION_FILE, calibrate
+    from gtsrb.publish import check_file_target
     from gtsrb.util import write_text_atomic
 
     if not 0.5 < a.target < 1:
         print(f"gtsrb calibrate: error: --target {a.target}: expected an accuracy between 0.5 and 1", file=sys.stderr)
         return 2
+    # The output is checked before the inference and written in one rename at the end; a pack without
+    # val or test images is refused by calibrate before any inference.
+    out = check_file_target(a.out or a.checkpoint.parent / CALIBRATION_FILE)
     c = calibrate(a.checkpoint, a.data, a.target)
     c["command"] = "gtsrb " + " ".join(sys.argv[1:])
-    out = a.out or a.checkpoint.parent / CALIBRATION_FILE
-    write_text_atomic(out, json.dumps(c, indent=1) + "\n")
+    try:
+        write_text_atomic(out, json.dumps(c, indent=1) + "\n")
+    except OSError as e:
+        raise DataError(f"{out}: cannot write ({e.strerror or e})") from e
     t = c["test"]
     print(f"{out}: temperature {c['temperature']:.3f} (val NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}), "
           f"unsure below {c['threshold']:.4f}")
@@ -165,16 +256,16 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
 
 def cmd_fetch(a: argparse.Namespace) -> int:
-    from gtsrb.fetch import BASE_URL, fetch
+    from gtsrb.fetch import BASE_URL, check_base_url, fetch
 
-    paths = fetch(a.dir, test=a.test, base_url=a.base_url or BASE_URL)
+    paths = fetch(a.dir, test=a.test, base_url=check_base_url(a.base_url or BASE_URL))
     for p in paths:
         print(p)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gtsrb", description="SE-VGG11 on GTSRB: pack, train, evaluate, predict.")
+    p = OneLineParser(prog="gtsrb", description="SE-VGG11 on GTSRB: pack, train, evaluate, predict.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("pack", help="official layout (folder or zip) -> one HDF5 file")
@@ -186,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--roi", action="store_true", help="crop each image to its annotated region first")
     s.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of failing")
     s.add_argument("--keep-splits", help="comma list of splits to keep, e.g. train,val (a small pack)")
+    s.add_argument("--frame-size", type=positive_int, default=None, metavar="N",
+                   help="also store each whole image at N px with its ROI box, for `train` with framing "
+                        "(TrainConfig.framing; 32 for the 28 px model)")
     s.add_argument("--compress", action="store_true",
                    help="gzip the images: smaller (to carry), slower to write and to load")
     s.set_defaults(func=cmd_pack)
@@ -195,12 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--preset", default="seed", choices=("seed", "vgg11"))
     g.add_argument("--config", help="JSON (inline or file) of ModelConfig/TrainConfig fields")
-    s.add_argument("--epochs", type=int)
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--lr", type=float)
-    s.add_argument("--seed", type=int)
+    s.add_argument("--epochs", type=positive_int)
+    s.add_argument("--batch-size", type=positive_int)
+    s.add_argument("--lr", type=positive_float)
+    s.add_argument("--seed", type=non_negative_int)
     s.add_argument("--device", help="auto (default), cpu or cuda")
-    s.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    s.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
     s.add_argument("--no-augment", action="store_true")
     s.add_argument("--recipe", action="store_true",
                    help="add the accuracy recipe (class-aware mirror, label smoothing); "
@@ -231,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("predict", help="classify images")
     s.add_argument("checkpoint", type=Path)
     s.add_argument("images", nargs="+")
-    s.add_argument("--top", type=int, default=5)
+    s.add_argument("--top", type=positive_int, default=5)
     s.add_argument("--device", default="cpu")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
@@ -258,17 +352,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from gtsrb.checkpoint import CheckpointError
-    from gtsrb.fetch import FetchError
+def _input_errors() -> tuple[type[Exception], ...]:
+    """The exception types that mean bad input, not a bug. CheckpointError's module imports torch, which
+    `gtsrb pack` and `--help` must not pay for, so each is looked up only where its module was
+    imported: an error of a module never imported cannot have been raised."""
+    errors: list[type[Exception]] = [DataError, ValueError]
+    for module, name in (("gtsrb.checkpoint", "CheckpointError"), ("gtsrb.fetch", "FetchError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
 
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, CheckpointError, FetchError, ValueError) as e:
+    except _input_errors() as e:
         return _fail(str(e))
     except KeyboardInterrupt:
-        return _fail("interrupted")
+        print("gtsrb: error: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
 
 
 if __name__ == "__main__":

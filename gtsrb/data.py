@@ -22,7 +22,7 @@ from gtsrb.archive import DataError, Layout, find_layout
 from gtsrb.classes import CLASS_NAMES, NUM_CLASSES
 from gtsrb.preprocess import DEFAULT_SIZE, decode_frames, decode_records
 from gtsrb.splits import SPLIT_NAMES, make_split, track_groups
-from gtsrb.util import atomic_path
+from gtsrb.util import atomic_path, remove_stale_temps
 
 FORMAT_VERSION = 1
 
@@ -150,6 +150,7 @@ def write_pack(
     extra: dict[str, np.ndarray] | None = None,
 ) -> None:
     """Write the HDF5 schema (see README) to a temp file beside ``out``, then rename."""
+    remove_stale_temps(out)  # what killed packs left there
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as f:
             n = len(labels)
@@ -211,30 +212,90 @@ class Packed:
 
 
 def load_pack(path: Path | str, split: str | None = None) -> Packed:
-    """Read a packed HDF5 file in one call; ``split`` keeps only train, val or test."""
+    """Read a packed HDF5 file in one call, its schema checked (``check_schema``); ``split`` keeps
+    only train, val or test."""
     path = Path(path)
+    if split is not None and split not in SPLIT_NAMES:  # before reading a byte
+        raise DataError(f"--split {split}: expected one of {', '.join(SPLIT_NAMES)}")
     if not path.is_file():
         raise DataError(f"{path}: no such packed file (make one with `gtsrb pack`)")
     try:
         with h5py.File(path, "r") as f:
-            missing = [k for k in ("images", "labels", "split", "class_names") if k not in f]
+            missing = [k for k in ("images", "labels", "split", "class_names", "filenames") if k not in f]
             if missing:
                 raise DataError(f"{path}: not a gtsrb pack (missing {', '.join(missing)})")
+            for name in ("images", "labels", "split", "class_names", "filenames", "tracks", "frames", "boxes"):
+                if name in f and not isinstance(f[name], h5py.Dataset):
+                    raise DataError(f"{path}: {name} is a group, not a dataset")
+            _check_dtypes(f, path)
             packed = Packed(
                 images=f["images"][:],
                 labels=f["labels"][:].astype(np.int64),
-                tracks=f["tracks"][:] if "tracks" in f else np.full(len(f["labels"]), -1, np.int32),
-                filenames=[s.decode() if isinstance(s, bytes) else s for s in f["filenames"][:]],
+                tracks=f["tracks"][:].astype(np.int64) if "tracks" in f else np.full(len(f["labels"]), -1, np.int64),
+                filenames=[s.decode() if isinstance(s, bytes) else str(s) for s in f["filenames"][:]],
                 split=f["split"][:],
-                class_names=[s.decode() if isinstance(s, bytes) else s for s in f["class_names"][:]],
+                class_names=[s.decode() if isinstance(s, bytes) else str(s) for s in f["class_names"][:]],
                 attrs=dict(f.attrs),
                 frames=f["frames"][:] if "frames" in f else None,
-                boxes=f["boxes"][:] if "boxes" in f else None,
+                boxes=f["boxes"][:].astype(np.float32) if "boxes" in f else None,
             )
-    except OSError as e:
-        raise DataError(f"{path}: not a readable HDF5 file ({e})") from e
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: not a readable HDF5 pack ({e})") from e
+    check_schema(packed, path)
     if split is not None:
-        if split not in SPLIT_NAMES:
-            raise DataError(f"--split {split}: expected one of {', '.join(SPLIT_NAMES)}")
         packed = packed.subset(split)
     return packed
+
+
+def _check_dtypes(f: h5py.File, path: Path) -> None:
+    """Dataset kinds, before their contents are read: uint8 pixels, integer labels and codes, strings."""
+    def kind(name: str) -> str:
+        return f[name].dtype.kind
+
+    if f["images"].dtype != np.uint8:
+        raise DataError(f"{path}: images are {f['images'].dtype}, expected uint8 pixels (0-255)")
+    if "frames" in f and f["frames"].dtype != np.uint8:
+        raise DataError(f"{path}: frames are {f['frames'].dtype}, expected uint8 pixels (0-255)")
+    for name in ("labels", "split", "tracks"):
+        if name in f and kind(name) not in "iu":
+            raise DataError(f"{path}: {name} are {f[name].dtype}, expected integers")
+    if "boxes" in f and kind("boxes") != "f":
+        raise DataError(f"{path}: boxes are {f['boxes'].dtype}, expected fractions (floats)")
+    for name in ("filenames", "class_names"):
+        if kind(name) not in "OSU":
+            raise DataError(f"{path}: {name} are {f[name].dtype}, expected strings")
+
+
+def check_schema(p: Packed, path: Path | str) -> None:
+    """DataError naming ``path`` and the dataset unless ``p`` is a well-formed pack: (N, S, S, 3)
+    images, one label, split code, track and file name per image, labels within the class table."""
+    n = len(p.images)
+    if p.images.ndim != 4 or p.images.shape[3] != 3 or p.images.shape[1] != p.images.shape[2] or p.images.shape[1] < 1:
+        raise DataError(f"{path}: images have shape {p.images.shape}, expected (N, S, S, 3)")
+    size = p.attrs.get("size")
+    if size is not None and int(size) != p.images.shape[1]:
+        raise DataError(f"{path}: images are {p.images.shape[1]} px, but its size attribute says {size}")
+    for name, value in (("labels", p.labels), ("split", p.split), ("tracks", p.tracks), ("filenames", p.filenames)):
+        if len(value) != n or (isinstance(value, np.ndarray) and value.ndim != 1):
+            raise DataError(f"{path}: {name} has {len(value)} entries for {n} images")
+    if not 2 <= len(p.class_names) <= 1000:
+        raise DataError(f"{path}: class_names has {len(p.class_names)} entries")
+    if n and (p.labels.min() < 0 or p.labels.max() >= len(p.class_names)):
+        bad = int(p.labels[(p.labels < 0) | (p.labels >= len(p.class_names))][0])
+        raise DataError(f"{path}: labels: {bad} is outside 0-{len(p.class_names) - 1}")
+    if n and p.split.max() >= len(SPLIT_NAMES):
+        raise DataError(f"{path}: split: code {int(p.split.max())} is not one of "
+                        f"{', '.join(f'{i}={s}' for i, s in enumerate(SPLIT_NAMES))}")
+    if (p.frames is None) != (p.boxes is None):
+        raise DataError(f"{path}: frames and boxes come together; it has only {'frames' if p.boxes is None else 'boxes'}")
+    if p.frames is not None:
+        if p.frames.ndim != 4 or p.frames.shape[0] != n or p.frames.shape[3] != 3 or p.frames.shape[1] != p.frames.shape[2]:
+            raise DataError(f"{path}: frames have shape {p.frames.shape}, expected ({n}, F, F, 3)")
+        if p.boxes.shape != (n, 4):
+            raise DataError(f"{path}: boxes have shape {p.boxes.shape}, expected ({n}, 4)")
+        b = p.boxes
+        if n and not (np.isfinite(b).all() and (b >= 0).all() and (b <= 1).all()
+                      and (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()):
+            raise DataError(f"{path}: boxes must be fractions x1 < x2, y1 < y2 within [0, 1]")

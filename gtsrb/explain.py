@@ -129,6 +129,9 @@ def compute_excitations_file(checkpoint: str | os.PathLike, data: str | os.PathL
     if not clf.se_names:
         raise DataError(f"{checkpoint}: the model has no SE block, so there are no excitations to average")
     packed = load_pack(data, split)
+    if not len(packed.labels):  # averages over no image would be an empty file that looks like a result
+        raise DataError(f"{data}: no images in its {split} split; the class averages need a labelled split "
+                        f"(pack it without --keep-splits, or pass another --split)")
     pred = clf.predict_arrays(packed.images)
     stats = class_excitations(pred.excitations, packed.labels, clf.config.num_classes)
     predicted = pred.probs.argmax(1)

@@ -44,6 +44,9 @@ TEST_ARCHIVES: tuple[tuple[str, str | None], ...] = (
 ARCHIVES: dict[str, tuple[tuple[str, str | None], ...]] = {"train": TRAIN_ARCHIVES, "test": TEST_ARCHIVES}
 
 _CHUNK = 1 << 16
+# The most bytes one archive may have: the largest, the training archive, is about 276 MB. A mirror
+# that sends more is broken or hostile, and the download stops there instead of filling the disk.
+MAX_ARCHIVE_BYTES = 1 << 30
 _USER_AGENT = "gtsrb-fetch/0.1 (+python-urllib)"
 # Seconds before retry k is k * _RETRY_DELAY_S: a short pause lets a flapping
 # link or an overloaded server recover. Tests set it to 0.
@@ -76,6 +79,13 @@ def _say(msg: str) -> None:
 def _url(base_url: str, name: str) -> str:
     # A mirror given without the trailing slash must still mean "the folder".
     return base_url + ("" if base_url.endswith("/") else "/") + urllib.parse.quote(name)
+
+
+def check_base_url(url: str) -> str:
+    """``url`` if it is one fetch can use (http, https, or file for a local mirror), else FetchError."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https", "file"):
+        raise FetchError(f"--base-url {url}: expected an http://, https:// or file:// URL")
+    return url
 
 
 def md5sum(path: str | os.PathLike) -> str:
@@ -138,6 +148,9 @@ def _download_once(url: str, part: Path, name: str, timeout: float, progress: bo
                 _say(f"{name}: server does not resume downloads; restarting from zero")
             offset, mode = 0, "wb"
             end = length
+        too_big = f"{url}: more than {MAX_ARCHIVE_BYTES} bytes, larger than any GTSRB archive"
+        if end is not None and end > MAX_ARCHIVE_BYTES:
+            raise FetchError(too_big)
         with open(part, mode) as f, tqdm(
             total=end, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
             desc=name, disable=not progress, file=sys.stderr,
@@ -145,6 +158,11 @@ def _download_once(url: str, part: Path, name: str, timeout: float, progress: bo
             while chunk := resp.read(_CHUNK):
                 f.write(chunk)
                 bar.update(len(chunk))
+                if f.tell() > MAX_ARCHIVE_BYTES:
+                    break
+        if part.stat().st_size > MAX_ARCHIVE_BYTES:
+            part.unlink()  # no archive is this long: nothing worth resuming
+            raise FetchError(too_big)
     got = part.stat().st_size
     if end is not None and got < end:
         raise _ShortRead(f"connection closed after {got} of {end} bytes")

@@ -24,10 +24,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from gtsrb.validate import ConfigError
 from gtsrb.checkpoint import CheckpointError, load_checkpoint
 from gtsrb.classes import CLASS_NAMES
 from gtsrb.archive import DataError
-from gtsrb.preprocess import MAX_PIXELS, decode, preprocess
+from gtsrb.preprocess import MAX_PIXELS, decode, preprocess, read_image
 from gtsrb.model import ModelConfig, SEVGG, build_model, to_float_images
 
 ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
@@ -48,7 +49,9 @@ class Prediction:
 def load_image(image: ImageLike, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """A path, bytes, PIL image or array -> PIL image (DataError names a bad file).
 
-    ``max_pixels`` refuses a larger encoded image before decoding its pixels.
+    ``max_pixels`` refuses a larger encoded image before decoding its pixels (a quarter of it for
+    16-bit and alpha images); a file is refused from its header, or over
+    ``gtsrb.preprocess.MAX_IMAGE_BYTES``, before it is read whole.
     """
     if isinstance(image, Image.Image):
         return image
@@ -56,9 +59,11 @@ def load_image(image: ImageLike, max_pixels: int | None = MAX_PIXELS) -> Image.I
         path = Path(image)
         if path.is_dir():
             raise DataError(f"{path}: a directory, not an image file")
-        if not path.is_file():
+        if not path.exists():
             raise DataError(f"{path}: no such image file")
-        return decode(path.read_bytes(), str(path), max_pixels)
+        if not path.is_file():  # a FIFO or a device would never end, or never start
+            raise DataError(f"{path}: not a regular file")
+        return decode(read_image(path, max_pixels), str(path), max_pixels)
     if isinstance(image, bytes):
         return decode(image, "uploaded bytes", max_pixels)
     if isinstance(image, np.ndarray):
@@ -112,7 +117,12 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "Classifier":
-        device = torch.device(device)
+        try:
+            device = torch.device(device)
+        except RuntimeError as e:
+            raise ConfigError(f"--device {device}: not a device torch knows ({e})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: this machine has no CUDA GPU that torch can use")
         ckpt = load_checkpoint(path, map_location=device)
         try:
             model = build_model(ModelConfig.from_dict(ckpt["model_config"]))

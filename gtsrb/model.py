@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from gtsrb.classes import NUM_CLASSES
+from gtsrb.validate import ConfigError, check_dataclass
 
 # VGG-11 "A": numbers are conv widths, "M" ends a stage with a pool.
 CFG_A: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -100,40 +101,55 @@ class ModelConfig:
     input_norm: Literal["dataset", "image"] = "dataset"
 
     def __post_init__(self):
-        # JSON and checkpoints hand back lists; keep the dataclass hashable and exact.
-        object.__setattr__(self, "se_stages", tuple(bool(s) for s in self.se_stages))
-        object.__setattr__(self, "cfg", tuple(self.cfg))
-        object.__setattr__(self, "input_mean", tuple(float(v) for v in self.input_mean))
-        object.__setattr__(self, "input_std", tuple(float(v) for v in self.input_std))
+        # JSON and checkpoints hand back lists (made tuples here, so the dataclass stays hashable);
+        # a wrong type or range stops here with the field's name (gtsrb.validate).
+        check_dataclass(self, MODEL_RANGES, "ModelConfig")
+        if not self.cfg or self.cfg[-1] != "M" or any(v != "M" and (isinstance(v, str) or v < 1) for v in self.cfg):
+            raise ConfigError(f"ModelConfig.cfg: {list(self.cfg)!r} must be conv widths >= 1 and 'M' pools, ending in 'M'")
         if len(self.se_stages) != self.cfg.count("M"):
-            raise ValueError(f"se_stages has {len(self.se_stages)} entries for {self.cfg.count('M')} stages")
-        if self.se_form not in ("gate", "scale_shift"):
-            raise ValueError(f"se_form {self.se_form!r}: expected 'gate' or 'scale_shift'")
-        if self.se_position not in ("pre_bn", "post_act"):
-            raise ValueError(f"se_position {self.se_position!r}: expected 'pre_bn' or 'post_act'")
-        if self.image_size < 8 or self.num_classes < 2:
-            raise ValueError(f"image_size {self.image_size}, num_classes {self.num_classes}: need >= 8 and >= 2")
-        if self.input_norm not in ("dataset", "image"):
-            raise ValueError(f"input_norm {self.input_norm!r}: expected 'dataset' or 'image'")
-        if self.pool not in ("max", "avg"):
-            raise ValueError(f"pool {self.pool!r}: expected 'max' or 'avg'")
-        if self.se_reduction < 1:
-            raise ValueError(f"se_reduction {self.se_reduction}: must be >= 1")
+            raise ConfigError(f"ModelConfig.se_stages: {len(self.se_stages)} entries for {self.cfg.count('M')} stages")
+        side = feature_side(self)
+        if side < 1:
+            raise ConfigError(f"ModelConfig.image_size: {self.image_size} px is too small for {self.cfg.count('M')} "
+                              f"stages (a feature map shrinks to nothing)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"ModelConfig: expected a JSON object of fields, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown ModelConfig field(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown ModelConfig field(s): {', '.join(sorted(map(str, unknown)))}")
         return cls(**d)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
         return cls.from_dict(json.loads(text))
+
+
+# field -> (low, high, bounds): what each number may be (gtsrb.validate.check_dataclass).
+MODEL_RANGES = {
+    "se_reduction": (1, None, "[)"), "se_min_hidden": (1, None, "[)"),
+    "conv_dropout": (0.0, 1.0, "[)"), "classifier_dropout": (0.0, 1.0, "[)"),
+    "image_size": (8, 512, "[]"), "num_classes": (2, None, "[)"),
+    "input_mean": (0.0, 1.0, "[]"), "input_std": (0.0, None, "()"),
+}
+
+
+def feature_side(config: ModelConfig) -> int:
+    """The side of the last feature map for ``config``'s input size: the first conv has no padding,
+    a stage's pool halves (the last, kernel 1 stride 2, rounds up). Below 1 the network cannot run."""
+    side = config.image_size - 2
+    for i, v in enumerate(config.cfg):
+        if v == "M":
+            side = (side - 1) // 2 + 1 if i == len(config.cfg) - 1 else side // 2
+            if side < 1:
+                return 0
+    return side
 
 
 PRESETS: dict[str, ModelConfig] = {

@@ -6,14 +6,17 @@ so a served image is treated exactly as a packed one.
 
 from __future__ import annotations
 
+import functools
 import io
+import os
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence
 
-from gtsrb.archive import DataError, Layout
+from gtsrb.archive import DataError, Layout, Record, read_bounded
 
 DEFAULT_SIZE = 28  # the input size the project trains at
 
@@ -26,15 +29,26 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img = ImageOps.exif_transpose(img)
     if "transparency" in img.info and img.mode in ("L", "RGB"):  # a PNG tRNS colour: make it alpha
         img = img.convert("RGBA")
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith("I;16") or arr.max(initial=0) > 255:
-            arr = arr / 257.0  # 16-bit range -> 8-bit
+    if img.mode.startswith("I;16"):
+        # 16-bit range -> 8-bit: rint(x / 257) in integers (x / 257 never ends in .5), with no
+        # float copy of the image
+        arr = np.asarray(img).astype(np.uint32)
+        arr += 128
+        arr //= 257
+        img = Image.fromarray(arr.astype(np.uint8), "L")
+    elif img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)  # one float copy, then changed in place
+        if arr.max(initial=0) > 255:
+            arr /= 257.0  # 16-bit range -> 8-bit
         elif img.mode == "F" and arr.max(initial=0) <= 1.0:
-            arr = arr * 255.0
-        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+            arr *= 255.0
+        np.rint(arr, out=arr)
+        np.clip(arr, 0, 255, out=arr)
+        img = Image.fromarray(arr.astype(np.uint8), "L")
     if img.mode == "P":
-        img = img.convert("RGBA")
+        # straight to RGB unless some colour is transparent: the same pixels, without an RGBA copy
+        opaque = "transparency" not in img.info and getattr(img.palette, "mode", "RGB") == "RGB"
+        img = img.convert("RGB" if opaque else "RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         # Transparent pixels become neutral gray, near the data set's mean colour.
         img = img.convert("RGBA")
@@ -73,27 +87,49 @@ def roi_box(roi: tuple[int, int, int, int], stated_size: tuple[int, int],
 # The largest image decode() accepts by default: far above any traffic-sign photo (GTSRB's
 # images are at most a few hundred pixels wide), far below what would exhaust memory.
 MAX_PIXELS = 40_000_000
+# An image with more than 8 bits a channel or with alpha holds 2-4 bytes a pixel and passes through
+# wider copies on its way to 8-bit RGB (integers for 16-bit, RGBA composited on gray for alpha), so
+# it gets this fraction of the cap: its peak memory then stays near that of an 8-bit RGB image.
+WIDE_MODE_SHARE = 4
+# The most bytes an image file may hold: 4 bytes a pixel (a 32-bit BMP) at MAX_PIXELS, plus room
+# for metadata. Larger files are refused before they are read whole.
+MAX_IMAGE_BYTES = 4 * MAX_PIXELS + (1 << 20)
+
+_HIGH_DEPTH = {"I;16": "16-bit", "I;16L": "16-bit", "I;16B": "16-bit", "I;16N": "16-bit", "I": "32-bit",
+               "F": "32-bit float"}
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
-def decode(data: bytes, where: str, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
-    """Bytes -> fully decoded PIL image, or DataError naming ``where``.
+def _wide_kind(mode: str, info: dict) -> str | None:
+    """What makes an image of this mode costly to convert ("16-bit", "alpha-channel", ...), or None."""
+    if mode in _HIGH_DEPTH:
+        return _HIGH_DEPTH[mode]
+    if mode in _ALPHA_MODES or "transparency" in info:
+        return "alpha-channel"
+    return None
 
-    ``max_pixels`` refuses larger images before their pixels are decoded (the
-    header alone gives the size), so a huge file costs no memory; None: no cap.
-    """
-    if not data:
-        raise DataError(f"{where}: empty file (0 bytes)")
-    pixels = plain_ppm(data)
-    if pixels is not None:
-        h, w = pixels.shape[:2]
-        if max_pixels is not None and w * h > max_pixels:
-            raise DataError(f"{where}: image is {w}x{h} ({w * h / 1e6:.0f} megapixels); "
-                            f"the limit is {max_pixels / 1e6:.0f} megapixels, so downscale it first")
-        return Image.fromarray(pixels)
+
+def check_pixels(size: tuple[int, int], mode: str, info: dict, where: str, max_pixels: int | None) -> None:
+    """DataError naming ``where`` if an image of ``size`` and ``mode`` is over the pixel cap: ``max_pixels``
+    for 8-bit images, 1/WIDE_MODE_SHARE of it for 16-bit, 32-bit and alpha ones. None: no cap."""
+    if max_pixels is None:
+        return
+    w, h = size
+    kind = _wide_kind(mode, info)
+    limit = max_pixels if kind is None else max_pixels // WIDE_MODE_SHARE
+    if w * h > limit:
+        such, advice = (f" {kind}", f" for {kind} images is") if kind else ("", " is")
+        raise DataError(f"{where}: image is {w}x{h}{such} ({w * h / 1e6:.0f} megapixels); the limit{advice} "
+                        f"{limit / 1e6:.0f} megapixels, so downscale it"
+                        + (" or convert it to 8-bit RGB first" if kind else " first"))
+
+
+def _open(data: bytes, where: str, max_pixels: int | None) -> Image.Image:
+    """PIL's lazy open (the header only), or DataError naming ``where``."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
-            img = Image.open(io.BytesIO(data))
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked by the caller
+            return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         limit = f"; the limit is {max_pixels / 1e6:.0f} megapixels, so downscale it first" if max_pixels else ""
         raise DataError(f"{where}: image too large to decode safely ({e}){limit}") from e
@@ -101,10 +137,54 @@ def decode(data: bytes, where: str, max_pixels: int | None = MAX_PIXELS) -> Imag
         raise DataError(f"{where}: not an image, or a corrupt one (no image format recognised)") from None
     except Exception as e:  # a recognised header that PIL cannot parse: SyntaxError, ValueError, OSError, ...
         raise DataError(f"{where}: not an image, or a corrupt one ({e})") from e
-    w, h = img.size
-    if max_pixels is not None and w * h > max_pixels:
-        raise DataError(f"{where}: image is {w}x{h} ({w * h / 1e6:.0f} megapixels); "
-                        f"the limit is {max_pixels / 1e6:.0f} megapixels, so downscale it first")
+
+
+def check_header(head: bytes, where: str, max_pixels: int | None = MAX_PIXELS) -> None:
+    """Refuse an image over the pixel cap from the first bytes of its file (``HEAD_BYTES`` of them),
+    before the rest is read or inflated. A head that does not show the size (a format PIL cannot
+    parse from it, or no image at all) passes: ``decode`` checks the whole file again."""
+    if max_pixels is None:
+        return
+    m = _PPM_HEADER.match(head)
+    if m is not None:
+        return check_pixels((int(m[1]), int(m[2])), "RGB", {}, where, max_pixels)
+    try:
+        img = _open(head, where, max_pixels)
+    except DataError as e:
+        if isinstance(e.__cause__, Image.DecompressionBombError):
+            raise
+        return
+    with img:
+        check_pixels(img.size, img.mode, img.info, where, max_pixels)
+
+
+def read_image(path: Path, max_pixels: int | None = MAX_PIXELS) -> bytes:
+    """An image file's bytes, or DataError naming it: refused over MAX_IMAGE_BYTES, or from its header
+    over the pixel cap, before the whole file is read."""
+    where = str(path)
+    try:
+        with open(path, "rb") as f:
+            return read_bounded(f, os.fstat(f.fileno()).st_size, where, MAX_IMAGE_BYTES,
+                                functools.partial(check_header, where=where, max_pixels=max_pixels))
+    except OSError as e:
+        raise DataError(f"{where}: cannot be read ({e.strerror or e})") from e
+
+
+def decode(data: bytes, where: str, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """Bytes -> fully decoded PIL image, or DataError naming ``where``.
+
+    ``max_pixels`` refuses larger images before their pixels are decoded (the
+    header alone gives the size), so a huge file costs no memory; None: no cap.
+    16-bit, 32-bit and alpha images get a smaller cap (``check_pixels``).
+    """
+    if not data:
+        raise DataError(f"{where}: empty file (0 bytes)")
+    pixels = plain_ppm(data)
+    if pixels is not None:
+        check_pixels((pixels.shape[1], pixels.shape[0]), "RGB", {}, where, max_pixels)
+        return Image.fromarray(pixels)
+    img = _open(data, where, max_pixels)
+    check_pixels(img.size, img.mode, img.info, where, max_pixels)
     try:
         img.load()
     except Exception as e:
@@ -134,6 +214,13 @@ def plain_ppm(data: bytes) -> np.ndarray | None:
     return np.frombuffer(data, np.uint8, n, start).reshape(h, w, 3)
 
 
+def decode_record(layout: Layout, r: Record) -> Image.Image:
+    """One record's image, its header checked before the bytes are read whole (a bounded read)."""
+    source = layout.sources[r.source]
+    where = source.describe(r.name)
+    return decode(source.read(r.name, MAX_IMAGE_BYTES, functools.partial(check_header, where=where)), where)
+
+
 def decode_records(layout: Layout, size: int, roi: bool) -> tuple[np.ndarray, np.ndarray]:
     """``preprocess`` of every record's image, and a bool mask of those that decoded;
     the others' messages are added to ``layout.bad``. One image at a time, in this
@@ -142,10 +229,8 @@ def decode_records(layout: Layout, size: int, roi: bool) -> tuple[np.ndarray, np
     images = np.zeros((len(layout.records), size, size, 3), np.uint8)
     ok = np.ones(len(layout.records), bool)
     for k, r in enumerate(layout.records):
-        source = layout.sources[r.source]
         try:
-            img = decode(source.read(r.name), source.describe(r.name))
-            images[k] = preprocess(img, size, r.roi if roi else None, (r.width, r.height))
+            images[k] = preprocess(decode_record(layout, r), size, r.roi if roi else None, (r.width, r.height))
         except DataError as e:
             ok[k] = False
             layout.bad.append(str(e))
@@ -162,9 +247,8 @@ def decode_frames(layout: Layout, frame_size: int) -> tuple[np.ndarray, np.ndarr
     boxes = np.zeros((len(layout.records), 4), np.float32)
     ok = np.ones(len(layout.records), bool)
     for k, r in enumerate(layout.records):
-        source = layout.sources[r.source]
         try:
-            img = to_rgb(decode(source.read(r.name), source.describe(r.name)))
+            img = to_rgb(decode_record(layout, r))
             frames[k] = np.asarray(img.resize((frame_size, frame_size), Image.Resampling.BILINEAR), np.uint8)
             x1, y1, x2, y2 = roi_box(r.roi, (r.width, r.height), img.size)
             boxes[k] = (x1 / img.size[0], y1 / img.size[1], x2 / img.size[0], y2 / img.size[1])

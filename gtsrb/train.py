@@ -35,9 +35,12 @@ out), ``history.json``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 import os
 import random
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -59,6 +62,7 @@ from gtsrb.metrics import classification_metrics, confusion
 from gtsrb.cpu_routes import ROUTES, apply_routes
 from gtsrb.model import PRESETS, ModelConfig, build_model, to_float_images
 from gtsrb.splits import SPLIT_NAMES, cv_fold, track_subset
+from gtsrb.validate import ConfigError, check_dataclass
 
 PRECISIONS = ("auto", "bf16", "fp32")  # TrainConfig.precision
 METRIC_NAMES = ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall")
@@ -112,6 +116,33 @@ class TrainConfig:
     fold: int = -1
     folds: int = 5
 
+    def __post_init__(self):
+        # One check where every config is built (JSON, CLI, a study, a checkpoint): gtsrb.validate.
+        check_dataclass(self, TRAIN_RANGES, "TrainConfig")
+        for name, value, allowed in (("precision", self.precision, PRECISIONS),
+                                     ("cpu_routes", self.cpu_routes, ROUTES),
+                                     ("train_splits", self.train_splits, SPLIT_NAMES)):
+            values = value if isinstance(value, tuple) else (value,)
+            bad = [v for v in values if v not in allowed]
+            if bad or (name == "train_splits" and not values):
+                raise ConfigError(f"TrainConfig.{name}: {value!r}: expected {'some' if isinstance(value, tuple) else 'one'} "
+                                  f"of {', '.join(allowed)}")
+        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
+            raise ConfigError(f"TrainConfig.device: {self.device!r}: expected auto, cpu, cuda or cuda:N")
+        if self.fold >= self.folds:
+            raise ConfigError(f"TrainConfig.fold: {self.fold} of {self.folds} folds: expected -1 (none) or 0 to {self.folds - 1}")
+
+
+# field -> (low, high, bounds) for gtsrb.validate.check_dataclass.
+TRAIN_RANGES = {
+    "epochs": (1, None, "[)"), "batch_size": (1, None, "[)"), "lr": (0.0, None, "()"),
+    "weight_decay": (0.0, None, "[)"), "pct_start": (0.0, 1.0, "()"), "augment_strength": (0.0, 1 / 0.3, "[)"),
+    "dark_p": (0.0, 1.0, "[]"), "blur_p": (0.0, 1.0, "[]"), "erase_p": (0.0, 1.0, "[]"), "framing": (0.0, 1.0, "[]"),
+    "train_fraction": (0.0, 1.0, "(]"), "val_fraction": (0.0, 1.0, "(]"), "seed": (0, None, "[)"),
+    "log_every": (1, None, "[)"), "threads": (1, None, "[)"), "label_smoothing": (0.0, 1.0, "[)"),
+    "ema_decay": (0.0, 1.0, "[)"), "fold": (-1, None, "[)"), "folds": (2, None, "[)"),
+}
+
 
 
 # The accuracy recipe (results/REPORT.md, section 2.1): ModelConfig and TrainConfig fields that
@@ -128,22 +159,28 @@ def split_config(d: dict) -> tuple[ModelConfig, dict]:
     Keys may be ModelConfig fields, TrainConfig fields, or "preset" (the base model, default
     "seed"). A study's best_config.json and `gtsrb train --config` have this shape.
     """
+    if not isinstance(d, dict):
+        raise ConfigError(f"config: expected a JSON object of fields, got {type(d).__name__}")
     d = dict(d)
     preset = d.pop("preset", "seed")
-    if preset not in PRESETS:
-        raise ValueError(f"config: unknown preset {preset!r}: expected one of {', '.join(PRESETS)}")
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ConfigError(f"config.preset: {preset!r}: expected one of {', '.join(PRESETS)}")
     model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(d) - model_keys - train_keys
     if unknown:
-        raise ValueError(f"config: unknown key(s) {', '.join(sorted(unknown))}")
+        raise ConfigError(f"config: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
     model = dataclasses.replace(PRESETS[preset], **{k: v for k, v in d.items() if k in model_keys})
-    return ModelConfig.from_dict(model.to_dict()), {k: v for k, v in d.items() if k in train_keys}
+    train = {k: v for k, v in d.items() if k in train_keys}
+    TrainConfig(**train)  # the train fields' types and ranges, checked here rather than at first use
+    return ModelConfig.from_dict(model.to_dict()), train
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"TrainConfig.device: {name!r}, but this machine has no CUDA GPU that torch can use")
     return torch.device(name)
 
 
@@ -331,9 +368,13 @@ def make_train_step(
     # fused: one kernel over all parameters; on CPU the default per-tensor loop took
     # a tenth of each step.
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    # OneCycleLR divides by the warm-up's length in steps, pct_start * total - 1: zero (a crash) when
+    # the warm-up is exactly one step, as in a tiny run. Half a step more keeps the same shape.
+    pct_start = config.pct_start
+    if math.isclose(pct_start * config.epochs * steps_per_epoch, 1.0):
+        pct_start = 1.5 / (config.epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-        pct_start=config.pct_start,
+        optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch, pct_start=pct_start,
     )
     return TrainStep(model, optimizer, scheduler, augment, device, config, routes)
 
@@ -367,6 +408,13 @@ def fit(
     if not isinstance(data, Packed):
         pack_path = Path(data).resolve()
         data = load_pack(pack_path)
+    where = pack_path or "the pack"
+    if model_config.num_classes != len(data.class_names):
+        raise ConfigError(f"ModelConfig.num_classes: {model_config.num_classes}, but {where} has "
+                          f"{len(data.class_names)} classes")
+    if int(data.attrs.get("size", model_config.image_size)) != model_config.image_size:
+        raise ConfigError(f"ModelConfig.image_size: {model_config.image_size} px, but {where} is packed at "
+                          f"{data.attrs.get('size')} px")
     train, val = training_splits(data, config)
     # Data lives on the device as one uint8 tensor per split. Framing trains on the whole frames (and
     # their ROI boxes), cropped by the augmentation; val stays the pack's images.
@@ -420,10 +468,11 @@ def fit(
         ckpts.save(epoch, history)
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
         if progress:
+            held_out = (f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} f1 {row['val_macro_f1']:.4f}"
+                        if len(y_val) else "nothing held out (no val split)")
             tqdm.write(
                 f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
-                f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} f1 {row['val_macro_f1']:.4f} | "
-                f"{seconds:.0f} s, {row['images_per_s']:.0f} img/s"
+                f"{held_out} | {seconds:.0f} s, {row['images_per_s']:.0f} img/s"
             )
         if on_epoch is not None:
             on_epoch(row, ckpts.dir)
@@ -458,13 +507,24 @@ def training_splits(data: Packed, config: TrainConfig) -> tuple[Packed, Packed]:
     return train, val
 
 
+def data_fingerprint(data: Packed) -> str:
+    """A short digest of what a run trains and validates on (labels, splits, file names, a sample of
+    pixels): resume compares it, so a run never continues on another pack."""
+    h = hashlib.sha256()
+    for a in (data.labels, data.split, data.images[:: max(1, len(data.images) // 64)]):
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update("\n".join(data.filenames).encode())
+    return h.hexdigest()[:16]
+
+
 def _run_meta(model_config: ModelConfig, config: TrainConfig, data: Packed, pack_path: Path | None,
               train_step: TrainStep) -> dict:
     """What every checkpoint of the run carries besides its weights."""
     return {
         "model_config": model_config.to_dict(),
         "train_config": dataclasses.asdict(config),
-        "data": {"path": str(pack_path) if pack_path else None, **{k: _plain(v) for k, v in data.attrs.items()}},
+        "data": {"path": str(pack_path) if pack_path else None, **{k: _plain(v) for k, v in data.attrs.items()},
+                 "fingerprint": data_fingerprint(data)},
         "class_names": list(data.class_names),
         # What "auto" resolved to on this machine.
         "runtime": {
@@ -476,13 +536,20 @@ def _run_meta(model_config: ModelConfig, config: TrainConfig, data: Packed, pack
     }
 
 
+# TrainConfig fields a resumed run may change: they do not change what is trained.
+RESUME_MAY_CHANGE = ("threads", "log_every", "histograms")
+
+
 class RunCheckpoints:
-    """``last.pt`` every epoch (everything resume needs) and ``best.pt`` (weights of the best val
-    epoch; with nothing held out, of the last), both written atomically, ``last.pt`` first."""
+    """``last.pt`` every epoch (everything resume needs, the best epoch's weights included) and
+    ``best.pt`` (weights of the best val epoch; with nothing held out, of the last), both written
+    atomically, ``last.pt`` first. Because ``last.pt`` carries the best weights, resume rewrites
+    ``best.pt`` from it: whenever a kill came, ``best.pt`` ends as the epoch the history calls best."""
 
     def __init__(self, folder: Path, train_step: TrainStep, meta: dict, keep_best: bool):
         self.dir, self.train_step, self.meta, self.keep_best = folder, train_step, meta, keep_best
         self.best_acc = -1.0
+        self.best: tuple[int, dict] | None = None  # (epoch, weights) of the best epoch so far
         folder.mkdir(parents=True, exist_ok=True)
         for orphan in folder.glob(".*.pt.tmp-*"):  # left by a kill during a checkpoint write
             orphan.unlink(missing_ok=True)
@@ -492,15 +559,32 @@ class RunCheckpoints:
         ts = self.train_step
         return (ts.ema.module if ts.ema is not None else ts.model).state_dict()
 
+    def check_same_run(self, ckpt: dict, path: Path) -> None:
+        """ConfigError naming what differs when ``last.pt`` was written by another run than this one
+        (model, training options, data): a resumed run must be the run it continues."""
+        if ModelConfig.from_dict(ckpt["model_config"]) != ModelConfig.from_dict(self.meta["model_config"]):
+            raise ConfigError(f"{path}: its model config differs from this run's; train into a new --out")
+        then, now = ckpt.get("train_config", {}), self.meta["train_config"]
+        changed = sorted(k for k in set(then) | set(now)
+                         if k not in RESUME_MAY_CHANGE and _plain_json(then.get(k)) != _plain_json(now.get(k)))
+        if changed:
+            detail = ", ".join(f"{k} {then.get(k)!r} -> {now.get(k)!r}" for k in changed)
+            raise ConfigError(f"{path}: --resume of a run trained with other options ({detail}); "
+                              f"the schedule and data order depend on them: train into a new --out")
+        then_fp, now_fp = ckpt.get("data", {}).get("fingerprint"), self.meta["data"].get("fingerprint")
+        if then_fp is not None and then_fp != now_fp:
+            raise ConfigError(f"{path}: --resume with another pack than the run's "
+                              f"({ckpt['data'].get('path')}); train into a new --out")
+
     def resume(self, model_config: ModelConfig) -> list[dict]:
-        """Load last.pt into the step (model, EMA, optimizer, schedule, RNG); its history, or []."""
+        """Load last.pt into the step (model, EMA, optimizer, schedule, RNG) and rewrite best.pt from
+        it; its history, or []."""
         path = self.dir / "last.pt"
         if not path.exists():
             return []
         ts = self.train_step
         ckpt = load_checkpoint(path, map_location=ts.device)
-        if ModelConfig.from_dict(ckpt["model_config"]) != model_config:
-            raise ValueError(f"{path}: its model config differs from this run's")
+        self.check_same_run(ckpt, path)
         ts.model.load_state_dict(ckpt["train_model"] if ts.ema is not None else ckpt["model"])
         if ts.ema is not None:
             ts.ema.load_state_dict(ckpt["ema"])
@@ -508,17 +592,22 @@ class RunCheckpoints:
         ts.scheduler.load_state_dict(ckpt["scheduler"])
         _set_rng_state(ckpt["rng"], ts.device)
         history = list(ckpt["history"])
-        self.best_acc = max((h["val_accuracy"] for h in history), default=-1.0)
-        if not (self.dir / "best.pt").is_file():
-            # Killed while best.pt was written (last.pt is written first): last.pt holds that epoch's weights.
-            save_checkpoint({**self.meta, "model": ckpt["model"], "epoch": ckpt["epoch"], "history": history},
-                            self.dir / "best.pt")
-            self.best_acc = history[-1]["val_accuracy"]
+        if "best_epoch" in ckpt:
+            self.best = (ckpt["best_epoch"], ckpt.get("best_model", ckpt["model"]))
+        else:  # a last.pt without the best weights: its own epoch is the best it can vouch for
+            self.best = (ckpt["epoch"], ckpt["model"])
+        self.best_acc = history[self.best[0] - 1]["val_accuracy"]
+        self._write_best(history)
         return history
 
     def save(self, epoch: int, history: list[dict]) -> None:
         ts = self.train_step
         weights = self._weights()
+        improved = history[-1]["val_accuracy"] > self.best_acc or not self.keep_best
+        if improved:
+            self.best_acc = history[-1]["val_accuracy"]
+            self.best = (epoch, {k: v.detach().clone() for k, v in weights.items()})
+        best_epoch, best_weights = self.best
         save_checkpoint({
             **self.meta,
             "model": weights,
@@ -528,10 +617,21 @@ class RunCheckpoints:
             "rng": _rng_state(ts.device),
             "epoch": epoch,
             "history": history,
+            "best_epoch": best_epoch,
+            **({"best_model": best_weights} if best_epoch != epoch else {}),
         }, self.dir / "last.pt")
-        if history[-1]["val_accuracy"] > self.best_acc or not self.keep_best:
-            self.best_acc = history[-1]["val_accuracy"]
-            save_checkpoint({**self.meta, "model": weights, "epoch": epoch, "history": history}, self.dir / "best.pt")
+        if improved:
+            self._write_best(history)
+
+    def _write_best(self, history: list[dict]) -> None:
+        epoch, weights = self.best
+        save_checkpoint({**self.meta, "model": weights, "epoch": epoch, "history": history[:epoch]},
+                        self.dir / "best.pt")
+
+
+def _plain_json(v):
+    """A config value as JSON would hold it (tuples and lists alike)."""
+    return json.loads(json.dumps(v))
 
 
 class TrainLog:

@@ -26,6 +26,40 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temp files ``atomic_path`` left beside ``path`` in processes that no longer run
+    (``.NAME.tmp-PID``, with any suffix): a kill -9 or a power cut skips its cleanup, and nothing
+    else would ever remove them. A live process's temp file is its write in progress and stays.
+    Returns what was removed."""
+    path = Path(path)
+    removed = []
+    prefix = f".{path.name}.tmp-"
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return removed  # no folder yet: nothing was left there
+    for p in siblings:
+        pid = p.name[len(prefix):].split(".", 1)[0] if p.name.startswith(prefix) else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass  # gone already, or not ours to remove: the write itself does not depend on it
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # another user's process, or no valid pid at all
+    return True
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -66,3 +100,4 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+

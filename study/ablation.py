@@ -40,7 +40,6 @@ this run's.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
@@ -51,6 +50,7 @@ from pathlib import Path
 import h5py
 import pandas as pd
 
+from gtsrb.archive import DataError
 from gtsrb.checkpoint import load_checkpoint
 from gtsrb.data import load_pack
 from gtsrb.inference import Classifier
@@ -58,7 +58,9 @@ from gtsrb.metrics import calibration, classification_metrics
 from gtsrb.model import ModelConfig
 from gtsrb.train import PRECISIONS, RECIPE, TrainConfig, fit, split_config
 from gtsrb.util import atomic_path, machine, write_text_atomic
-from study.records import PRECISION_HELP, TOP
+from gtsrb.validate import fraction, non_negative_int, positive_int
+from study.cli import ArgumentParser, check_config, entry_point, read_config, require_pack
+from study.records import PRECISION_HELP, TOP, read_json
 from study.space import best_config_json
 from study.summary import PARAM_ORDER, study_budget
 
@@ -217,8 +219,9 @@ def score(checkpoint: Path, pack: Path) -> dict:
             "ece": calibration(probs, test.labels)["ece"]}
 
 
+@entry_point("study.ablation")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m study.ablation", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m study.ablation", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="track-split pack made with --roi")
     p.add_argument("--random-data", type=Path, help="random-split pack made with --roi (for seed_random)")
     p.add_argument("--study", type=Path, help="a study folder, for the top1..top3 arms")
@@ -226,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the configuration released before this study (a best_config.json): the incumbent "
                         "arm, and left out of the top arms' ranking")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--train-fraction", type=float, default=1.0, help="whole tracks; 1.0 for the real ablation")
+    p.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0, 1, 2])
+    p.add_argument("--epochs", type=positive_int, default=8)
+    p.add_argument("--train-fraction", type=fraction, default=1.0, help="whole tracks; 1.0 for the real ablation")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help=PRECISION_HELP)
     p.add_argument("--runs", type=Path, default=Path("runs/ablation"))
@@ -237,18 +240,22 @@ def main(argv: list[str] | None = None) -> int:
 
     packs = {"track": a.data, "random": a.random_data}
     arms = [x for x in a.arms if x != "seed_random" or a.random_data]
+    # Every input before any training: the packs and their splits, the incumbent config, the study's
+    # summaries, each arm's configuration.
+    for kind, flag in (("track", "--data"), ("random", "--random-data")):
+        if packs[kind] is not None:
+            require_pack(packs[kind], ("train", "val", "test"), flag)
+    # Read whenever an arm needs it: the incumbent arm, and the top arms' ranking, which leaves it out.
+    incumbent = None
+    if "incumbent" in arms or set(arms) & set(TOP):
+        incumbent = read_config(a.incumbent_config, "--incumbent-config")
     try:
-        # Read whenever an arm needs it: the incumbent arm, and the top arms' ranking, which leaves it out.
-        incumbent = None
-        if "incumbent" in arms or set(arms) & set(TOP):
-            try:
-                incumbent = json.loads(a.incumbent_config.read_text())
-            except (OSError, ValueError) as e:
-                raise ValueError(f"--incumbent-config {a.incumbent_config}: {e}") from None
         specs = {arm: arm_spec(arm, a.study, incumbent) for arm in arms}
-    except ValueError as e:
-        print(f"ablation: error: {e}", file=sys.stderr)
-        return 2
+    except (KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"--study {a.study}: summary.csv or curves.csv is not a study's summary "
+                        f"({type(e).__name__}: {e}); rewrite it with `python -m study.tune --summarize`") from None
+    for arm, (flat, _) in specs.items():
+        check_config({**flat, **RECIPE}, f"arm {arm}")
     a.results.mkdir(parents=True, exist_ok=True)
     for arm, seed in plan(arms, a.seeds):
         flat, pack_kind = specs[arm]
@@ -258,24 +265,22 @@ def main(argv: list[str] | None = None) -> int:
                                       "histograms": False})
         done = a.results / f"{arm}-seed{seed}.json"
         if done.exists():
-            record = json.loads(done.read_text())
+            record = read_json(done)
+            if not isinstance(record, dict):
+                raise DataError(f"{done}: not an ablation record (a JSON object)")
             if record.get("config", flat) != json.loads(json.dumps(flat)):
-                print(f"ablation: error: {done} holds another configuration than this run's {arm} arm ({flat}): "
-                      f"another incumbent, or the study's ranking has changed. Pass --results DIR for the new "
-                      f"ablation.", file=sys.stderr)
-                return 2
+                raise DataError(f"{done} holds another configuration than this run's {arm} arm ({flat}): another "
+                                f"incumbent, or the study's ranking has changed. Pass --results DIR for the new ablation.")
             other = done_at_another_budget(record, train_config)
             if other:
-                print(f"ablation: error: {done} holds a run at another budget ({'; '.join(other)}). Move that "
-                      f"folder's records away (the quick ablation's are in results/ablation-quick) or pass "
-                      f"--results DIR.", file=sys.stderr)
-                return 2
+                raise DataError(f"{done} holds a run at another budget ({'; '.join(other)}). Move that folder's "
+                                f"records away (the quick ablation's are in results/ablation-quick) or pass --results DIR.")
             print(f"{arm} seed {seed}: done, skipped", flush=True)
             continue
         out = a.runs / arm / f"seed{seed}"
         print(f"{arm} seed {seed}: training -> {out}", flush=True)
         if (out / "last.pt").exists():  # a killed run resumes; it may have started from a study trial
-            adopted = json.loads((out / ADOPTED).read_text()) if (out / ADOPTED).is_file() else None
+            adopted = read_json(out / ADOPTED) if (out / ADOPTED).is_file() else None
         else:
             trial = study_trial(arm, a.study, incumbent)
             adopted = adopt_trial(a.study, trial, out, model_config, train_config, packs[pack_kind]) if trial else None

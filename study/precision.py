@@ -16,16 +16,19 @@ to the same file.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
+from gtsrb.archive import DataError
 from gtsrb.checkpoint import load_checkpoint
 from gtsrb.model import PRESETS
 from gtsrb.train import TrainConfig, fit
 from gtsrb.util import machine, write_text_atomic
+from gtsrb.validate import fraction, non_negative_int, positive_int
+from study.cli import ArgumentParser, entry_point, require_pack
+from study.records import read_json
 
 PATHS = {
     "fp32": {"precision": "fp32", "channels_last": False},
@@ -34,16 +37,20 @@ PATHS = {
 }
 
 
+@entry_point("study.precision")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m study.precision", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m study.precision", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("data/gtsrb28.h5"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1])
+    p.add_argument("--epochs", type=positive_int, default=3)
     p.add_argument("--out", type=Path, default=Path("results/bench/precision.json"))
     p.add_argument("--runs", type=Path, default=Path("runs/precision"))
-    p.add_argument("--train-fraction", type=float, default=1.0, help="share of the train split (whole tracks)")
+    p.add_argument("--train-fraction", type=fraction, default=1.0, help="share of the train split (whole tracks)")
     a = p.parse_args(argv)
-    record = json.loads(a.out.read_text()) if a.out.exists() else {"runs": []}
+    record = read_json(a.out) if a.out.exists() else {"runs": []}
+    if not isinstance(record, dict) or not isinstance(record.get("runs"), list):
+        raise DataError(f"{a.out}: not a precision record (a JSON object with a list of runs)")
+    require_pack(a.data, ("train", "val"))
     done = {(r["path"], r["seed"], r["epochs"], r.get("train_fraction", 1.0)) for r in record["runs"]}
     for seed in a.seeds:
         for path, options in PATHS.items():

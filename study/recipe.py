@@ -22,7 +22,10 @@ the schedule is fixed, nothing is chosen on val. Arms:
   difference within one run;
 - ``long``: the recipe for LONG times ``--epochs`` (the same one-cycle schedule, stretched);
 - ``robust``: the recipe plus the three robustness augmentations (``ROBUST``: darkening, blur,
-  occlusion; ``gtsrb.augment``), and ``dark``, ``blur``, ``erase``: the recipe plus one of them.
+  occlusion; ``gtsrb.augment``), and ``dark``, ``blur``, ``erase``: the recipe plus one of them;
+- ``framing``: the recipe plus the framing crop (``FRAMING``; half the images cropped between their
+  ROI and their whole frame), and ``robust_framing``: both. They need ``--data`` packed with
+  ``--roi --frame-size 32``, whose ROI images are those of the plain ROI pack.
 
 ``--protocol cv`` (issue 33's selection protocol): run k validates on fold k of a track-grouped
 5-fold split of the pack's train and val splits pooled (``gtsrb.splits.cv_fold``) with seed k, and
@@ -40,19 +43,21 @@ configuration); a run with that file is skipped, and a killed run resumes from i
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
+from gtsrb.archive import DataError
 from gtsrb.checkpoint import load_checkpoint, save_checkpoint
 from gtsrb.data import load_pack
 from gtsrb.evaluate import evaluate
 from gtsrb.inference import Classifier
 from gtsrb.train import PRECISIONS, RECIPE, TrainConfig, fit, split_config, training_splits
 from gtsrb.util import machine, write_text_atomic
-from study.records import PRECISION_HELP
+from gtsrb.validate import fraction, non_negative_int, positive_int
+from study.cli import ArgumentParser, entry_point, read_config, require_pack
+from study.records import PRECISION_HELP, read_json
 
 PIECES = {"mirror": "mirror", "smoothing": "label_smoothing"}
 # Candidates the recipe does not hold, each added to it (the contrast norm was in it until it lost).
@@ -61,7 +66,9 @@ EXTRAS: dict[str, dict] = {"norm": {"input_norm": "image"}, "balanced": {"balanc
                            "se_bias": {"se_bias": True}}
 # The robustness augmentations at the strengths an independent check on the official test set used (issue 33).
 ROBUST: dict = {"dark_p": 0.3, "blur_p": 0.2, "erase_p": 0.5}
-EXTRAS |= {"robust": ROBUST, **{k[:-2]: {k: v} for k, v in ROBUST.items()}}
+FRAMING: dict = {"framing": 0.5}
+EXTRAS |= {"robust": ROBUST, **{k[:-2]: {k: v} for k, v in ROBUST.items()},
+           "framing": FRAMING, "robust_framing": {**ROBUST, **FRAMING}}
 LONG = 2  # the long arm trains this many times --epochs
 ARMS = ("recipe", "old", "no_roi", *(f"no_{p}" for p in PIECES), *EXTRAS, "long")
 
@@ -85,7 +92,9 @@ def other_recipe(folder: Path) -> str | None:
     """Why ``folder``'s records were made under another recipe than today's ``RECIPE`` (a record whose
     overrides are not its arm's today, or of an arm that no longer exists), or None."""
     for f in sorted([*folder.glob("*-seed*.json"), *folder.glob("*-fold*.json")]):
-        r = json.loads(f.read_text())
+        r = read_json(f)
+        if not isinstance(r, dict) or "arm" not in r:
+            raise DataError(f"{f}: not a recipe record (no arm)")
         try:
             today = json.loads(json.dumps(arm_spec(r["arm"])[0]))
         except ValueError:
@@ -106,23 +115,27 @@ def raw_weights_metrics(last: Path, pack: Path) -> dict:
         tmp.unlink(missing_ok=True)
 
 
-def wrong_files(checkpoint: Path, pack: Path, config: TrainConfig) -> dict[str, list[str]]:
-    """The file names ``checkpoint`` gets wrong on the run's own val (its fold under cv) and on test."""
+def scores(checkpoint: Path, pack: Path, config: TrainConfig) -> dict[str, dict]:
+    """Accuracy and the file names ``checkpoint`` gets wrong on the run's own val (its fold under cv)
+    and on test of ``pack``."""
     data = load_pack(pack)
     clf = Classifier.load(checkpoint)
     out = {}
     for name, part in (("val", training_splits(data, config)[1]), ("test", data.subset("test"))):
         pred = clf.predict_arrays(part.images).probs.argmax(1)
-        out[name] = sorted(f for f, p, y in zip(part.filenames, pred, part.labels) if p != y)
+        out[name] = {"accuracy": float((pred == part.labels).mean()),
+                     "wrong": sorted(f for f, p, y in zip(part.filenames, pred, part.labels) if p != y)}
     return out
 
 
 def base_config(preset: str, best_config: Path) -> dict:
-    return json.loads(best_config.read_text()) if preset == "best" else {"preset": preset}
+    """The preset, or for ``best`` the config file's fields, checked (``study.cli.read_config``)."""
+    return read_config(best_config) if preset == "best" else {"preset": preset}
 
 
+@entry_point("study.recipe")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m study.recipe", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m study.recipe", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="track-split pack made with --roi")
     p.add_argument("--full-frame-data", type=Path, help="the same split without --roi (for no_roi)")
     p.add_argument("--preset", default="seed", choices=("seed", "best"))
@@ -131,12 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="the records' folder under --results (default: the preset). One folder per "
                                    "configuration: a study arm's name, e.g. top1, pairs with results/ablation/top1-seed*")
     p.add_argument("--arms", nargs="+", default=["recipe", "old"], choices=ARMS)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+    p.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0, 1, 2],
                    help="seeds; under --protocol cv, the folds (run k: fold k, seed k)")
     p.add_argument("--protocol", choices=("split", "cv"), default="split",
                    help="split: validate on the pack's val split; cv: on fold k of train+val pooled (see above)")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--train-fraction", type=float, default=1.0, help="whole tracks; 1.0 for the real ablation")
+    p.add_argument("--epochs", type=positive_int, default=8)
+    p.add_argument("--train-fraction", type=fraction, default=1.0, help="whole tracks; 1.0 for the real ablation")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help=PRECISION_HELP)
     p.add_argument("--runs", type=Path, default=Path("runs/recipe"))
@@ -145,24 +158,37 @@ def main(argv: list[str] | None = None) -> int:
 
     name = a.name or a.preset
     results = a.results / name
+    # Every input before any training: the config, the packs and their splits, the seeds, the records.
+    base = base_config(a.preset, a.config)
+    require_pack(a.data, ("train", "val", "test"))
+
+    def record(arm: str, seed: int) -> Path:
+        return results / (f"{arm}-fold{seed}.json" if a.protocol == "cv" else f"{arm}-seed{seed}.json")
+
+    full_frame_arms = [arm for arm in a.arms if not arm_spec(arm)[1] and any(not record(arm, s).exists() for s in a.seeds)]
+    if full_frame_arms and a.full_frame_data is None:
+        raise DataError(f"--arms {' '.join(full_frame_arms)}: trains on the full-frame pack; pass --full-frame-data")
+    if a.full_frame_data is not None:
+        require_pack(a.full_frame_data, ("train", "val", "test"), "--full-frame-data")
+    folds = TrainConfig().folds
+    if a.protocol == "cv" and max(a.seeds) >= folds:
+        raise DataError(f"--seeds {max(a.seeds)}: under --protocol cv seed k validates on fold k, 0 to {folds - 1}")
+    for arm in a.arms:  # the arms' overrides on top of the config
+        split_config({**base, **arm_spec(arm)[0]})
     results.mkdir(parents=True, exist_ok=True)
     stale = other_recipe(results)
     if stale:
-        print(f"recipe: error: {stale}. The arms of one folder are compared with each other, so a run under "
-              f"today's recipe does not go beside them: pass --name NEW for a new folder.", file=sys.stderr)
-        return 2
+        raise DataError(f"{stale}. The arms of one folder are compared with each other, so a run under "
+                        f"today's recipe does not go beside them: pass --name NEW for a new folder.")
     for seed in a.seeds:  # seed-major: an interrupted ablation still has every arm at the first seeds
         for arm in a.arms:
-            done = results / (f"{arm}-fold{seed}.json" if a.protocol == "cv" else f"{arm}-seed{seed}.json")
+            done = record(arm, seed)
             overrides, roi = arm_spec(arm)
             if done.exists():
                 print(f"{name} {arm} seed {seed}: done, skipped", flush=True)
                 continue
             pack = a.data if roi else a.full_frame_data
-            if pack is None:
-                print(f"recipe: error: arm {arm} needs --full-frame-data", file=sys.stderr)
-                return 2
-            model_config, train_over = split_config({**base_config(a.preset, a.config), **overrides})
+            model_config, train_over = split_config({**base, **overrides})
             epochs = a.epochs * (LONG if arm == "long" else 1)
             train_config = TrainConfig(**{**train_over, "epochs": epochs, "seed": seed,
                                               "train_fraction": a.train_fraction, "precision": a.precision,
@@ -177,24 +203,26 @@ def main(argv: list[str] | None = None) -> int:
             test = evaluate(out / "last.pt", pack, "test")
             test.pop("per_class", None)
             val_accuracy = history[-1]["val_accuracy"] if a.protocol == "cv" else evaluate(out / "last.pt", pack, "val")["accuracy"]
-            full_frame = None
-            if a.full_frame_data is not None and roi:
-                full_frame = evaluate(out / "last.pt", a.full_frame_data, "test")["accuracy"]
+            own = scores(out / "last.pt", pack, train_config)
+            # The same images uncropped (the full-frame pack has the same split): what a tester uploads.
+            full_frame = scores(out / "last.pt", a.full_frame_data, train_config) if a.full_frame_data and roi else None
             raw = raw_weights_metrics(out / "last.pt", pack) if train_config.ema_decay > 0 else None
-            record = {
+            result = {
                 "preset": a.preset, "name": name, "config_file": str(a.config) if a.preset == "best" else None,
                 "arm": arm, "seed": seed, "pack": str(pack), "roi": roi,
                 "overrides": overrides, "model_config": model_config.to_dict(),
                 "train_config": train_config.__dict__, "history": history,
                 "protocol": a.protocol, "val_accuracy": val_accuracy, "test": test,
-                **({"full_frame_test_accuracy": full_frame} if full_frame is not None else {}),
-                "wrong": wrong_files(out / "last.pt", pack, train_config),
+                **({"full_frame_test_accuracy": full_frame["test"]["accuracy"],
+                    "full_frame_val_accuracy": full_frame["val"]["accuracy"],
+                    "full_frame_wrong": {k: v["wrong"] for k, v in full_frame.items()}} if full_frame else {}),
+                "wrong": {k: v["wrong"] for k, v in own.items()},
                 "wall_seconds": round(seconds, 1), "train_seconds": round(sum(h["seconds"] for h in history), 1),
                 "machine": machine(),
                 "command": "python -m study.recipe " + " ".join(argv or sys.argv[1:]),
                 **({"raw": raw} if raw else {}),
             }
-            write_text_atomic(done, json.dumps(record, indent=1) + "\n")
+            write_text_atomic(done, json.dumps(result, indent=1) + "\n")
             print(f"{name} {arm} seed {seed}: val {val_accuracy:.4f} "
                   f"test {test['accuracy']:.4f} ({seconds:.0f} s)", flush=True)
     return 0

@@ -4,9 +4,16 @@ mean ± std is written. Numpy only: the tab imports this and must not import tor
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+
+from gtsrb.archive import DataError
+
+# Records, profiles and configs are kilobytes to a few megabytes; a file far beyond that is not one,
+# and reading it whole would take the memory (``/dev/zero`` has no end at all).
+MAX_JSON_BYTES = 256 * 1024**2
 
 ARM_LABELS = {"seed": "seed preset (SE on all 5 stages)", "no_se": "no SE (plain VGG-11)",
               "incumbent": "incumbent (quick study's winner)",
@@ -34,3 +41,22 @@ def ablation_folder(results: Path = Path("results")) -> Path:
     quick ablation that came before it, ``results/ablation-quick``."""
     new, quick = results / "ablation", results / "ablation-quick"
     return new if any(new.glob("*-seed*.json")) or not quick.is_dir() else quick
+
+
+def read_json(path: Path):
+    """A stored JSON file (a record, a profile, a config) -> its value. DataError naming the file when it
+    cannot be read, is not UTF-8, is not JSON (a truncated write included) or is too large to be one."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    if len(raw) > MAX_JSON_BYTES:
+        raise DataError(f"{path}: over {MAX_JSON_BYTES // 1024**2} MB, too large for a JSON record")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None

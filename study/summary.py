@@ -9,6 +9,10 @@ from the Optuna study in optuna.db, Optuna's own plots: history.png,
 parallel.png, intermediate.png (every trial's per-epoch val accuracy, pruned
 ones included) and, when at least IMPORTANCE_MIN_TRIALS trials completed the
 full budget, importances.png (fANOVA).
+
+Every trial file is read before anything is written, and each summary is written atomically: a
+truncated result.json (a study killed mid-write) is refused with its file and line, and leaves the
+summaries of the last good run in place.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from gtsrb.archive import DataError
+from gtsrb.util import atomic_path, write_text_atomic
+from study.records import read_json
 from study.space import FIXED_POINTS, SE_STAGE_KEYS, best_config_json
 from study.tune import OPTUNA_DB, PROFILE_FILE, optuna_storage_url
 
@@ -42,6 +49,35 @@ def _status(trial_dir: Path, results: list[dict]) -> str:
     return "RUNNING" if results else "PENDING"
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _results(path: Path) -> list[dict]:
+    """The rows of a trial's result.json (JSON lines), each one checked."""
+    if not path.exists():
+        return []
+    rows = []
+    text = _read_text(path)
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {n} is not valid JSON ({e.msg}); a write cut short? Remove that "
+                            f"line, or the trial folder") from None
+        if not isinstance(row, dict) or ("val_accuracy" in row and not isinstance(row.get("epoch"), int)):
+            raise DataError(f"{path}: line {n} is not a trial result (an object with epoch and val_accuracy)")
+        rows.append(row)
+    return rows
+
+
 def load_trials(study_dir: Path) -> pd.DataFrame:
     """One row per trial folder: role, parameters, best val accuracy, epochs run, status.
 
@@ -51,9 +87,11 @@ def load_trials(study_dir: Path) -> pd.DataFrame:
     rows = []
     for params_file in sorted(Path(study_dir).glob("*/params.json")):
         trial_dir = params_file.parent
-        config = {k: v for k, v in json.loads(params_file.read_text()).items() if k in PARAM_ORDER}
-        results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()
-                   if line.strip()] if (trial_dir / "result.json").exists() else []
+        params = read_json(params_file)
+        if not isinstance(params, dict):
+            raise DataError(f"{params_file}: not a trial's parameters (a JSON object)")
+        config = {k: v for k, v in params.items() if k in PARAM_ORDER}
+        results = _results(trial_dir / "result.json")
         # One result per epoch, the latest: a trial that started over (its checkpoint's weights were not
         # on the machine that continued the study) reported its first epochs twice.
         results = sorted({r["epoch"]: r for r in results if "val_accuracy" in r}.values(), key=lambda r: r["epoch"])
@@ -82,8 +120,11 @@ def study_budget(study: Path, summary: pd.DataFrame) -> tuple[int, int]:
     (the epoch every finished trial reached, and the most any trial ran)."""
     profile = study / PROFILE_FILE
     if profile.is_file():
-        p = json.loads(profile.read_text())
-        return int(p["grace"]), int(p["epochs"])
+        p = read_json(profile)
+        try:
+            return int(p["grace"]), int(p["epochs"])
+        except (TypeError, KeyError, ValueError) as e:
+            raise DataError(f"{profile}: no whole-number grace and epochs ({type(e).__name__}: {e})") from None
     done = summary[summary["status"] == "TERMINATED"] if "status" in summary else summary
     return int((done if len(done) else summary)["epochs_run"].min()), int(summary["epochs_run"].max())
 
@@ -91,7 +132,13 @@ def study_budget(study: Path, summary: pd.DataFrame) -> tuple[int, int]:
 def write_summaries(study_dir: Path, max_epochs: int | None = None, top: int = 5) -> str:
     """Write the summaries; return the markdown table (and the Optuna study's line)."""
     study_dir = Path(study_dir)
-    trials = load_trials(study_dir).sort_values("best_val_accuracy", ascending=False)
+    if not study_dir.is_dir():
+        raise DataError(f"{study_dir}: no such study folder")
+    trials = load_trials(study_dir)
+    if trials.empty:
+        raise DataError(f"{study_dir}: no trial folders (*/params.json): not a study, or one whose first "
+                        f"trial has not started")
+    trials = trials.sort_values("best_val_accuracy", ascending=False)
     max_epochs = max_epochs or study_budget(study_dir, trials)[1]
     trials["outcome"] = [
         "error" if s == "ERROR" else ("stopped early (ASHA)" if e < max_epochs else "full budget") if s == "TERMINATED" else s.lower()
@@ -103,20 +150,22 @@ def write_summaries(study_dir: Path, max_epochs: int | None = None, top: int = 5
     trials = trials[trials["epochs_run"] > 0].copy()
     # Per-epoch validation accuracy, long format: the effects in the report compare trials at equal epochs.
     curves = [(t, e + 1, v) for t, c in zip(trials["trial_id"], trials.pop("val_curve")) for e, v in enumerate(c)]
-    pd.DataFrame(curves, columns=["trial_id", "epoch", "val_accuracy"]).to_csv(study_dir / "curves.csv", index=False)
-    trials.to_csv(study_dir / "summary.csv", index=False)
+    with atomic_path(study_dir / "curves.csv") as tmp:
+        pd.DataFrame(curves, columns=["trial_id", "epoch", "val_accuracy"]).to_csv(tmp, index=False)
+    with atomic_path(study_dir / "summary.csv") as tmp:
+        trials.to_csv(tmp, index=False)
     finished = trials.dropna(subset=["best_val_accuracy"])
     if len(finished):
         # The exact parameters, from the trial's own params.json (the table has NaNs).
-        params = json.loads((study_dir / finished.iloc[0]["trial_dir"] / "params.json").read_text())
-        (study_dir / "best_config.json").write_text(json.dumps(best_config_json(params), indent=1) + "\n")
+        params = read_json(study_dir / finished.iloc[0]["trial_dir"] / "params.json")
+        write_text_atomic(study_dir / "best_config.json", json.dumps(best_config_json(params), indent=1) + "\n")
     shown = pd.concat([finished.head(top), finished[finished["role"] != "searched"]]).drop_duplicates("trial_id")
     table = _markdown(shown, outcomes, trials["train_seconds"].sum() / 3600)
     if len(finished) >= 2:
         _plot(finished, study_dir / "params.png")
     if (study_dir / OPTUNA_DB).is_file():
         table += "\n\n" + optuna_plots(study_dir)
-    (study_dir / "top.md").write_text(table + "\n")
+    write_text_atomic(study_dir / "top.md", table + "\n")
     return table
 
 
@@ -181,7 +230,8 @@ def optuna_plots(study_dir: Path) -> str:
             ax = plot(study)
         fig = ax.figure
         fig.set_size_inches(*size)
-        fig.savefig(study_dir / name, dpi=90, bbox_inches="tight")
+        with atomic_path(study_dir / name, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=90, bbox_inches="tight")
         plt.close(fig)
     counts = ", ".join(f"{n} {state.lower()}" for state, n in states.items())
     return f"Optuna study `{OPTUNA_DB}`: {len(study.trials)} trials ({counts}). {note}"
@@ -220,5 +270,6 @@ def _plot(df: pd.DataFrame, path: Path) -> None:
         ax.axis("off")
     fig.suptitle(f"Each searched parameter against the trial's best val accuracy ({len(df)} trials; red: seed and no-SE)")
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)

@@ -17,7 +17,6 @@ Optuna's plots and optuna-dashboard.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -25,6 +24,11 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from gtsrb.archive import DataError
+from gtsrb.util import write_text_atomic
+from gtsrb.validate import fraction, non_negative_float, positive_float, positive_int
+from study.cli import ArgumentParser, entry_point, require_pack
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY_ROOT = REPO / "results" / "study"
@@ -260,20 +264,21 @@ def run_study(data: Path, profile: Profile, name: str, seed: int = 0):
     return tuner.fit()
 
 
+@entry_point("study.tune")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m study.tune", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m study.tune", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=REPO / "data" / "gtsrb28-roi.h5",
                    help="packed HDF5, made with --roi for the recipe (absolute path is used)")
     p.add_argument("--profile", choices=sorted(PROFILES), help="default: gpu where Ray sees GPUs, else cpu")
     p.add_argument("--smoke-test", action="store_true", help="3 short trials: about 3 minutes")
     p.add_argument("--name", help="study name (default: the profile's name); same name = continue")
-    p.add_argument("--trials", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--cpus-per-trial", type=float)
-    p.add_argument("--gpus-per-trial", type=float)
-    p.add_argument("--train-fraction", type=float, help="track-grouped share of the train split")
+    p.add_argument("--trials", type=positive_int)
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--cpus-per-trial", type=positive_float)
+    p.add_argument("--gpus-per-trial", type=non_negative_float)
+    p.add_argument("--train-fraction", type=fraction, help="track-grouped share of the train split")
     p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
-    p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    p.add_argument("--num-cpus", type=positive_int, help="CPUs of a local Ray (default: all)")
     p.add_argument("--summarize", type=Path, metavar="STUDY_DIR", help="only rewrite the summaries of a stored study")
     a = p.parse_args(argv)
 
@@ -284,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     data = a.data.resolve()
     if not data.is_file():
-        print(f"study: error: {data}: no packed data (run `make pack` or `gtsrb pack`)", file=sys.stderr)
-        return 2
+        raise DataError(f"{data}: no packed data (run `make pack` or `gtsrb pack`)")
+    require_pack(data, ("train", "val"))
     init_ray(a.num_cpus)
     profile = choose_profile(a.profile, a.smoke_test)
     overrides = {
@@ -301,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"study {name}: {json.dumps(record)}", file=sys.stderr)
     recorded = study_root() / name / PROFILE_FILE
     if not recorded.exists():  # the first run's: a continued study keeps the settings it started with
-        recorded.parent.mkdir(parents=True, exist_ok=True)
-        recorded.write_text(json.dumps(record, indent=1) + "\n")
+        write_text_atomic(recorded, json.dumps(record, indent=1) + "\n")
     results = run_study(data, profile, name, a.seed)
     print(write_summaries(study_root() / name, max_epochs=profile.epochs))
     if results.errors:

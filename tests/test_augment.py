@@ -414,7 +414,7 @@ def test_a_tight_crop_of_the_frame_matches_the_packed_roi_crop():
     frame = np.asarray(noise.filter(ImageFilter.GaussianBlur(1.5)))  # smooth, like a photo at this scale
     box_px = (4.0, 5.0, 28.0, 27.0)
     pil = np.asarray(Image.fromarray(frame).resize((28, 28), Image.Resampling.BILINEAR, box=box_px), np.float32) / 255
-    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(frame.copy()).permute(2, 0, 1)[None].float() / 255
     box = torch.tensor([[box_px[0] / 32, box_px[1] / 32, box_px[2] / 32, box_px[3] / 32]])
     aug = BatchAugment(framing=0.0, out_size=28)
     p = identity_params(1, False)

@@ -18,7 +18,6 @@ requests: its SE switches and excitation capture are per request
 from __future__ import annotations
 
 import argparse
-import base64
 import functools
 import json
 import os
@@ -30,6 +29,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import altair as alt  # noqa: E402
 import gradio as gr  # noqa: E402
 from gradio.components.plot import PlotData  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
+from starlette.datastructures import Headers  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+from starlette.responses import JSONResponse  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
@@ -54,7 +57,15 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = Path("results/best")
 EXAMPLES = Path(__file__).parent / "examples"
 MAX_FILE_SIZE = "20mb"  # larger uploads are refused by the server before they reach the model
-MAX_PIXELS = 40_000_000  # larger images are refused from their header, before decoding
+MAX_PIXELS = 40_000_000  # larger images are refused from their header, before decoding (16-bit, alpha: 1/4)
+# The JSON of an API call or a page event names uploaded files and SE blocks: a few kB. The bound keeps
+# a payload that carries an image itself (a data URL) from being read into memory at all.
+MAX_JSON_BYTES = 1 << 20
+# One upload request: the crop editor sends its layers together, each at most MAX_FILE_SIZE.
+MAX_UPLOAD_REQUEST_BYTES = 5 * 20 * 1024 * 1024
+# Uploaded files are deleted this long after they arrive, checked this often (seconds): a page reads its
+# upload again only while its SE toggles are used.
+UPLOAD_LIFETIME_S, UPLOAD_SWEEP_S = 3600, 600
 TOP_K = 5
 VIEW = 224  # px: each of the three views (sent, seen, Grad-CAM)
 CONCURRENCY = 2  # requests that run the model at once (one per core here)
@@ -99,18 +110,29 @@ def describe_input(img: Image.Image) -> str:
     return "; ".join(notes)
 
 
-def _file(payload) -> str | bytes | None:
-    """What an image input sends (events run with preprocess=False) -> a path, or bytes for a data URL.
+def _file(payload) -> Path | None:
+    """What an image input sends (events run with preprocess=False) -> the path of a file uploaded to this
+    server, or of an example; None when nothing was sent; gr.Error for anything else.
 
     Skipping Gradio's preprocessing hands the uploaded file to the project's decoder untouched (PPM, 16-bit,
     EXIF, ...), which names a bad file clearly; gr.Image would open it with PIL first and fail with a
-    generic error. Gradio still checks that the path is one of its uploads before the handler runs."""
-    if payload is None or isinstance(payload, (str, bytes)):
-        return payload
-    url = payload.get("url") or ""
-    if not payload.get("path") and url.startswith("data:"):
-        return base64.b64decode(url.split(",", 1)[1])
-    return payload.get("path")
+    generic error. It also skips Gradio's own checks of a payload without FileData's "meta" tag, so the
+    path is checked here: only uploads (bounded by max_file_size) and the examples are read, never a
+    data URL (an image inside the JSON, past the upload limit) or another file of the server's."""
+    if payload is None:
+        return None
+    if isinstance(payload, dict) and not payload.get("path") and str(payload.get("url") or "").startswith("data:"):
+        raise _error("A data URL is not accepted: send the image as an uploaded file "
+                     "(the upload box, or gradio_client's handle_file on a local file).")
+    path = payload.get("path") if isinstance(payload, dict) else payload
+    if not isinstance(path, str) or not path:
+        raise _error(f"Expected an uploaded image file (FileData with a path), got {type(payload).__name__} "
+                     f"{json.dumps(payload)[:60]}.")
+    resolved = Path(path).resolve()
+    if not any(resolved.is_relative_to(Path(d).resolve()) for d in (get_upload_folder(), EXAMPLES)):
+        raise _error(f"{Path(path).name}: not a file uploaded to this server; upload the image first "
+                     "(the upload box, or gradio_client's handle_file on a local file).")
+    return resolved
 
 
 class Demo:
@@ -158,17 +180,19 @@ class Demo:
         file = _file(payload)
         if file is None:
             raise _error("No image received: upload a traffic-sign image (PNG, JPEG, PPM, GIF, ...).")
-        name = "pasted image" if isinstance(file, bytes) else Path(file).name
         try:
-            img = load_image(file if isinstance(file, bytes) else Path(file), max_pixels=MAX_PIXELS)
-            return name, describe_input(img), img, self.clf.preprocess(img)
+            img = load_image(file, max_pixels=MAX_PIXELS)
+            return file.name, describe_input(img), img, self.clf.preprocess(img)
         except DataError as e:
-            raise _error(f"Cannot use this file. {_strip_dir(str(e), str(file), name)}") from None
+            raise _error(f"Cannot use this file. {_strip_dir(str(e), str(file), file.name)}") from None
 
     def se_off(self, array: np.ndarray, blocks: list[str] | None, top: int) -> tuple[dict, dict | None]:
         """Two counterfactuals for the given SE blocks (None: all): each replaced by the identity, and each
         gate held at its average over the class averages' split (the learned scale stays, the per-image
         recalibration goes; None without class averages)."""
+        if blocks is not None and not (isinstance(blocks, list) and all(isinstance(b, str) for b in blocks)):
+            raise _error(f"se_off: expected a list of SE block names such as {json.dumps(self.clf.se_names[:1])}, "
+                         f"or null for all; got {json.dumps(blocks)[:60]}")
         try:
             with self.clf.se_disabled(blocks):  # None: every block; an unknown name is a ValueError
                 off = self.clf.predict_arrays(array)
@@ -309,6 +333,12 @@ class Demo:
         lines.append(f"- **Grad-CAM layer:** end of {self.cam_stage} (the deepest stage whose map is at least "
                      "4×4 at this input size)")
         return "\n".join(lines)
+
+
+def _composite(editor_value):
+    """The crop editor's cropped image: its value's "composite" file (anything else goes to ``_file``,
+    which refuses it clearly)."""
+    return editor_value.get("composite") if isinstance(editor_value, dict) else editor_value
 
 
 def _shown_path(path: Path) -> str:
@@ -452,7 +482,7 @@ def build_app(demo: Demo, results: Path = REPO / "results") -> gr.Blocks:
     examples = sorted(EXAMPLES.glob("*.png"))
     blocks = demo.clf.se_names
     _chart_spec()  # built once, before the first request
-    with gr.Blocks(title="SE-VGG11 on GTSRB") as app:
+    with gr.Blocks(title="SE-VGG11 on GTSRB", delete_cache=(UPLOAD_SWEEP_S, UPLOAD_LIFETIME_S)) as app:
         gr.Markdown(
             "# SE-VGG11 traffic-sign classifier\n"
             "Upload, paste or photograph a German traffic sign, or pick an example. The page shows the top-5, "
@@ -512,7 +542,7 @@ def build_app(demo: Demo, results: Path = REPO / "results") -> gr.Blocks:
         image_in.upload(demo.page, [image_in, switches, raw_open], outputs, **run)
         image_in.clear(None, None, shown, js=clear_js)
         gallery.select(example, [switches, raw_open], [image_in, *outputs], **run)
-        crop_btn.click(lambda value, off, is_open: demo.page((value or {}).get("composite"), off, is_open),
+        crop_btn.click(lambda value, off, is_open: demo.page(_composite(value), off, is_open),
                        [editor, switches, raw_open], outputs, **run)
         raw_panel.expand(lambda r: (True, r), last, [raw_open, raw], api_visibility="private")
         raw_panel.collapse(lambda: False, None, raw_open, api_visibility="private")
@@ -521,6 +551,85 @@ def build_app(demo: Demo, results: Path = REPO / "results") -> gr.Blocks:
         gr.Button(visible=False).click(demo.analyse, [image_in, switches], raw, api_name="predict", preprocess=False,
                                        concurrency_id="model", concurrency_limit=CONCURRENCY)
     return app
+
+
+class RequestLimits:
+    """ASGI middleware in front of Gradio's routes: every request body is bounded, and no file in a
+    payload may be a URL.
+
+    Files come in as multipart uploads (``/upload``, and the crop editor's layers through
+    ``/component_server``): Gradio bounds each file by ``max_file_size``, this the whole request by
+    MAX_UPLOAD_REQUEST_BYTES. Every other POST is JSON naming uploaded files: it is read here, at most
+    MAX_JSON_BYTES of it, so an image sent inside the JSON (a data URL) is refused before it is in
+    memory, and so is a file whose path is a URL, which Gradio would download before any handler ran."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        multipart = headers.get("content-type", "").startswith("multipart/form-data")
+        upload = multipart and scope["path"].rstrip("/").endswith(("/upload", "/component_server"))
+        limit = MAX_UPLOAD_REQUEST_BYTES if upload else MAX_JSON_BYTES
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await _refusal(413, f"request body of {length} bytes; the limit is {limit} bytes"
+                                  + ("" if upload else " (send images as uploaded files, not inside the JSON)")
+                                  )(scope, receive, send)
+        if upload:
+            return await self.app(scope, receive, send)
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            if len(body) > limit:
+                return await _refusal(413, f"request body over {limit} bytes (send images as uploaded "
+                                      "files, not inside the JSON)")(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        problem = _url_as_file(bytes(body))
+        if problem:
+            return await _refusal(400, problem)(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: the disconnect Gradio waits for
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+def _url_as_file(body: bytes) -> str | None:
+    """What is wrong with a JSON body that has a URL where a file's path should be, or None."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None  # not JSON: Gradio refuses it itself
+    except RecursionError:
+        return "request body: JSON nested too deep"
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            path = value.get("path")
+            if isinstance(path, str) and path.lower().startswith(("http://", "https://", "data:")):
+                return (f"file path {path[:80]!r}: a URL is not accepted; upload the image file "
+                        "(POST /gradio_api/upload, or gradio_client's handle_file on a local file)")
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return None
+
+
+def _refusal(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
 
 
 def server_address(host: str | None, port: int | None) -> tuple[str, int]:
@@ -554,7 +663,8 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(demo, a.results)
     app.queue(default_concurrency_limit=CONCURRENCY, max_size=MAX_QUEUE)
     app.launch(server_name=host, server_port=port, share=False, max_file_size=MAX_FILE_SIZE,
-               show_error=True, allowed_paths=[str(EXAMPLES)])
+               show_error=True, allowed_paths=[str(EXAMPLES)],
+               app_kwargs={"middleware": [Middleware(RequestLimits)]})
     return 0
 
 
