@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from gtsrb.cpu_routes import ROUTES
 from gtsrb.model import PRESETS, ModelConfig, build_model
 from gtsrb.util import machine
+from study.cli import ArgumentParser, entry_point
 
 
 def matmul_gflops(n: int = 2048, seconds: float = 2.0, dtype: torch.dtype = torch.float32) -> float:
@@ -400,8 +401,8 @@ def targets(result: dict) -> dict:
     return out
 
 
+@entry_point("study.bench")
 def main(argv: list[str] | None = None) -> int:
-    import argparse
     import json
     import sys
     import zipfile
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     from gtsrb.archive import DataError, default_source
     from gtsrb.util import write_text_atomic
 
-    p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m study.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true")
     p.add_argument("--quick", action="store_true", help="fewer steps, no pack row: under a minute")
     p.add_argument("--source", type=Path, help="training zip (default: data/, then ../shared/gtsrb/)")

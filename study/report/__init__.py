@@ -63,6 +63,7 @@ from study.report.speed import (
     speed_table,
 )
 from study.report.trials import asha_controls, effects_table, rung_check
+from study.cli import ArgumentParser, entry_point
 
 
 def fill(path: Path, name: str, text: str) -> bool:
@@ -322,8 +323,9 @@ def speed_blocks(a: argparse.Namespace) -> dict:
     return blocks
 
 
+@entry_point("study.report")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m study.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("data/gtsrb28-roi.h5"),
                    help="the pack the release model and its twin were trained on (the ROI pack)")
     p.add_argument("--study", type=Path, default=Path("results/study/cpu"))
@@ -341,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bench-gpu", type=Path, default=Path("results/bench/2026-11-26-h200-run3.json"))
     p.add_argument("--bench-gpu-before", type=Path, default=Path("results/bench/2026-11-26-h200-run1-kornia.json"))
     a = p.parse_args(argv)
+
     a.ablation = a.ablation or ablation_folder()
     print(f"ablation records: {a.ablation}")
     a.out.mkdir(parents=True, exist_ok=True)
