@@ -183,6 +183,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     else:
         print(f"{result['data']}: n={result['n']} accuracy {result['accuracy']:.4f} "
               f"macro F1 {result['macro_f1']:.4f} P {result['macro_precision']:.4f} R {result['macro_recall']:.4f}")
+        if "full_frame" in result:
+            ff = result["full_frame"]
+            print(f"  the same images as whole frames: accuracy {ff['accuracy']:.4f} macro F1 {ff['macro_f1']:.4f}")
         worst = sorted(table, key=lambda r: r["f1"])[:5]
         print("lowest F1: " + "; ".join(f"{r['class_id']} {r['name']} {r['f1']:.3f}" for r in worst))
         if a.out:

@@ -13,7 +13,7 @@ import numpy as np
 from gtsrb.classes import CLASS_NAMES
 from gtsrb.archive import DataError, find_layout
 from gtsrb.data import load_pack
-from gtsrb.preprocess import decode_records
+from gtsrb.preprocess import decode_records, resize_images
 from gtsrb.inference import Classifier
 from gtsrb.metrics import classification_metrics, confusion, per_class_table
 from gtsrb.plots import confusion_figure, save_figure
@@ -42,7 +42,9 @@ def evaluate(
     device: str = "cpu",
     tta: bool = False,
 ) -> dict:
-    """Accuracy, macro P/R/F1, per-class table and confusion matrix; files go to ``out_dir``."""
+    """Accuracy, macro P/R/F1, per-class table and confusion matrix; files go to ``out_dir``. Where the
+    data hold both framings (a pack made with ``--frame-size``, or the official test set for a model
+    trained on ROI crops), ``full_frame`` holds the metrics on the whole frames too."""
     clf = Classifier.load(checkpoint, device=device)
     size = clf.config.image_size
     roi = bool(clf.meta.get("data", {}).get("roi", False))
@@ -56,7 +58,18 @@ def evaluate(
         images, labels, where = packed.images, packed.labels, f"{Path(data).name} {split} split"
     else:
         raise DataError("evaluate needs --data FILE (with --split) or --official-test PATH")
-    pred = (clf.predict_tta(images) if tta else clf.predict_arrays(images).probs).argmax(1)
+    # The other framing where the data has it: the whole frames beside the ROI crops, as a tester
+    # uploads a photo (GTSRB's frames keep a ~10% margin around the sign).
+    full = None
+    if official_test and roi:
+        full = official_test_arrays(official_test, size, roi=False)[0]
+    elif not official_test and packed.frames is not None:
+        full = resize_images(packed.frames, size)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return (clf.predict_tta(x) if tta else clf.predict_arrays(x).probs).argmax(1)
+
+    pred = predict(images)
     result = {
         "checkpoint": str(checkpoint),
         "data": where,
@@ -64,6 +77,8 @@ def evaluate(
         "n": int(len(labels)),
         **classification_metrics(labels, pred),
     }
+    if full is not None:
+        result["full_frame"] = classification_metrics(labels, predict(full))
     cm = confusion(labels, pred)
     table = per_class_table(labels, pred, CLASS_NAMES)
     if out_dir is not None:

@@ -256,3 +256,12 @@ def decode_frames(layout: Layout, frame_size: int) -> tuple[np.ndarray, np.ndarr
             ok[k] = False
             layout.bad.append(str(e))
     return frames, boxes, ok
+
+
+def resize_images(arrays: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, size, size, 3), each resized as ``preprocess`` resizes (PIL bilinear):
+    a pack's stored frames at the model's size are what `gtsrb pack` without --roi stores."""
+    out = np.empty((len(arrays), size, size, 3), np.uint8)
+    for k, a in enumerate(arrays):
+        out[k] = np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.BILINEAR), np.uint8)
+    return out

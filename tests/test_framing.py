@@ -37,9 +37,9 @@ def test_a_framed_pack_stores_frames_and_roi_boxes_beside_the_same_roi_images(fr
 
 def test_keep_splits_keeps_the_frames_of_the_kept_rows(synthetic_zip, tmp_path):
     out = tmp_path / "val.h5"
-    pack([synthetic_zip], out, roi=True, frame_size=24, keep_splits=["val"])
+    pack([synthetic_zip], out, roi=True, frame_size=40, keep_splits=["val"])
     p = load_pack(out)
-    assert len(p.frames) == len(p.labels) == len(p.boxes) and p.frames.shape[1] == 24
+    assert len(p.frames) == len(p.labels) == len(p.boxes) and p.frames.shape[1] == 40
 
 
 def test_the_mirror_flips_a_box_with_its_frame():
@@ -74,3 +74,17 @@ def test_fit_with_framing_trains_on_the_frames_and_without_it_on_the_roi_images(
     assert plain["train_loss"] == framed_off["train_loss"]
     assert framed_on["train_loss"] != plain["train_loss"]
     assert np.isfinite(framed_on["val_loss"]) and 0 <= framed_on["val_accuracy"] <= 1
+
+
+def test_evaluate_reports_both_framings_of_a_framed_pack(framed_pack, synthetic_pack, tmp_path):
+    from gtsrb.checkpoint import save_checkpoint
+    from gtsrb.evaluate import evaluate
+    from gtsrb.model import build_model
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "best.pt"
+    save_checkpoint({"model_config": TINY.to_dict(), "model": build_model(TINY).state_dict(), "epoch": 1}, ckpt)
+    both = evaluate(ckpt, framed_pack, "test")
+    # The frames at the model's size are the full-frame pack's images: the same scores.
+    assert both["full_frame"]["accuracy"] == evaluate(ckpt, synthetic_pack, "test")["accuracy"]
+    assert "full_frame" not in evaluate(ckpt, synthetic_pack, "test")
