@@ -115,17 +115,28 @@ train-best: $(DATA_ROI)
 calibrate: $(DATA_ROI)
 	$(BIN)/gtsrb calibrate results/best/split/best.pt --data $(DATA_ROI) --out results/best/calibration.json
 
-# The recipe ablation on the release configuration (CONFIG, records in results/recipe/top1/; RECIPE_PRESET=seed for the
-# seed preset): the recipe, the old recipe, then one piece off at a time, then candidates; 3 seeds. Finished runs are
-# skipped. results/recipe/best/ holds the same ablation on QUICK_CONFIG, made while the recipe held the contrast norm:
-# study.recipe refuses to add to it under today's recipe. A new release configuration gets a new RECIPE_NAME.
-RECIPE_ARMS ?= recipe old no_roi no_mirror no_smoothing norm ema balanced long
+# The same split again, ROI crops plus each whole frame (32 px) with its ROI box: what the framing
+# augmentation trains on (TrainConfig.framing). Its ROI images are those of DATA_ROI.
+DATA_FRAMED ?= data/gtsrb28-framed.h5
+$(DATA_FRAMED): | $(STAMP)
+	$(BIN)/gtsrb pack $(SOURCE) --roi --frame-size 32 --out $(DATA_FRAMED)
+
+# The recipe ablation (CONFIG, the release configuration). RECIPE_PROTOCOL=cv (the default, issue 33's selection
+# protocol): each arm on folds 0-2 of a track-grouped 5-fold split of train+val pooled, paired fold by fold with the
+# recipe, records in results/recipe/cv-top1/: the robustness augmentations and the framing crop (bf16, as its
+# records were made: paired runs must share the precision, and auto would pick fp32 on a CPU without native bf16).
+# RECIPE_PROTOCOL=split: the earlier ablation on the pack's own val split, 3 seeds (results/recipe/top1/;
+# RECIPE_PRESET=seed for the seed preset). results/recipe/best/ holds that ablation on QUICK_CONFIG, made while the
+# recipe held the contrast norm. Finished runs are skipped; a killed run resumes.
+RECIPE_PROTOCOL ?= cv
+RECIPE_ARMS ?= $(if $(filter cv,$(RECIPE_PROTOCOL)),recipe robust framing robust_framing,recipe old no_roi no_mirror no_smoothing norm ema balanced long)
 RECIPE_PRESET ?= best
 RECIPE_CONFIG ?= $(CONFIG)
-RECIPE_NAME ?= $(if $(filter seed,$(RECIPE_PRESET)),seed,top1)
-recipe: $(DATA) $(DATA_ROI)
-	$(BIN)/python -m study.recipe --data $(DATA_ROI) --full-frame-data $(DATA) --preset $(RECIPE_PRESET) \
-		--config $(RECIPE_CONFIG) --name $(RECIPE_NAME) --arms $(RECIPE_ARMS) --epochs $(BEST_EPOCHS)
+RECIPE_NAME ?= $(if $(filter cv,$(RECIPE_PROTOCOL)),cv-top1,$(if $(filter seed,$(RECIPE_PRESET)),seed,top1))
+recipe: $(DATA) $(DATA_FRAMED)
+	$(BIN)/python -m study.recipe --data $(DATA_FRAMED) --full-frame-data $(DATA) --preset $(RECIPE_PRESET) \
+		--config $(RECIPE_CONFIG) --name $(RECIPE_NAME) --arms $(RECIPE_ARMS) --epochs $(BEST_EPOCHS) \
+		--protocol $(RECIPE_PROTOCOL) $(if $(filter cv,$(RECIPE_PROTOCOL)),--precision bf16)
 
 # Score CKPT on the official GTSRB test set (12,630 images): fetches the two zips into data/ once
 # (needs internet; BASE_URL=... for a mirror), then prints the metrics. Nothing is written into results/.

@@ -128,6 +128,33 @@ def scores(checkpoint: Path, pack: Path, config: TrainConfig) -> dict[str, dict]
     return out
 
 
+def run_folder(runs: Path, name: str, arm: str, seed: int, protocol: str) -> Path:
+    """Where a run's checkpoints live: ``<runs>/<name>/<arm>/fold<k>`` (cv) or ``seed<k>``."""
+    return runs / name / arm / (f"fold{seed}" if protocol == "cv" else f"seed{seed}")
+
+
+def rescore(results: Path, runs: Path, full_frame_data: Path | None) -> None:
+    """Add ``full_frame_*`` scores to the records in ``results`` that lack them, from their run's last.pt
+    (the weights the record scored), so every arm of a folder has the same columns."""
+    if full_frame_data is None:
+        raise DataError("--rescore needs --full-frame-data")
+    for f in sorted(results.glob("*-fold*.json")) + sorted(results.glob("*-seed*.json")):
+        r = json.loads(f.read_text())
+        if "full_frame_val_accuracy" in r or not r.get("roi", True):
+            continue
+        run = Path(r["run"]) if "run" in r else run_folder(runs, r["name"], r["arm"], r["seed"], r.get("protocol", "split"))
+        last = run / "last.pt"
+        if not last.is_file():
+            print(f"{f}: its run's last.pt is not here; left as it is", flush=True)
+            continue
+        config = TrainConfig(**r["train_config"])
+        full = scores(last, full_frame_data, config)
+        r |= {"full_frame_test_accuracy": full["test"]["accuracy"], "full_frame_val_accuracy": full["val"]["accuracy"],
+              "full_frame_wrong": {k: v["wrong"] for k, v in full.items()}}
+        write_text_atomic(f, json.dumps(r, indent=1) + "\n")
+        print(f"{f}: full-frame val {full['val']['accuracy']:.4f}, test {full['test']['accuracy']:.4f}", flush=True)
+
+
 def base_config(preset: str, best_config: Path) -> dict:
     """The preset, or for ``best`` the config file's fields, checked (``study.cli.read_config``)."""
     return read_config(best_config) if preset == "best" else {"preset": preset}
@@ -153,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help=PRECISION_HELP)
     p.add_argument("--runs", type=Path, default=Path("runs/recipe"))
+    p.add_argument("--rescore", action="store_true",
+                   help="train nothing: add the full-frame val scores to the records of --name that lack them, "
+                        "from each run's last.pt under --runs (records made before those scores were kept)")
     p.add_argument("--results", type=Path, default=Path("results/recipe"))
     a = p.parse_args(argv)
 
@@ -180,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         raise DataError(f"{stale}. The arms of one folder are compared with each other, so a run under "
                         f"today's recipe does not go beside them: pass --name NEW for a new folder.")
+    if a.rescore:
+        rescore(results, a.runs, a.full_frame_data)
+        return 0
     for seed in a.seeds:  # seed-major: an interrupted ablation still has every arm at the first seeds
         for arm in a.arms:
             done = record(arm, seed)
@@ -193,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             train_config = TrainConfig(**{**train_over, "epochs": epochs, "seed": seed,
                                               "train_fraction": a.train_fraction, "precision": a.precision,
                                               "histograms": False, "fold": seed if a.protocol == "cv" else -1})
-            out = a.runs / name / arm / (f"fold{seed}" if a.protocol == "cv" else f"seed{seed}")
+            out = run_folder(a.runs, name, arm, seed, a.protocol)
             print(f"{name} {arm} seed {seed}: training -> {out}", flush=True)
             t0 = time.perf_counter()
             history = fit(model_config, pack, out, train_config, resume=(out / "last.pt").exists(), progress=False)
@@ -209,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             raw = raw_weights_metrics(out / "last.pt", pack) if train_config.ema_decay > 0 else None
             result = {
                 "preset": a.preset, "name": name, "config_file": str(a.config) if a.preset == "best" else None,
-                "arm": arm, "seed": seed, "pack": str(pack), "roi": roi,
+                "arm": arm, "seed": seed, "pack": str(pack), "roi": roi, "run": str(out),
                 "overrides": overrides, "model_config": model_config.to_dict(),
                 "train_config": train_config.__dict__, "history": history,
                 "protocol": a.protocol, "val_accuracy": val_accuracy, "test": test,

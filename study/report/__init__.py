@@ -32,6 +32,7 @@ import pandas as pd
 from gtsrb.util import machine, write_text_atomic
 from study.records import ARM_LABELS, PICKED_ON_SEED, TOP, ablation_folder, pm
 from study.report.common import machine_text, md_table
+from study.report.protocol import cv_table, load_cv
 from study.report.model import (
     WORST_TRACKS,
     _train_splits,
@@ -149,6 +150,24 @@ RECIPE_FOLDERS = {
     "seed": ("the seed preset", "`make recipe RECIPE_PRESET=seed`", "recipe_seed"),
 }
 RELEASE_RECIPE = "top1"  # the folder of the release configuration: the headline quotes its recipe arm
+CV_FOLDER = "cv-top1"  # the selection protocol's records (`make recipe`, RECIPE_PROTOCOL=cv)
+
+
+def cv_blocks(folder: Path, data: Path) -> dict:
+    """The selection protocol's table: each new piece against the recipe, fold by fold (study.report.protocol)."""
+    df = load_cv(folder)
+    if df.empty:
+        return {}
+    if not data.is_file():
+        print(f"{data}: absent; the cross-validation table needs it to rebuild the folds, and keeps its text")
+        return {}
+    first = df.iloc[0]
+    note = (f"\n\nEach run: `top1` (`CONFIG`) with the recipe on 4 of 5 track-grouped folds of the train and val "
+            f"splits pooled, validated on the fifth, {int(first['epochs'])} epochs, bf16, seed = fold; scored at its "
+            f"last epoch. Full-frame columns: the same images uncropped (`{data.name}`'s split, whole frames). "
+            f"{machine_text(first['machine'])}. Command: `make recipe` "
+            f"(`{first['command']}`, one arm per process).")
+    return {"recipe_cv": cv_table(df, data) + note}
 
 
 def recipe_blocks(folder: Path, ablation: Path) -> tuple[dict, dict]:
@@ -352,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     blocks, headline = ablation_blocks(ablation, a.out)
     blocks |= study_blocks(a.study, ablation)
     recipe, recipe_headline = recipe_blocks(a.recipe, a.ablation)
+    recipe |= cv_blocks(a.recipe / CV_FOLDER, a.data)
     model, model_headline, held_out = model_blocks(a.checkpoint, a.data, a.out)
     blocks |= recipe | model
     headline |= recipe_headline | model_headline
