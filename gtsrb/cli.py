@@ -1,4 +1,4 @@
-"""The `gtsrb` command: pack | train | evaluate | predict | excitations | calibrate | fetch | bench.
+"""The `gtsrb` command: pack | train | evaluate | predict | excitations | calibrate | fetch.
 
 Bad input ends with one line, `gtsrb: error: <file>: <problem>`, and exit
 status 2; never a traceback from deep inside.

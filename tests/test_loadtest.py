@@ -100,6 +100,7 @@ def test_browser_images_differ_in_content_and_name(tmp_path: Path):
 
 
 # ------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_http_client_against_the_noop_floor(tmp_path: Path):
     """Start ``python -m ui.loadtest --serve-noop`` (an image input and the queue settings of the demo)

@@ -80,7 +80,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise CheckpointError(
             f"{path}: no such checkpoint. Train one with `make train-best` (or `make train`, then "
-            f"CKPT=runs/seed), or pass CKPT=path/to/best.pt")
+            f"CKPT=runs/train), or pass CKPT=path/to/best.pt")
     return path
 
 
