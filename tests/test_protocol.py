@@ -50,3 +50,37 @@ def test_cv_table_pairs_each_arm_with_the_recipe_fold_by_fold(synthetic_pack, tm
     assert rows["recipe"][3] == ""
     with pytest.raises(ValueError, match="no 'recipe' runs"):
         cv_table(df[df["arm"] == "robust"], synthetic_pack)
+
+
+def test_rescore_adds_the_full_frame_scores_a_record_lacks_from_its_runs_last_pt(synthetic_pack, synthetic_zip,
+                                                                                  tmp_path, capsys):
+    import dataclasses
+
+    import torch
+
+    from gtsrb.checkpoint import save_checkpoint
+    from gtsrb.data import pack
+    from gtsrb.model import ModelConfig, build_model
+    from study.recipe import main
+
+    tiny = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))
+    run = tmp_path / "runs" / "cv" / "recipe" / "fold1"
+    run.mkdir(parents=True)
+    torch.manual_seed(0)
+    save_checkpoint({"model_config": tiny.to_dict(), "model": build_model(tiny).state_dict(), "epoch": 1},
+                    run / "last.pt")
+    roi = tmp_path / "roi.h5"
+    pack([synthetic_zip], roi, roi=True)
+    config = TrainConfig(fold=1)
+    record = {"arm": "recipe", "seed": 1, "name": "cv", "protocol": "cv", "roi": True, "overrides": {"mirror": True,
+              "label_smoothing": 0.1}, "train_config": dataclasses.asdict(config)}
+    results = tmp_path / "results" / "cv"
+    results.mkdir(parents=True)
+    (results / "recipe-fold1.json").write_text(json.dumps(record))
+    assert main(["--data", str(roi), "--full-frame-data", str(synthetic_pack), "--name", "cv", "--protocol", "cv",
+                 "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--rescore"]) == 0
+    r = json.loads((results / "recipe-fold1.json").read_text())
+    val = training_splits(load_pack(synthetic_pack), config)[1]
+    assert r["full_frame_val_accuracy"] == pytest.approx(1 - len(r["full_frame_wrong"]["val"]) / len(val.labels))
+    assert set(r["full_frame_wrong"]["val"]) <= set(val.filenames)
+    assert 0 <= r["full_frame_test_accuracy"] <= 1
