@@ -136,7 +136,8 @@ def _load_config_arg(text: str) -> dict:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from gtsrb.train import RECIPE, TrainConfig, fit, split_config
+    from gtsrb.config import RECIPE, split_config, TrainConfig
+    from gtsrb.train import fit
 
     base = _load_config_arg(a.config) if a.config else {"preset": a.preset}
     model_config, train_over = split_config({**base, **(RECIPE if a.recipe else {})})
@@ -215,7 +216,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_excitations(a: argparse.Namespace) -> int:
-    from gtsrb.explain import EXCITATIONS_FILE, compute_excitations_file, load_excitations
+    from gtsrb.evaluate import compute_excitations_file
+    from gtsrb.explain import EXCITATIONS_FILE, load_excitations
     from gtsrb.publish import check_file_target
 
     # The output is checked before the inference and written in one rename at the end; a missing or

@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint on a pack's split or on the official test layout."""
+"""Evaluate a checkpoint on a pack's split or on the official test layout, and average its SE
+excitations per class on a split (``compute_excitations_file``, for the demo's comparison)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import numpy as np
 from gtsrb.classes import CLASS_NAMES
 from gtsrb.archive import DataError, find_layout
 from gtsrb.data import load_pack
+from gtsrb.explain import (EXCITATIONS_FILE, class_excitations, class_mean_distance, distance_q99,
+                           save_excitations)
 from gtsrb.preprocess import decode_records, resize_images
 from gtsrb.inference import Classifier
 from gtsrb.metrics import classification_metrics, confusion, per_class_table
 from gtsrb.plots import confusion_figure, save_figure
+from gtsrb.util import sha256_file
 
 
 def official_test_arrays(paths: Sequence[str | os.PathLike], size: int, roi: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -94,3 +98,25 @@ def evaluate(
         result["out_dir"] = str(out_dir)
     result["per_class"] = table
     return result
+
+
+def compute_excitations_file(checkpoint: str | os.PathLike, data: str | os.PathLike, split: str = "val",
+                             out: str | os.PathLike | None = None) -> Path:
+    """Class-average excitations of ``checkpoint`` on a pack split, and each block's distance_q99 on it,
+    -> excitations.npz beside the checkpoint."""
+    checkpoint = Path(checkpoint)
+    clf = Classifier.load(checkpoint)
+    if not clf.se_names:
+        raise DataError(f"{checkpoint}: the model has no SE block, so there are no excitations to average")
+    packed = load_pack(data, split)
+    if not len(packed.labels):  # averages over no image would be an empty file that looks like a result
+        raise DataError(f"{data}: no images in its {split} split; the class averages need a labelled split "
+                        f"(pack it without --keep-splits, or pass another --split)")
+    pred = clf.predict_arrays(packed.images)
+    stats = class_excitations(pred.excitations, packed.labels, clf.config.num_classes)
+    predicted = pred.probs.argmax(1)
+    for name, st in stats.items():
+        st["distance_q99"] = distance_q99(class_mean_distance(pred.excitations[name], st["class_mean"], predicted))
+    out = Path(out) if out is not None else checkpoint.parent / EXCITATIONS_FILE
+    save_excitations(stats, out, sha256_file(checkpoint), f"{Path(data).name} {split} split, n={len(packed.labels)}")
+    return out

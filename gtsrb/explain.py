@@ -5,7 +5,7 @@
   block is. ``save_excitations``/``load_excitations`` keep them beside the
   checkpoint as ``excitations.npz`` (plain arrays, read with allow_pickle=False).
 - ``class_mean_distance``: how far an image's excitation lies from the average
-  of the class it was predicted as. ``compute_excitations_file`` stores the 99th
+  of the class it was predicted as. ``gtsrb.evaluate.compute_excitations_file`` stores the 99th
   percentile of that distance on the same split (``distance_q99``): an image
   beyond it looks unlike the images the averages came from.
 - ``gradcam``: Grad-CAM (Selvaraju et al., arXiv:1610.02391) on the deepest
@@ -30,7 +30,7 @@ from torch import nn
 
 from gtsrb.archive import DataError
 from gtsrb.model import to_float_images
-from gtsrb.util import atomic_path, sha256_file
+from gtsrb.util import atomic_path
 
 EXCITATIONS_FILE = "excitations.npz"
 
@@ -115,31 +115,6 @@ def load_excitations(path: str | os.PathLike) -> tuple[dict[str, dict], dict]:
     except (OSError, KeyError, ValueError) as e:
         raise DataError(f"{path}: not a readable excitations file ({e})") from e
     return stats, meta
-
-
-def compute_excitations_file(checkpoint: str | os.PathLike, data: str | os.PathLike, split: str = "val",
-                             out: str | os.PathLike | None = None) -> Path:
-    """Class-average excitations of ``checkpoint`` on a pack split, and each block's distance_q99 on it,
-    -> excitations.npz beside the checkpoint."""
-    from gtsrb.data import load_pack
-    from gtsrb.inference import Classifier
-
-    checkpoint = Path(checkpoint)
-    clf = Classifier.load(checkpoint)
-    if not clf.se_names:
-        raise DataError(f"{checkpoint}: the model has no SE block, so there are no excitations to average")
-    packed = load_pack(data, split)
-    if not len(packed.labels):  # averages over no image would be an empty file that looks like a result
-        raise DataError(f"{data}: no images in its {split} split; the class averages need a labelled split "
-                        f"(pack it without --keep-splits, or pass another --split)")
-    pred = clf.predict_arrays(packed.images)
-    stats = class_excitations(pred.excitations, packed.labels, clf.config.num_classes)
-    predicted = pred.probs.argmax(1)
-    for name, st in stats.items():
-        st["distance_q99"] = distance_q99(class_mean_distance(pred.excitations[name], st["class_mean"], predicted))
-    out = Path(out) if out is not None else checkpoint.parent / EXCITATIONS_FILE
-    save_excitations(stats, out, sha256_file(checkpoint), f"{Path(data).name} {split} split, n={len(packed.labels)}")
-    return out
 
 
 def _stage_outputs(model: nn.Module) -> list[tuple[str, int]]:

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from gtsrb.explain import gradcam_and_logits
 from gtsrb.validate import ConfigError
 from gtsrb.checkpoint import CheckpointError, load_checkpoint
 from gtsrb.classes import CLASS_NAMES
@@ -163,8 +164,6 @@ class Classifier:
     def predict_with_gradcam(self, array: np.ndarray, layer: int) -> tuple[Prediction, np.ndarray]:
         """One preprocessed image (1, S, S, 3) -> (its Prediction, the Grad-CAM map of its top class at
         ``layer``), from a single forward pass plus one backward pass (``gtsrb.explain.gradcam_and_logits``)."""
-        from gtsrb.explain import gradcam_and_logits
-
         excite = {n: [] for n in self.se_names}
         token = _capture.set(excite)
         try:

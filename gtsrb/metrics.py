@@ -7,6 +7,9 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from gtsrb.classes import NUM_CLASSES
 
+# What a run logs for train and val, each epoch (gtsrb.train, gtsrb.runfiles).
+METRIC_NAMES = ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall")
+
 
 def classification_metrics(y_true, y_pred) -> dict[str, float]:
     """Accuracy and macro precision, recall and F1, exactly as scikit-learn gives them.

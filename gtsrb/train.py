@@ -34,16 +34,12 @@ out), ``history.json``.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import math
 import os
 import random
-import re
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -55,126 +51,16 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from gtsrb.augment import BatchAugment
+from gtsrb.checkpoint import load_checkpoint
 from gtsrb.classes import mirror_table
-from gtsrb.checkpoint import load_checkpoint, save_checkpoint
+from gtsrb.config import PRECISIONS, TrainConfig
+from gtsrb.cpu_routes import apply_routes
 from gtsrb.data import Packed, load_pack
-from gtsrb.metrics import classification_metrics, confusion
-from gtsrb.cpu_routes import ROUTES, apply_routes
-from gtsrb.model import PRESETS, ModelConfig, build_model, to_float_images
+from gtsrb.metrics import METRIC_NAMES, classification_metrics, confusion
+from gtsrb.model import ModelConfig, build_model, to_float_images
+from gtsrb.runfiles import RunCheckpoints, TrainLog, run_meta
 from gtsrb.splits import SPLIT_NAMES, cv_fold, track_subset
-from gtsrb.validate import ConfigError, check_dataclass
-
-PRECISIONS = ("auto", "bf16", "fp32")  # TrainConfig.precision
-METRIC_NAMES = ("loss", "accuracy", "macro_f1", "macro_precision", "macro_recall")
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 2e-3  # peak of the one-cycle schedule
-    weight_decay: float = 5e-2  # AdamW's decoupled decay
-    pct_start: float = 0.25  # share of steps spent warming up
-    augment: bool = True
-    augment_strength: float = 1.0  # scales every augmentation range (BatchAugment.with_strength)
-    # Robustness augmentations (gtsrb.augment, module doc): the share of images darkened, blurred
-    # (Gaussian or motion) and partly covered by a random rectangle. 0: off.
-    dark_p: float = 0.0
-    blur_p: float = 0.0
-    erase_p: float = 0.0
-    # The framing augmentation: the share of images cropped between their ROI and their whole frame
-    # (the others: the ROI). Needs a pack made with `gtsrb pack --roi --frame-size N`. 0: off.
-    framing: float = 0.0
-    # Train and validate on a track-grouped, stratified share of each split (1.0: all of it).
-    train_fraction: float = 1.0
-    val_fraction: float = 1.0
-    seed: int = 0
-    log_every: int = 25  # steps between per-step TensorBoard points
-    histograms: bool = True
-    device: str = "auto"  # "auto", "cpu", "cuda"
-    threads: int | None = None  # torch intra-op threads; None keeps torch's default
-    # "auto": bf16 autocast on CUDA and on CPUs that multiply bf16 natively (AMX or
-    # AVX-512-BF16), fp32 elsewhere; "bf16" or "fp32" to force one.
-    precision: str = "auto"  # one of PRECISIONS
-    # NHWC activations and weights: faster than NCHW in every precision on every machine the bench
-    # compared them on (results/SPEED.md: variant nchw); False for NCHW.
-    channels_last: bool = True
-    compile: bool = False  # torch.compile the model (falls back to eager where it cannot)
-    # gtsrb.cpu_routes to switch on for a CPU step; (): stock torch.nn modules.
-    cpu_routes: tuple[str, ...] = ROUTES
-    # The accuracy recipe's pieces (results/REPORT.md: recipe ablation); all off is the old recipe.
-    label_smoothing: float = 0.0  # of the training loss (val and test loss stay plain cross-entropy)
-    mirror: bool = False  # class-aware horizontal flip, p = 0.5 (gtsrb.classes.mirror_table)
-    ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights
-    balanced: bool = False  # draw each epoch's batches class-balanced (with replacement)
-    # The pack splits to train on. ("train", "val", "test") is the official protocol: all
-    # 39,209 images, nothing held out, and best.pt is the last epoch's weights.
-    train_splits: tuple[str, ...] = ("train",)
-    # Cross-validation over the pack's train and val splits together (gtsrb.splits.cv_fold): >= 0
-    # validates on that track-grouped fold of ``folds`` and trains on the others; the test split
-    # stays out. -1: the pack's own val split.
-    fold: int = -1
-    folds: int = 5
-
-    def __post_init__(self):
-        # One check where every config is built (JSON, CLI, a study, a checkpoint): gtsrb.validate.
-        check_dataclass(self, TRAIN_RANGES, "TrainConfig")
-        for name, value, allowed in (("precision", self.precision, PRECISIONS),
-                                     ("cpu_routes", self.cpu_routes, ROUTES),
-                                     ("train_splits", self.train_splits, SPLIT_NAMES)):
-            values = value if isinstance(value, tuple) else (value,)
-            bad = [v for v in values if v not in allowed]
-            if bad or (name == "train_splits" and not values):
-                raise ConfigError(f"TrainConfig.{name}: {value!r}: expected {'some' if isinstance(value, tuple) else 'one'} "
-                                  f"of {', '.join(allowed)}")
-        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
-            raise ConfigError(f"TrainConfig.device: {self.device!r}: expected auto, cpu, cuda or cuda:N")
-        if self.fold >= self.folds:
-            raise ConfigError(f"TrainConfig.fold: {self.fold} of {self.folds} folds: expected -1 (none) or 0 to {self.folds - 1}")
-
-
-# field -> (low, high, bounds) for gtsrb.validate.check_dataclass.
-TRAIN_RANGES = {
-    "epochs": (1, None, "[)"), "batch_size": (1, None, "[)"), "lr": (0.0, None, "()"),
-    "weight_decay": (0.0, None, "[)"), "pct_start": (0.0, 1.0, "()"), "augment_strength": (0.0, 1 / 0.3, "[)"),
-    "dark_p": (0.0, 1.0, "[]"), "blur_p": (0.0, 1.0, "[]"), "erase_p": (0.0, 1.0, "[]"), "framing": (0.0, 1.0, "[]"),
-    "train_fraction": (0.0, 1.0, "(]"), "val_fraction": (0.0, 1.0, "(]"), "seed": (0, None, "[)"),
-    "log_every": (1, None, "[)"), "threads": (1, None, "[)"), "label_smoothing": (0.0, 1.0, "[)"),
-    "ema_decay": (0.0, 1.0, "[)"), "fold": (-1, None, "[)"), "folds": (2, None, "[)"),
-}
-
-
-
-# The accuracy recipe (results/REPORT.md, section 2.1): ModelConfig and TrainConfig fields that
-# `gtsrb train --recipe` and `make train-best` put on top of a preset or a study's config. Train it on
-# a pack made with `gtsrb pack --roi`: the ROI crop is part of the recipe and a property of the pack.
-# Per-image contrast normalisation left it: taking it out raised val accuracy on the quick study's winner
-# (3 of 3 paired seeds) and left the release configuration level; ``study.recipe --arms norm`` measures it.
-RECIPE: dict = {"mirror": True, "label_smoothing": 0.1}
-
-
-def split_config(d: dict) -> tuple[ModelConfig, dict]:
-    """A flat config dict -> (ModelConfig, TrainConfig overrides). Unknown keys are an error.
-
-    Keys may be ModelConfig fields, TrainConfig fields, or "preset" (the base model, default
-    "seed"). A study's best_config.json and `gtsrb train --config` have this shape.
-    """
-    if not isinstance(d, dict):
-        raise ConfigError(f"config: expected a JSON object of fields, got {type(d).__name__}")
-    d = dict(d)
-    preset = d.pop("preset", "seed")
-    if not isinstance(preset, str) or preset not in PRESETS:
-        raise ConfigError(f"config.preset: {preset!r}: expected one of {', '.join(PRESETS)}")
-    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
-    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(d) - model_keys - train_keys
-    if unknown:
-        raise ConfigError(f"config: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
-    model = dataclasses.replace(PRESETS[preset], **{k: v for k, v in d.items() if k in model_keys})
-    train = {k: v for k, v in d.items() if k in train_keys}
-    TrainConfig(**train)  # the train fields' types and ranges, checked here rather than at first use
-    return ModelConfig.from_dict(model.to_dict()), train
-
+from gtsrb.validate import ConfigError
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -242,19 +128,6 @@ def evaluate_arrays(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     pred = logits.argmax(1).cpu().numpy()
     metrics = {"loss": loss, **classification_metrics(labels.cpu().numpy(), pred), "n": len(pred)}
     return metrics, pred
-
-
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 class TrainStep:
@@ -433,7 +306,7 @@ def fit(
     eval_model = train_step.ema.module if train_step.ema is not None else model  # validated and saved
     mirror = torch.tensor(mirror_table(), device=device) if config.mirror else None
     ckpts = RunCheckpoints(Path(checkpoint_dir) if checkpoint_dir is not None else out_dir, train_step,
-                           _run_meta(model_config, config, data, pack_path, train_step), keep_best=len(y_val) > 0)
+                           run_meta(model_config, config, data, pack_path, train_step), keep_best=len(y_val) > 0)
     history = ckpts.resume(model_config) if resume else []
     start_epoch = len(history) + 1
     log = TrainLog(out_dir, config, step=(start_epoch - 1) * steps_per_epoch, resumed=start_epoch > 1)
@@ -507,185 +380,6 @@ def training_splits(data: Packed, config: TrainConfig) -> tuple[Packed, Packed]:
     return train, val
 
 
-def data_fingerprint(data: Packed) -> str:
-    """A short digest of what a run trains and validates on (labels, splits, file names, a sample of
-    pixels): resume compares it, so a run never continues on another pack."""
-    h = hashlib.sha256()
-    for a in (data.labels, data.split, data.images[:: max(1, len(data.images) // 64)]):
-        h.update(np.ascontiguousarray(a).tobytes())
-    h.update("\n".join(data.filenames).encode())
-    return h.hexdigest()[:16]
-
-
-def _run_meta(model_config: ModelConfig, config: TrainConfig, data: Packed, pack_path: Path | None,
-              train_step: TrainStep) -> dict:
-    """What every checkpoint of the run carries besides its weights."""
-    return {
-        "model_config": model_config.to_dict(),
-        "train_config": dataclasses.asdict(config),
-        "data": {"path": str(pack_path) if pack_path else None, **{k: _plain(v) for k, v in data.attrs.items()},
-                 "fingerprint": data_fingerprint(data)},
-        "class_names": list(data.class_names),
-        # What "auto" resolved to on this machine.
-        "runtime": {
-            "device": str(train_step.device),
-            "precision": "bf16" if train_step.bf16 else "fp32",
-            "channels_last": train_step.channels_last,
-            "cpu_routes": list(train_step.cpu_routes),
-        },
-    }
-
-
-# TrainConfig fields a resumed run may change: they do not change what is trained.
-RESUME_MAY_CHANGE = ("threads", "log_every", "histograms")
-
-
-class RunCheckpoints:
-    """``last.pt`` every epoch (everything resume needs, the best epoch's weights included) and
-    ``best.pt`` (weights of the best val epoch; with nothing held out, of the last), both written
-    atomically, ``last.pt`` first. Because ``last.pt`` carries the best weights, resume rewrites
-    ``best.pt`` from it: whenever a kill came, ``best.pt`` ends as the epoch the history calls best."""
-
-    def __init__(self, folder: Path, train_step: TrainStep, meta: dict, keep_best: bool):
-        self.dir, self.train_step, self.meta, self.keep_best = folder, train_step, meta, keep_best
-        self.best_acc = -1.0
-        self.best: tuple[int, dict] | None = None  # (epoch, weights) of the best epoch so far
-        folder.mkdir(parents=True, exist_ok=True)
-        for orphan in folder.glob(".*.pt.tmp-*"):  # left by a kill during a checkpoint write
-            orphan.unlink(missing_ok=True)
-
-    def _weights(self) -> dict:
-        """The weights that are validated and served: the EMA where there is one."""
-        ts = self.train_step
-        return (ts.ema.module if ts.ema is not None else ts.model).state_dict()
-
-    def check_same_run(self, ckpt: dict, path: Path) -> None:
-        """ConfigError naming what differs when ``last.pt`` was written by another run than this one
-        (model, training options, data): a resumed run must be the run it continues."""
-        if ModelConfig.from_dict(ckpt["model_config"]) != ModelConfig.from_dict(self.meta["model_config"]):
-            raise ConfigError(f"{path}: its model config differs from this run's; train into a new --out")
-        then, now = ckpt.get("train_config", {}), self.meta["train_config"]
-        changed = sorted(k for k in set(then) | set(now)
-                         if k not in RESUME_MAY_CHANGE and _plain_json(then.get(k)) != _plain_json(now.get(k)))
-        if changed:
-            detail = ", ".join(f"{k} {then.get(k)!r} -> {now.get(k)!r}" for k in changed)
-            raise ConfigError(f"{path}: --resume of a run trained with other options ({detail}); "
-                              f"the schedule and data order depend on them: train into a new --out")
-        then_fp, now_fp = ckpt.get("data", {}).get("fingerprint"), self.meta["data"].get("fingerprint")
-        if then_fp is not None and then_fp != now_fp:
-            raise ConfigError(f"{path}: --resume with another pack than the run's "
-                              f"({ckpt['data'].get('path')}); train into a new --out")
-
-    def resume(self, model_config: ModelConfig) -> list[dict]:
-        """Load last.pt into the step (model, EMA, optimizer, schedule, RNG) and rewrite best.pt from
-        it; its history, or []."""
-        path = self.dir / "last.pt"
-        if not path.exists():
-            return []
-        ts = self.train_step
-        ckpt = load_checkpoint(path, map_location=ts.device)
-        self.check_same_run(ckpt, path)
-        ts.model.load_state_dict(ckpt["train_model"] if ts.ema is not None else ckpt["model"])
-        if ts.ema is not None:
-            ts.ema.load_state_dict(ckpt["ema"])
-        ts.optimizer.load_state_dict(ckpt["optimizer"])
-        ts.scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"], ts.device)
-        history = list(ckpt["history"])
-        if "best_epoch" in ckpt:
-            self.best = (ckpt["best_epoch"], ckpt.get("best_model", ckpt["model"]))
-        else:  # a last.pt without the best weights: its own epoch is the best it can vouch for
-            self.best = (ckpt["epoch"], ckpt["model"])
-        self.best_acc = history[self.best[0] - 1]["val_accuracy"]
-        self._write_best(history)
-        return history
-
-    def save(self, epoch: int, history: list[dict]) -> None:
-        ts = self.train_step
-        weights = self._weights()
-        improved = history[-1]["val_accuracy"] > self.best_acc or not self.keep_best
-        if improved:
-            self.best_acc = history[-1]["val_accuracy"]
-            self.best = (epoch, {k: v.detach().clone() for k, v in weights.items()})
-        best_epoch, best_weights = self.best
-        save_checkpoint({
-            **self.meta,
-            "model": weights,
-            **({"train_model": ts.model.state_dict(), "ema": ts.ema.state_dict()} if ts.ema is not None else {}),
-            "optimizer": ts.optimizer.state_dict(),
-            "scheduler": ts.scheduler.state_dict(),
-            "rng": _rng_state(ts.device),
-            "epoch": epoch,
-            "history": history,
-            "best_epoch": best_epoch,
-            **({"best_model": best_weights} if best_epoch != epoch else {}),
-        }, self.dir / "last.pt")
-        if improved:
-            self._write_best(history)
-
-    def _write_best(self, history: list[dict]) -> None:
-        epoch, weights = self.best
-        save_checkpoint({**self.meta, "model": weights, "epoch": epoch, "history": history[:epoch]},
-                        self.dir / "best.pt")
-
-
-def _plain_json(v):
-    """A config value as JSON would hold it (tuples and lists alike)."""
-    return json.loads(json.dumps(v))
-
-
-class TrainLog:
-    """TensorBoard for one run: per-step train metrics over windows of ``log_every`` steps (the
-    predictions stay on the device until a window is written), per-epoch metrics, LR, histograms."""
-
-    def __init__(self, out_dir: Path, config: TrainConfig, step: int, resumed: bool):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.config, self.global_step = config, step
-        # purge_step drops events a killed run wrote after its last checkpoint.
-        self.writer = SummaryWriter(str(out_dir), purge_step=step if resumed else None)
-        self._window: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self._epoch_losses: list[torch.Tensor] = []
-        self._epoch_preds: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def step(self, loss, logits, labels, lr: float, bar, flush: bool) -> None:
-        self.global_step += 1
-        self._window.append((loss, logits.argmax(1), labels))
-        if self.global_step % self.config.log_every and not flush:
-            return
-        losses = torch.stack([w[0] for w in self._window])
-        pred = torch.cat([w[1] for w in self._window]).cpu().numpy()
-        true = torch.cat([w[2] for w in self._window]).cpu().numpy()
-        m = {"loss": losses.mean().item(), **classification_metrics(true, pred)}
-        _log(self.writer, "train/step", m, self.global_step)
-        self.writer.add_scalar("lr/step", lr, self.global_step)
-        bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.3f}")
-        self._epoch_losses.append(losses)
-        self._epoch_preds.append((pred, true))
-        self._window = []
-
-    def epoch_train_metrics(self) -> dict:
-        """The epoch's train metrics from the accumulated predictions; starts the next epoch."""
-        m = {"loss": torch.cat(self._epoch_losses).mean().item(),
-             **classification_metrics(np.concatenate([t for _, t in self._epoch_preds]),
-                                      np.concatenate([p for p, _ in self._epoch_preds]))}
-        self._epoch_losses, self._epoch_preds = [], []
-        return m
-
-    def epoch(self, epoch: int, train_m: dict, val_m: dict, lr: float, model: nn.Module) -> None:
-        _log(self.writer, "train/epoch", train_m, epoch)
-        _log(self.writer, "val/epoch", val_m, epoch)
-        _log(self.writer, "val/step", val_m, self.global_step)  # val against the step axis, beside train/step
-        self.writer.add_scalar("lr/epoch", lr, epoch)
-        if self.config.histograms:
-            for name, module in model.named_modules():
-                if isinstance(module, nn.Conv2d):
-                    self.writer.add_histogram(f"weights/{name}", module.weight, epoch)
-                    if module.weight.grad is not None:
-                        self.writer.add_histogram(f"grads/{name}", module.weight.grad, epoch)
-        self.writer.flush()
-
-
 def _final_logs(writer, ckpt_dir, model, x_val, y_val, class_names, meta, history) -> None:
     """hparams and a confusion-matrix figure of the best-by-val weights."""
     from gtsrb.plots import confusion_figure
@@ -706,17 +400,5 @@ def _final_logs(writer, ckpt_dir, model, x_val, y_val, class_names, meta, histor
     )
 
 
-def _log(writer, prefix: str, metrics: dict, step: int) -> None:
-    for k in METRIC_NAMES:
-        writer.add_scalar(f"{prefix}/{k}", float(metrics[k]), step)
-
-
 def _hparam(v):
     return v if isinstance(v, (int, float, str, bool)) else str(v)
-
-
-def _plain(v):
-    """HDF5 attribute -> a plain Python value a safe checkpoint can hold."""
-    if isinstance(v, np.generic):
-        return v.item()
-    return v

@@ -4,7 +4,7 @@
         [--study results/study/cpu] [--incumbent-config results/study/cpu-quick/best_config.json] \
         [--arms seed no_se incumbent top1 ...] [--seeds 0 1 2] [--epochs 8] [--precision auto|bf16|fp32]
 
-One budget for every arm, the converging one: the accuracy recipe (``gtsrb.train.RECIPE``)
+One budget for every arm, the converging one: the accuracy recipe (``gtsrb.config.RECIPE``)
 on the ROI pack, the track split's whole train part, the whole val split, 8 epochs
 one-cycle, scored at the LAST epoch (the schedule is fixed; nothing is chosen on val).
 
@@ -56,7 +56,8 @@ from gtsrb.data import load_pack
 from gtsrb.inference import Classifier
 from gtsrb.metrics import calibration, classification_metrics
 from gtsrb.model import ModelConfig
-from gtsrb.train import PRECISIONS, RECIPE, TrainConfig, fit, split_config
+from gtsrb.config import PRECISIONS, RECIPE, split_config, TrainConfig
+from gtsrb.train import fit
 from gtsrb.util import atomic_path, machine, write_text_atomic
 from gtsrb.validate import fraction, non_negative_int, positive_int
 from study.cli import ArgumentParser, check_config, entry_point, read_config, require_pack

@@ -106,7 +106,8 @@ def _random_data(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tens
 def train_step_runner(batch: int = 128, **train_options) -> Callable[[], None]:
     """One call = one step of the real training step (``TrainStep``) with these TrainConfig
     options, finished (one sync per step, so the clock measures finished work)."""
-    from gtsrb.train import TrainConfig, make_train_step
+    from gtsrb.config import TrainConfig
+    from gtsrb.train import make_train_step
 
     config = TrainConfig(batch_size=batch, epochs=1, **train_options)
     step_fn = make_train_step(PRESETS["seed"], config, steps_per_epoch=100_000)
@@ -179,7 +180,8 @@ def spread(values: list[float]) -> dict:
 def cuda_step_is_sync_free(batch: int = 128) -> bool:
     """Whether the default training step runs on CUDA without the host ever waiting for the
     GPU (``torch.cuda.set_sync_debug_mode("error")`` raises on any sync)."""
-    from gtsrb.train import TrainConfig, make_train_step
+    from gtsrb.config import TrainConfig
+    from gtsrb.train import make_train_step
 
     step_fn = make_train_step(PRESETS["seed"], TrainConfig(batch_size=batch, device="cuda"), steps_per_epoch=10)
     images, labels = _random_data(batch, step_fn.device)
@@ -300,7 +302,8 @@ def bench_pack(source: Path) -> tuple[float, float]:
 
 def cpu_variants() -> dict[str, dict]:
     """The CPU training variants: TrainConfig options of each, the default first."""
-    from gtsrb.train import TrainConfig, use_bf16
+    from gtsrb.config import TrainConfig
+    from gtsrb.train import use_bf16
 
     bf16 = use_bf16(TrainConfig(), torch.device("cpu"))
     variants: dict[str, dict] = {

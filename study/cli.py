@@ -76,12 +76,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def check_config(config: dict, where: str) -> None:
     """Refuse, naming ``where`` and the field, a flat config (best_config.json's shape) that
-    ``gtsrb.train.split_config`` would not take (ModelConfig and TrainConfig check their fields' types and
+    ``gtsrb.config.split_config`` would not take (ModelConfig and TrainConfig check their fields' types and
     ranges, ``gtsrb.validate``), or whose network does not build and run on one image."""
     import torch
 
     from gtsrb.model import build_model
-    from gtsrb.train import TrainConfig, split_config
+    from gtsrb.config import split_config, TrainConfig
 
     try:
         model_config, train_over = split_config(config)

@@ -24,7 +24,8 @@ from pathlib import Path
 from gtsrb.archive import DataError
 from gtsrb.checkpoint import load_checkpoint
 from gtsrb.model import PRESETS
-from gtsrb.train import TrainConfig, fit
+from gtsrb.config import TrainConfig
+from gtsrb.train import fit
 from gtsrb.util import machine, write_text_atomic
 from gtsrb.validate import fraction, non_negative_int, positive_int
 from study.cli import ArgumentParser, entry_point, require_pack

@@ -8,7 +8,7 @@ best_config.json) on the track split's whole train part for the same number
 of epochs, with the same one-cycle schedule, and is scored at its LAST epoch:
 the schedule is fixed, nothing is chosen on val. Arms:
 
-- ``recipe``: everything in ``gtsrb.train.RECIPE``, on the ROI-cropped pack;
+- ``recipe``: everything in ``gtsrb.config.RECIPE``, on the ROI-cropped pack;
 - ``old``: none of it (the recipe before this ablation), on the same pack;
 - ``no_<piece>``: the recipe without one piece (``no_roi`` trains on the
   full-frame pack instead);
@@ -53,7 +53,8 @@ from gtsrb.checkpoint import load_checkpoint, save_checkpoint
 from gtsrb.data import load_pack
 from gtsrb.evaluate import evaluate
 from gtsrb.inference import Classifier
-from gtsrb.train import PRECISIONS, RECIPE, TrainConfig, fit, split_config, training_splits
+from gtsrb.config import PRECISIONS, RECIPE, split_config, TrainConfig
+from gtsrb.train import fit, training_splits
 from gtsrb.util import machine, write_text_atomic
 from gtsrb.validate import fraction, non_negative_int, positive_int
 from study.cli import ArgumentParser, entry_point, read_config, require_pack

@@ -1,10 +1,12 @@
-"""What the ablation records mean, shared by `make report` (``study.report``) and the demo's Study tab
-(``ui/study.py``): the arms' names, which run picked a top arm, where the records live, and how a
-mean ± std is written. Numpy only: the tab imports this and must not import torch."""
+"""What the stored results mean, shared by `make report` (``study.report``), the study commands and the
+demo's Study tab (``ui/study.py``): the study profiles and a study folder's files, the ablation arms'
+names, which run picked a top arm, where the records live, and how a mean ± std is written. Numpy only:
+the tab imports this and must not import torch."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,53 @@ from gtsrb.archive import DataError
 # Records, profiles and configs are kilobytes to a few megabytes; a file far beyond that is not one,
 # and reading it whole would take the memory (``/dev/zero`` has no end at all).
 MAX_JSON_BYTES = 256 * 1024**2
+
+# A study's folder (results/study/<name>, `make tune`): how it was run, and its Optuna study beside Ray's files.
+PROFILE_FILE = "profile.json"  # the profile after overrides, the data, the command
+OPTUNA_DB = "optuna.db"  # optuna.load_study(study_name=NAME, storage=optuna_storage_url(folder))
+
+
+@dataclass(frozen=True)
+class Profile:
+    trials: int
+    epochs: int  # the most a trial runs (ASHA's max_t)
+    train_fraction: float  # track-grouped share of the train split
+    val_fraction: float
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int | None = None
+
+    @property
+    def grace(self) -> int:
+        """ASHA's first rung, the epochs every trial gets: half the schedule (see PROFILES)."""
+        return max(1, self.epochs // 2)
+
+
+# ASHA's rule, every profile: the first rung is at half the schedule (Profile.grace) and the
+# reduction factor is 2. So a trial is stopped only after half its one-cycle schedule, and only when
+# it sits in the bottom half of the trials that reached that rung; a slow starter still has half
+# its epochs to catch up before anyone judges it. results/REPORT.md checks the rule on the study's
+# own curves (how well the rung's ranking predicted the last epoch's).
+PROFILES = {
+    # 2 cores, real data, the recipe, compared near convergence: 24 trials on the whole train split
+    # and the whole val split, 8 epochs (the recipe's schedule, which reaches 99% track-split test),
+    # rungs at 4 and 8 epochs, 2 trials at a time with 1 CPU each. Many hours on a 2-core CPU:
+    # `make tune` continues where it stopped.
+    "cpu": Profile(trials=24, epochs=8, train_fraction=1.0, val_fraction=1.0,
+                   cpus_per_trial=1, gpus_per_trial=0),
+    # GPUs: more trials, a longer schedule, 4 trials share each GPU.
+    "gpu": Profile(trials=48, epochs=16, train_fraction=1.0, val_fraction=1.0,
+                   cpus_per_trial=2, gpus_per_trial=0.25),
+    # The tests and `make tune SMOKE=1`: 3 trials, 2 epochs, a small share of the data.
+    "smoke": Profile(trials=3, epochs=2, train_fraction=0.05, val_fraction=0.2,
+                     cpus_per_trial=1, gpus_per_trial=0, max_concurrent=2),
+}
+
+
+def optuna_storage_url(study_dir: Path) -> str:
+    """The SQLite URL of a study's Optuna storage (optuna-dashboard takes it too)."""
+    return f"sqlite:///{Path(study_dir).resolve() / OPTUNA_DB}"
+
 
 ARM_LABELS = {"seed": "seed preset (SE on all 5 stages)", "no_se": "no SE (plain VGG-11)",
               "incumbent": "incumbent (quick study's winner)",

@@ -24,9 +24,8 @@ import pandas as pd
 
 from gtsrb.archive import DataError
 from gtsrb.util import atomic_path, write_text_atomic
-from study.records import read_json
+from study.records import OPTUNA_DB, PROFILE_FILE, optuna_storage_url, read_json
 from study.space import FIXED_POINTS, SE_STAGE_KEYS, best_config_json
-from study.tune import OPTUNA_DB, PROFILE_FILE, optuna_storage_url
 
 IMPORTANCE_MIN_TRIALS = 20  # fANOVA on fewer completed trials than this says more about noise than factors
 PARAM_ORDER = (*SE_STAGE_KEYS, "se_form", "se_position", "se_reduction", "conv_dropout",

@@ -39,11 +39,11 @@ import torch
 from gtsrb.archive import DataError, find_layout
 from gtsrb.checkpoint import load_checkpoint, save_checkpoint
 from gtsrb.data import load_pack
-from gtsrb.evaluate import evaluate
-from gtsrb.explain import compute_excitations_file
+from gtsrb.evaluate import compute_excitations_file, evaluate
 from gtsrb.inference import Classifier
 from gtsrb.publish import check_folder_target, publish_dir
-from gtsrb.train import RECIPE, TrainConfig, fit, split_config
+from gtsrb.config import RECIPE, split_config, TrainConfig
+from gtsrb.train import fit
 from gtsrb.util import machine
 from gtsrb.validate import positive_int
 from study.cli import ArgumentParser, entry_point, read_config, require_pack

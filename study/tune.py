@@ -1,7 +1,7 @@
 """`make tune`: the Ray Tune study. Optuna (seeded TPE) searches, ASHA stops early.
 
 The trial is a thin function over ``gtsrb.train.fit`` with the accuracy recipe
-(``gtsrb.train.RECIPE``) on the ROI pack. On a laptop it runs on a local Ray;
+(``gtsrb.config.RECIPE``) on the ROI pack. On a laptop it runs on a local Ray;
 with ``RAY_ADDRESS`` set it joins that cluster and spreads trials over every
 node (fractional GPUs per trial where there are GPUs).
 
@@ -22,61 +22,19 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from gtsrb.archive import DataError
 from gtsrb.util import write_text_atomic
 from gtsrb.validate import fraction, non_negative_float, positive_float, positive_int
 from study.cli import ArgumentParser, entry_point, require_pack
+from study.records import PROFILE_FILE, PROFILES, Profile, optuna_storage_url
+from study.summary import write_summaries
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY_ROOT = REPO / "results" / "study"
 METRIC, MODE = "val_accuracy", "max"
-PROFILE_FILE = "profile.json"  # how the study was run: the profile after overrides, the data, the command
-OPTUNA_DB = "optuna.db"  # the Optuna study, beside Ray's files: optuna.load_study(study_name=NAME, storage=URL)
-
-
-@dataclass(frozen=True)
-class Profile:
-    trials: int
-    epochs: int  # the most a trial runs (ASHA's max_t)
-    train_fraction: float  # track-grouped share of the train split
-    val_fraction: float
-    cpus_per_trial: float
-    gpus_per_trial: float
-    max_concurrent: int | None = None
-
-    @property
-    def grace(self) -> int:
-        """ASHA's first rung, the epochs every trial gets: half the schedule (see PROFILES)."""
-        return max(1, self.epochs // 2)
-
-
-# ASHA's rule, every profile: the first rung is at half the schedule (Profile.grace) and the
-# reduction factor is 2. So a trial is stopped only after half its one-cycle schedule, and only when
-# it sits in the bottom half of the trials that reached that rung; a slow starter still has half
-# its epochs to catch up before anyone judges it. results/REPORT.md checks the rule on the study's
-# own curves (how well the rung's ranking predicted the last epoch's).
-PROFILES = {
-    # 2 cores, real data, the recipe, compared near convergence: 24 trials on the whole train split
-    # and the whole val split, 8 epochs (the recipe's schedule, which reaches 99% track-split test),
-    # rungs at 4 and 8 epochs, 2 trials at a time with 1 CPU each. Many hours on a 2-core CPU:
-    # `make tune` continues where it stopped.
-    "cpu": Profile(trials=24, epochs=8, train_fraction=1.0, val_fraction=1.0,
-                   cpus_per_trial=1, gpus_per_trial=0),
-    # GPUs: more trials, a longer schedule, 4 trials share each GPU.
-    "gpu": Profile(trials=48, epochs=16, train_fraction=1.0, val_fraction=1.0,
-                   cpus_per_trial=2, gpus_per_trial=0.25),
-    # The tests and `make tune SMOKE=1`: 3 trials, 2 epochs, a small share of the data.
-    "smoke": Profile(trials=3, epochs=2, train_fraction=0.05, val_fraction=0.2,
-                     cpus_per_trial=1, gpus_per_trial=0, max_concurrent=2),
-}
-
-
-def optuna_storage_url(study_dir: Path) -> str:
-    """The SQLite URL of a study's Optuna storage (optuna-dashboard takes it too)."""
-    return f"sqlite:///{Path(study_dir).resolve() / OPTUNA_DB}"
 
 
 def _has_file(checkpoint, name: str) -> bool:
@@ -92,14 +50,15 @@ def train_trial(config: dict, data: str, profile: dict) -> None:
     from ray import tune
 
     from gtsrb.checkpoint import load_checkpoint
-    from gtsrb.train import RECIPE, TrainConfig, fit, split_config
+    from gtsrb.config import RECIPE, split_config, TrainConfig
+    from gtsrb.train import fit
     from study.space import best_config_json
 
     ctx = tune.get_context()
     # fit() sets torch's threads to this trial's CPUs.
     cpus = ctx.get_trial_resources().required_resources.get("CPU", 1)
     # What `make train-best` would train from this trial's best_config.json: the accuracy recipe
-    # (gtsrb.train.RECIPE, model and training parts) on top of the trial's parameters.
+    # (gtsrb.config.RECIPE, model and training parts) on top of the trial's parameters.
     model_config, train_over = split_config({**best_config_json(config), **RECIPE})
     # The trainer's event files and history live in the trial folder; its
     # checkpoints stay in a scratch folder (Ray keeps its own copy of each one).
@@ -282,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summarize", type=Path, metavar="STUDY_DIR", help="only rewrite the summaries of a stored study")
     a = p.parse_args(argv)
 
-    from study.summary import write_summaries
 
     if a.summarize:
         print(write_summaries(a.summarize))

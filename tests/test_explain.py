@@ -17,9 +17,9 @@ from gtsrb.cli import main  # noqa: E402
 from gtsrb.archive import DataError  # noqa: E402
 from gtsrb.data import load_pack  # noqa: E402
 from gtsrb.util import sha256_file  # noqa: E402
+from gtsrb.evaluate import compute_excitations_file  # noqa: E402
 from gtsrb.explain import (  # noqa: E402
-    class_excitations, compute_excitations_file, distance_block, gradcam, gradcam_layer, load_excitations,
-    save_excitations,
+    class_excitations, distance_block, gradcam, gradcam_layer, load_excitations, save_excitations,
 )
 from gtsrb.inference import Classifier  # noqa: E402
 from gtsrb.model import PRESETS, build_model  # noqa: E402

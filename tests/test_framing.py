@@ -8,7 +8,8 @@ import torch
 from gtsrb.classes import mirror_table
 from gtsrb.data import load_pack, pack
 from gtsrb.model import ModelConfig
-from gtsrb.train import TrainConfig, fit, mirror_batch
+from gtsrb.config import TrainConfig
+from gtsrb.train import fit, mirror_batch
 
 TINY = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))
 

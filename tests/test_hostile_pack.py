@@ -335,7 +335,15 @@ def _keep_splits_empty(base, tmp):
 
 
 def _size_too_small(base, tmp):
-    return Case([base["zip"]], ["--size 4", "at least 8"], ["--size", "4"])
+    return Case([base["zip"]], ["--size 4", "8 to 512"], ["--size", "4"])
+
+
+def _size_too_large(base, tmp):
+    return Case([base["zip"]], ["--size 100000", "8 to 512"], ["--size", "100000"])
+
+
+def _frame_size_below_size(base, tmp):
+    return Case([base["zip"]], ["--frame-size 20", "to 512"], ["--roi", "--frame-size", "20"])
 
 
 CASES: dict[str, Callable] = {f.__name__.lstrip("_"): f for f in [
@@ -347,7 +355,7 @@ CASES: dict[str, Callable] = {f.__name__.lstrip("_"): f for f in [
     _roi_past_the_image, _non_integer_value, _short_row, _missing_column, _csv_not_utf8,
     _filename_escaping_its_folder, _image_listed_nowhere, _missing_class_folder,
     _class_folder_twice_in_one_zip, _csv_zip_bomb_declared_size, _keep_splits_typo, _keep_splits_empty,
-    _size_too_small,
+    _size_too_small, _size_too_large, _frame_size_below_size,
 ]}
 
 

@@ -25,7 +25,7 @@ from gtsrb.archive import DataError
 from gtsrb.checkpoint import save_checkpoint
 from gtsrb.model import ModelConfig, build_model
 from gtsrb.publish import check_file_target, publish_dir, recover
-from gtsrb.train import RECIPE
+from gtsrb.config import RECIPE
 
 TINY_CFG = [16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"]
 TINY = ModelConfig(cfg=tuple(TINY_CFG))  # SE on all 5 stages, as the seed preset

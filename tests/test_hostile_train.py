@@ -21,7 +21,7 @@ from gtsrb.checkpoint import save_checkpoint
 from gtsrb.cli import main
 from gtsrb.data import load_pack
 from gtsrb.model import ModelConfig, build_model
-from gtsrb.train import TrainConfig, split_config
+from gtsrb.config import split_config, TrainConfig
 
 TINY = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))
 TINY_CFG = {"cfg": list(TINY.cfg)}

@@ -123,7 +123,8 @@ def test_a_stale_best_pt_left_by_a_kill_is_rewritten_on_resume(synthetic_pack, t
     """The issue's case: killed while epoch 2's best.pt was written, so best.pt still held epoch 1
     while the record said epoch 2. last.pt carries the best weights, and resume rewrites best.pt."""
     from gtsrb.model import ModelConfig
-    from gtsrb.train import TrainConfig, fit
+    from gtsrb.config import TrainConfig
+    from gtsrb.train import fit
 
     tiny = ModelConfig(cfg=tuple(TINY_CONFIG["cfg"]))
     config = TrainConfig(epochs=4, batch_size=64, histograms=False, threads=1)
@@ -154,7 +155,8 @@ def test_a_stale_best_pt_left_by_a_kill_is_rewritten_on_resume(synthetic_pack, t
 def test_resume_refuses_a_changed_pack_recipe_or_schedule(synthetic_pack, synthetic_zip, tmp_path):
     from gtsrb.data import pack
     from gtsrb.model import ModelConfig
-    from gtsrb.train import TrainConfig, fit
+    from gtsrb.config import TrainConfig
+    from gtsrb.train import fit
     from gtsrb.validate import ConfigError
 
     tiny = ModelConfig(cfg=tuple(TINY_CONFIG["cfg"]))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from gtsrb.data import load_pack
-from gtsrb.train import TrainConfig, training_splits
+from gtsrb.config import TrainConfig
+from gtsrb.train import training_splits
 from study.report.protocol import cv_table, load_cv, track_bootstrap_halfwidth
 
 

@@ -13,7 +13,8 @@ from gtsrb.checkpoint import load_checkpoint
 from gtsrb.classes import CLASS_NAMES, MIRROR_PAIRS, MIRROR_SELF, mirror_table
 from gtsrb.inference import Classifier
 from gtsrb.model import ModelConfig, build_model
-from gtsrb.train import TrainConfig, epoch_order, fit, make_train_step, mirror_batch
+from gtsrb.config import TrainConfig
+from gtsrb.train import epoch_order, fit, make_train_step, mirror_batch
 
 TINY = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))
 RECIPE_TINY = TrainConfig(epochs=2, batch_size=64, log_every=5, histograms=False, mirror=True,

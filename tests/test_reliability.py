@@ -13,7 +13,8 @@ from gtsrb.cli import main
 from gtsrb.archive import DataError
 from gtsrb.preprocess import MAX_PIXELS, decode
 from gtsrb.model import ModelConfig, build_model
-from gtsrb.train import TrainConfig, fit
+from gtsrb.config import TrainConfig
+from gtsrb.train import fit
 
 TINY = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))
 QUICK = TrainConfig(epochs=2, batch_size=64, histograms=False)

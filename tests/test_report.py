@@ -30,7 +30,7 @@ def test_ablation_plan_runs_every_arm_per_seed_and_leakage_once():
 def test_ablation_top_arms_are_the_studys_best_full_budget_trials_by_last_epoch(tmp_path):
     import pandas as pd
 
-    from gtsrb.train import split_config
+    from gtsrb.config import split_config
     from study.ablation import arm_spec, top_configs
 
     base = {"se_form": "gate", "se_position": "post_act", "pool": "max", "lr": 2e-3, "weight_decay": 0.05,
@@ -112,7 +112,8 @@ def test_the_ablation_continues_the_study_trial_that_trained_the_same_run(synthe
     import torch
 
     from gtsrb.model import ModelConfig
-    from gtsrb.train import TrainConfig, fit
+    from gtsrb.config import TrainConfig
+    from gtsrb.train import fit
     from study.ablation import adopt_trial, done_at_another_budget, study_trial
 
     tiny = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))

@@ -108,7 +108,8 @@ def test_cv_folds_partition_the_images_by_whole_tracks_and_are_stable():
 
 def test_a_fold_trains_and_validates_on_train_plus_val_and_never_sees_test(synthetic_pack):
     from gtsrb.data import load_pack
-    from gtsrb.train import TrainConfig, training_splits
+    from gtsrb.config import TrainConfig
+    from gtsrb.train import training_splits
 
     data = load_pack(synthetic_pack)
     seen = []

@@ -20,9 +20,10 @@ pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # a real Ray study
 
 from gtsrb.model import PRESETS
-from gtsrb.train import split_config
+from gtsrb.config import split_config
 from study.space import FIXED_POINTS, NO_SE_POINT, SEED_POINT, best_config_json, define_space, to_configs
-from study.tune import REPO, optuna_storage_url
+from study.records import optuna_storage_url
+from study.tune import REPO
 
 
 def test_fixed_points_are_the_seed_and_the_seed_without_se():

@@ -12,7 +12,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gtsrb.checkpoint import load_checkpoint
 from gtsrb.model import ModelConfig
-from gtsrb.train import METRIC_NAMES, TrainConfig, fit
+from gtsrb.config import TrainConfig
+from gtsrb.metrics import METRIC_NAMES
+from gtsrb.train import fit
 
 pytestmark = pytest.mark.slow  # every test here trains
 

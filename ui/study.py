@@ -39,7 +39,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from study.records import ARM_LABELS, PICKED_ON_SEED, TOP, ablation_folder, pm  # noqa: E402
+from study.records import ARM_LABELS, PICKED_ON_SEED, PROFILES, TOP, ablation_folder, pm  # noqa: E402
 
 SE_STAGE_KEYS = tuple(f"se_stage{i}" for i in range(1, 6))
 # The searched factors, in study/summary.py's PARAM_ORDER (study/space.py defines the space):
@@ -453,10 +453,6 @@ def _profile(folder: Path):
             return SimpleNamespace(**json.loads(recorded.read_text()), recorded=True)
         except (OSError, ValueError, TypeError):
             pass  # unreadable: fall back to the profile of the same name
-    try:
-        from study.tune import PROFILES  # stdlib-only at import; no Ray, no torch
-    except Exception:  # noqa: BLE001 - the tab must work without the study package
-        return None
     p = PROFILES.get(folder.name)
     return None if p is None else SimpleNamespace(**dataclasses.asdict(p), grace=p.grace, recorded=False)
 

@@ -56,7 +56,8 @@ def track_bootstrap_halfwidth(fold_items: list[tuple[np.ndarray, np.ndarray]], s
 def _val_sets(pack: Path, folds: int, fold_ids: list[int]) -> dict[int, tuple[list[str], np.ndarray]]:
     """Fold k's val file names and their track ids, as study.recipe's runs saw them."""
     from gtsrb.data import load_pack
-    from gtsrb.train import TrainConfig, training_splits
+    from gtsrb.config import TrainConfig
+    from gtsrb.train import training_splits
 
     data = load_pack(pack)
     out = {}
