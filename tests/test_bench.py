@@ -1,6 +1,7 @@
 """The bench's pieces, on tiny budgets (the figures themselves live in results/bench/)."""
 
 import json
+import math
 
 import pytest
 
@@ -87,5 +88,7 @@ def test_bench_cli_quick_json_has_the_reported_keys(synthetic_zip, capsys, tmp_p
 @pytest.mark.slow
 def test_inference_bench_times_predict_and_evaluation_throughput():
     r = bench.bench_infer(requests=4, eval_images=64)
-    assert 0 < r["infer_ms_p50"] <= r["infer_ms_p99"] < 1000
+    # No time bound: a unit test that times a shared machine fails when the machine is busy, not when
+    # the code is slow (speed lives in `make bench`).
+    assert 0 < r["infer_ms_p50"] <= r["infer_ms_p99"] and math.isfinite(r["infer_ms_p99"])
     assert r["eval_img_s"] > 0
