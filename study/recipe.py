@@ -24,7 +24,8 @@ the schedule is fixed, nothing is chosen on val. Arms:
 - ``robust``: the recipe plus the three robustness augmentations (``ROBUST``: darkening, blur,
   occlusion; ``gtsrb.augment``), and ``dark``, ``blur``, ``erase``: the recipe plus one of them;
 - ``framing``: the recipe plus the framing crop (``FRAMING``; half the images cropped between their
-  ROI and their whole frame), and ``robust_framing``: both. They need ``--data`` packed with
+  ROI and their whole frame), ``framing_all`` (every image), and ``robust_framing``: robust and
+  framing together. They need ``--data`` packed with
   ``--roi --frame-size 32``, whose ROI images are those of the plain ROI pack.
 
 ``--protocol cv`` (issue 33's selection protocol): run k validates on fold k of a track-grouped
@@ -69,7 +70,7 @@ EXTRAS: dict[str, dict] = {"norm": {"input_norm": "image"}, "balanced": {"balanc
 ROBUST: dict = {"dark_p": 0.3, "blur_p": 0.2, "erase_p": 0.5}
 FRAMING: dict = {"framing": 0.5}
 EXTRAS |= {"robust": ROBUST, **{k[:-2]: {k: v} for k, v in ROBUST.items()},
-           "framing": FRAMING, "robust_framing": {**ROBUST, **FRAMING}}
+           "framing": FRAMING, "robust_framing": {**ROBUST, **FRAMING}, "framing_all": {"framing": 1.0}}
 LONG = 2  # the long arm trains this many times --epochs
 ARMS = ("recipe", "old", "no_roi", *(f"no_{p}" for p in PIECES), *EXTRAS, "long")
 
