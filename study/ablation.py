@@ -47,7 +47,6 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import pandas as pd
 
 from gtsrb.archive import DataError
@@ -56,6 +55,7 @@ from gtsrb.data import load_pack
 from gtsrb.inference import Classifier
 from gtsrb.metrics import calibration, classification_metrics
 from gtsrb.model import ModelConfig
+from gtsrb.runfiles import data_fingerprint
 from gtsrb.config import PRECISIONS, RECIPE, split_config, TrainConfig
 from gtsrb.train import fit
 from gtsrb.util import atomic_path, machine, write_text_atomic
@@ -130,11 +130,6 @@ def study_trial(arm: str, study: Path | None, incumbent: dict | None = None) -> 
     return None
 
 
-def _pack_attrs(pack: Path) -> dict:
-    with h5py.File(pack, "r") as f:
-        return {k: str(v) for k, v in f.attrs.items()}
-
-
 def adopt_trial(study: Path, trial_id: str, out: Path, model_config: ModelConfig, train_config: TrainConfig,
                 pack: Path) -> dict | None:
     """Put the study trial's last checkpoint at ``out/last.pt`` when that trial trained exactly this run;
@@ -150,8 +145,11 @@ def adopt_trial(study: Path, trial_id: str, out: Path, model_config: ModelConfig
     differ = [k for k in mine if k not in NOT_COMPARED and theirs.get(k) != mine[k]]
     if ModelConfig.from_dict(ckpt["model_config"]) != model_config:
         differ.append("model_config")
-    data = {k: str(v) for k, v in ckpt["data"].items() if k != "path"}
-    if data != _pack_attrs(pack):
+    # The pack: its attributes, and where the checkpoint has one, the fingerprint of its contents.
+    packed = load_pack(pack)
+    data = {k: str(v) for k, v in ckpt["data"].items() if k not in ("path", "fingerprint")}
+    fingerprint = data_fingerprint(packed)
+    if data != {k: str(v) for k, v in packed.attrs.items()} or ckpt["data"].get("fingerprint", fingerprint) != fingerprint:
         differ.append("pack")
     if differ:
         print(f"  study trial {trial_id}: {found[-1]} differs in {', '.join(differ)}; training from scratch",
