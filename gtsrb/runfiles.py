@@ -63,8 +63,9 @@ def run_meta(model_config: ModelConfig, config: TrainConfig, data: Packed, pack_
     }
 
 
-# TrainConfig fields a resumed run may change: they do not change what is trained.
-RESUME_MAY_CHANGE = ("threads", "log_every", "histograms")
+# TrainConfig fields a resumed run may change: they change where and how fast it runs and what it logs,
+# not what it trains (another device draws other random numbers, so only a CPU resume on CPU is exact).
+RESUME_MAY_CHANGE = ("threads", "device", "log_every", "histograms")
 
 
 class RunCheckpoints:

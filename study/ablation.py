@@ -55,7 +55,7 @@ from gtsrb.data import load_pack
 from gtsrb.inference import Classifier
 from gtsrb.metrics import calibration, classification_metrics
 from gtsrb.model import ModelConfig
-from gtsrb.runfiles import data_fingerprint
+from gtsrb.runfiles import RESUME_MAY_CHANGE, data_fingerprint
 from gtsrb.config import PRECISIONS, RECIPE, split_config, TrainConfig
 from gtsrb.train import fit
 from gtsrb.util import atomic_path, machine, write_text_atomic
@@ -71,7 +71,7 @@ INCUMBENT_CONFIG = Path("results/study/cpu-quick/best_config.json")  # the Makef
 
 # How a run is carried out, not what it trains: a study trial that differs from an ablation run only
 # here trained the same network on the same data in the same order.
-NOT_COMPARED = ("threads", "device", "histograms", "log_every")
+NOT_COMPARED = RESUME_MAY_CHANGE  # what a continued study trial may differ in: what fit's resume allows
 ADOPTED = "adopted.json"  # beside an adopted run's last.pt: which trial it continues
 
 
