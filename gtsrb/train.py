@@ -293,10 +293,11 @@ def fit(
     # their ROI boxes), cropped by the augmentation; val stays the pack's images.
     framing = config.framing > 0
     if framing and train.frames is None:
-        raise ValueError(f"{pack_path or 'the pack'}: framing {config.framing} needs whole frames; "
-                         f"pack with `gtsrb pack --roi --frame-size 32`")
+        raise ConfigError(f"TrainConfig.framing: {config.framing} needs whole frames, and {where} has none; "
+                          f"pack with `gtsrb pack --roi --frame-size 32`")
     if framing and not config.augment:
-        raise ValueError(f"framing {config.framing}: the framing crop is part of the augmentation; needs augment=True")
+        raise ConfigError(f"TrainConfig.framing: {config.framing}: the framing crop is part of the augmentation; "
+                          f"needs augment=True")
     x_train, y_train, x_val, y_val = (torch.from_numpy(a).to(device) for a in (
         train.frames if framing else train.images, train.labels, val.images, val.labels))
     boxes_train = torch.from_numpy(train.boxes).to(device) if framing else None
