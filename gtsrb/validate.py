@@ -14,7 +14,7 @@ import math
 import numbers
 import types
 import typing
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 from gtsrb.archive import DataError
 
@@ -119,37 +119,20 @@ def _number(text: str, kind: type, expected: str):
     return value
 
 
-def positive_int(text: str) -> int:
-    value = _number(text, int, "a whole number above 0")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: expected a whole number above 0")
-    return value
+def _argument_type(kind: type, ok: Callable[[float], bool], expected: str, name: str) -> Callable[[str], float]:
+    """An argparse ``type=``: ``text`` as ``kind`` where ``ok`` holds, else the flag's error saying ``expected``."""
+    def parse(text: str):
+        value = _number(text, kind, expected)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text}: expected {expected}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in some of its messages
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    value = _number(text, int, "a whole number >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: expected a whole number >= 0")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text, float, "a number above 0")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text}: expected a number above 0")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _number(text, float, "a number >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: expected a number >= 0")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A share: above 0, at most 1."""
-    value = _number(text, float, "a share above 0 and at most 1")
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text}: expected a share above 0 and at most 1")
-    return value
+positive_int = _argument_type(int, lambda v: v >= 1, "a whole number above 0", "positive_int")
+non_negative_int = _argument_type(int, lambda v: v >= 0, "a whole number >= 0", "non_negative_int")
+positive_float = _argument_type(float, lambda v: v > 0, "a number above 0", "positive_float")
+non_negative_float = _argument_type(float, lambda v: v >= 0, "a number >= 0", "non_negative_float")
+fraction = _argument_type(float, lambda v: 0 < v <= 1, "a share above 0 and at most 1", "fraction")  # of a split
