@@ -233,12 +233,11 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             history = fit(model_config, pack, out, train_config, resume=(out / "last.pt").exists(), progress=False)
             seconds = time.perf_counter() - t0
-            # The last epoch's weights (the EMA where the arm keeps one): no selection on val. Under cv the
-            # fold's val accuracy is the last history row's (fit validated those weights on that fold).
+            # The last epoch's weights (the EMA where the arm keeps one): no selection on val.
             test = evaluate(out / "last.pt", pack, "test")
             test.pop("per_class", None)
-            val_accuracy = history[-1]["val_accuracy"] if a.protocol == "cv" else evaluate(out / "last.pt", pack, "val")["accuracy"]
-            own = scores(out / "last.pt", pack, train_config)
+            own = scores(out / "last.pt", pack, train_config)  # the run's own val (its fold under cv) and test
+            val_accuracy = own["val"]["accuracy"]
             # The same images uncropped (the full-frame pack has the same split): what a tester uploads.
             full_frame = scores(out / "last.pt", a.full_frame_data, train_config) if a.full_frame_data and roi else None
             raw = raw_weights_metrics(out / "last.pt", pack) if train_config.ema_decay > 0 else None
