@@ -48,10 +48,16 @@ DATA_ROI ?= data/gtsrb28-roi.h5
 $(DATA_ROI): | $(STAMP)
 	$(BIN)/gtsrb pack $(SOURCE) --roi --out $(DATA_ROI)
 
-# The main job: pack the archive with ROI crops (once) and train the study's best config with the
-# accuracy recipe on the train split: the release model's split twin (PRESET=seed trains a preset instead).
-train: $(DATA_ROI)
-	$(BIN)/gtsrb train --data $(DATA_ROI) $(if $(PRESET),--preset $(PRESET),--config $(CONFIG)) --recipe \
+# The same split again, ROI crops plus each whole frame (32 px) with its ROI box: what the recipe
+# trains on (its framing crop, TrainConfig.framing). Its ROI images are those of DATA_ROI.
+DATA_FRAMED ?= data/gtsrb28-framed.h5
+$(DATA_FRAMED): | $(STAMP)
+	$(BIN)/gtsrb pack $(SOURCE) --roi --frame-size 32 --out $(DATA_FRAMED)
+
+# The main job: pack the archive with ROI crops and whole frames (once) and train the study's best config
+# with the accuracy recipe on the train split: the release model's split twin (PRESET=seed trains a preset instead).
+train: $(DATA_FRAMED)
+	$(BIN)/gtsrb train --data $(DATA_FRAMED) $(if $(PRESET),--preset $(PRESET),--config $(CONFIG)) --recipe \
 		--epochs $(EPOCHS) --out $(RUN) $(if $(wildcard $(RUN)/last.pt),--resume,)
 
 # The browser tests drive Debian's Chromium (never a Playwright download).
@@ -82,8 +88,8 @@ URL ?=
 loadtest: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m ui.loadtest --checkpoint $(CKPT) $(if $(URL),--url $(URL)) --out results/ui/loadtest.json
 
-tune: $(DATA_ROI)
-	$(BIN)/python -m study.tune --data $(abspath $(DATA_ROI)) $(if $(SMOKE),--smoke-test) \
+tune: $(DATA_FRAMED)
+	$(BIN)/python -m study.tune --data $(abspath $(DATA_FRAMED)) $(if $(SMOKE),--smoke-test) \
 		$(if $(NAME),--name $(NAME)) $(if $(TRIALS),--trials $(TRIALS)) \
 		$(if $(TUNE_EPOCHS),--epochs $(TUNE_EPOCHS)) $(if $(CPUS_PER_TRIAL),--cpus-per-trial $(CPUS_PER_TRIAL)) \
 		$(if $(GPUS_PER_TRIAL),--gpus-per-trial $(GPUS_PER_TRIAL)) $(if $(TRAIN_FRACTION),--train-fraction $(TRAIN_FRACTION))
@@ -103,23 +109,17 @@ CONFIG       ?= results/study/cpu/best_config.json
 QUICK_CONFIG ?= results/study/cpu-quick/best_config.json
 BEST_EPOCHS  ?= 8
 OFFICIAL_TEST ?=
-train-best: $(DATA_ROI)
-	$(BIN)/python -m study.train_best --config $(CONFIG) --data $(DATA_ROI) --epochs $(BEST_EPOCHS) \
+train-best: $(DATA_FRAMED)
+	$(BIN)/python -m study.train_best --config $(CONFIG) --data $(DATA_FRAMED) --epochs $(BEST_EPOCHS) \
 		--out results/best --run runs/release $(if $(OFFICIAL_TEST),--official-test $(OFFICIAL_TEST))
-	$(BIN)/python -m study.train_best --config $(CONFIG) --data $(DATA_ROI) --epochs $(BEST_EPOCHS) \
+	$(BIN)/python -m study.train_best --config $(CONFIG) --data $(DATA_FRAMED) --epochs $(BEST_EPOCHS) \
 		--protocol split --out results/best/split --run runs/release-split
 	$(MAKE) calibrate
 
 # The demo's "unsure" rule: temperature and threshold fitted on the val split of the release model's
 # twin (the release model trained on val), reported on its test split -> results/best/calibration.json.
-calibrate: $(DATA_ROI)
-	$(BIN)/gtsrb calibrate results/best/split/best.pt --data $(DATA_ROI) --out results/best/calibration.json
-
-# The same split again, ROI crops plus each whole frame (32 px) with its ROI box: what the framing
-# augmentation trains on (TrainConfig.framing). Its ROI images are those of DATA_ROI.
-DATA_FRAMED ?= data/gtsrb28-framed.h5
-$(DATA_FRAMED): | $(STAMP)
-	$(BIN)/gtsrb pack $(SOURCE) --roi --frame-size 32 --out $(DATA_FRAMED)
+calibrate: $(DATA_FRAMED)
+	$(BIN)/gtsrb calibrate results/best/split/best.pt --data $(DATA_FRAMED) --out results/best/calibration.json
 
 # The recipe ablation (CONFIG, the release configuration). RECIPE_PROTOCOL=cv (the default, issue 33's selection
 # protocol): each arm on folds 0-2 of a track-grouped 5-fold split of train+val pooled, paired fold by fold with the
@@ -127,8 +127,11 @@ $(DATA_FRAMED): | $(STAMP)
 # records were made: paired runs must share the precision, and auto would pick fp32 on a CPU without native bf16).
 # RECIPE_PROTOCOL=split: the earlier ablation on the pack's own val split, 3 seeds (results/recipe/top1/;
 # RECIPE_PRESET=seed for the seed preset). results/recipe/best/ holds that ablation on QUICK_CONFIG, made while the
-# recipe held the contrast norm. Finished runs are skipped; a killed run resumes.
+# recipe held the contrast norm. Every stored ablation was measured against the recipe before the framing crop
+# (RECIPE_BASE=no_framing: there its "recipe" arm is mirror + smoothing, and framing_all is today's recipe);
+# RECIPE_BASE=recipe measures pieces against today's. Finished runs are skipped; a killed run resumes.
 RECIPE_PROTOCOL ?= cv
+RECIPE_BASE ?= no_framing
 RECIPE_ARMS ?= $(if $(filter cv,$(RECIPE_PROTOCOL)),recipe robust framing robust_framing,recipe old no_roi no_mirror no_smoothing norm ema balanced long)
 RECIPE_PRESET ?= best
 RECIPE_CONFIG ?= $(CONFIG)
@@ -136,7 +139,7 @@ RECIPE_NAME ?= $(if $(filter cv,$(RECIPE_PROTOCOL)),cv-top1,$(if $(filter seed,$
 recipe: $(DATA) $(DATA_FRAMED)
 	$(BIN)/python -m study.recipe --data $(DATA_FRAMED) --full-frame-data $(DATA) --preset $(RECIPE_PRESET) \
 		--config $(RECIPE_CONFIG) --name $(RECIPE_NAME) --arms $(RECIPE_ARMS) --epochs $(BEST_EPOCHS) \
-		--protocol $(RECIPE_PROTOCOL) $(if $(filter cv,$(RECIPE_PROTOCOL)),--precision bf16)
+		--protocol $(RECIPE_PROTOCOL) --base $(RECIPE_BASE) $(if $(filter cv,$(RECIPE_PROTOCOL)),--precision bf16)
 
 # Score CKPT on the official GTSRB test set (12,630 images): fetches the two zips into data/ once
 # (needs internet; BASE_URL=... for a mirror), then prints the metrics. Nothing is written into results/.
@@ -144,16 +147,21 @@ BASE_URL ?=
 evaluate-official: $(STAMP)
 	$(BIN)/gtsrb evaluate $(CKPT) --official-test $(if $(BASE_URL),--base-url $(BASE_URL))
 
-# The SE ablation and the study's winners at the converging budget (the recipe, the whole train split,
-# 8 epochs): the seed preset, no SE, the incumbent (QUICK_CONFIG) and the study's top 3 other
-# configurations, 3 seeds each, plus the random-split leakage run. Seed 0 of an arm the study trained
-# continues that trial's checkpoint where this machine has it.
-RANDOM_DATA ?= data/gtsrb28-roi-random.h5
+# The SE ablation at the converging budget under the recipe that ships (the whole train split, 8 epochs,
+# bf16 as the recipe's selection ran): the seed preset, no SE and the release configuration (the study's
+# top1), 3 seeds each, scored on the test split's ROI crops and whole frames -> results/ablation-framed/.
+# results/ablation/ holds the same ablation under the recipe before the framing crop, with the incumbent
+# (QUICK_CONFIG), the study's top 2 and 3 and the random-split leakage run (ABLATION_ARMS=... ABLATION_RESULTS=...
+# RANDOM=1 re-make it there: they need their recipe, so check out the commit that made them).
+ABLATION_ARMS    ?= seed no_se top1
+ABLATION_RESULTS ?= results/ablation-framed
+RANDOM_DATA ?= data/gtsrb28-framed-random.h5
 $(RANDOM_DATA): | $(STAMP)
-	$(BIN)/gtsrb pack $(SOURCE) --roi --split random --out $(RANDOM_DATA)
-ablation: $(DATA_ROI) $(RANDOM_DATA)
-	$(BIN)/python -m study.ablation --data $(DATA_ROI) --random-data $(RANDOM_DATA) --study results/study/$(STUDY) \
-		--incumbent-config $(QUICK_CONFIG)
+	$(BIN)/gtsrb pack $(SOURCE) --roi --frame-size 32 --split random --out $(RANDOM_DATA)
+ablation: $(DATA) $(DATA_FRAMED) $(if $(RANDOM),$(RANDOM_DATA))
+	$(BIN)/python -m study.ablation --data $(DATA_FRAMED) --full-frame-data $(DATA) --study results/study/$(STUDY) \
+		--incumbent-config $(QUICK_CONFIG) --arms $(ABLATION_ARMS) $(if $(RANDOM),seed_random --random-data $(RANDOM_DATA)) \
+		--results $(ABLATION_RESULTS) --runs runs/$(notdir $(ABLATION_RESULTS)) --precision bf16
 
 # Every table and plot of results/REPORT.md and results/SPEED.md from stored run outputs (no training).
 report: $(DATA) $(DATA_ROI)

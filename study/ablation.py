@@ -1,12 +1,14 @@
 """`make ablation`: is the study's winner real, does SE help, does it converge faster? Plus the split-leakage gap.
 
-    python -m study.ablation --data data/gtsrb28-roi.h5 --random-data data/gtsrb28-roi-random.h5 \
+    python -m study.ablation --data data/gtsrb28-framed.h5 --full-frame-data data/gtsrb28.h5 \
         [--study results/study/cpu] [--incumbent-config results/study/cpu-quick/best_config.json] \
-        [--arms seed no_se incumbent top1 ...] [--seeds 0 1 2] [--epochs 8] [--precision auto|bf16|fp32]
+        [--random-data data/gtsrb28-framed-random.h5] [--arms seed no_se incumbent top1 ...] [--seeds 0 1 2] \
+        [--epochs 8] [--precision auto|bf16|fp32] [--results results/ablation-framed]
 
 One budget for every arm, the converging one: the accuracy recipe (``gtsrb.config.RECIPE``)
-on the ROI pack, the track split's whole train part, the whole val split, 8 epochs
-one-cycle, scored at the LAST epoch (the schedule is fixed; nothing is chosen on val).
+on the framed pack (ROI crops and whole frames), the track split's whole train part, the whole val
+split, 8 epochs one-cycle, scored at the LAST epoch (the schedule is fixed; nothing is chosen on val),
+on the test split's ROI crops and, with ``--full-frame-data``, its whole frames.
 
 - ``seed``:  the seed preset (SE on every stage);
 - ``no_se``: the same net with no SE block (the ``vgg11`` preset);
@@ -210,19 +212,29 @@ def plan(arms, seeds) -> list[tuple[str, int]]:
     return runs
 
 
-def score(checkpoint: Path, pack: Path) -> dict:
-    """The test split at this checkpoint: n, accuracy, macro P/R/F1 and ECE."""
+def score(checkpoint: Path, pack: Path, full_frame_pack: Path | None = None) -> dict:
+    """The test split at this checkpoint: n, accuracy, macro P/R/F1 and ECE; with ``full_frame_pack``
+    (the same split packed without --roi), ``full_frame``: the metrics on those whole frames."""
     test = load_pack(pack, "test")
-    probs = Classifier.load(checkpoint).predict_arrays(test.images).probs
-    return {"n": int(len(test.labels)), **classification_metrics(test.labels, probs.argmax(1)),
-            "ece": calibration(probs, test.labels)["ece"]}
+    clf = Classifier.load(checkpoint)
+    probs = clf.predict_arrays(test.images).probs
+    out = {"n": int(len(test.labels)), **classification_metrics(test.labels, probs.argmax(1)),
+           "ece": calibration(probs, test.labels)["ece"]}
+    if full_frame_pack is not None:
+        full = load_pack(full_frame_pack, "test")
+        if list(full.filenames) != list(test.filenames):
+            raise DataError(f"--full-frame-data {full_frame_pack}: its test split is not {pack}'s")
+        out["full_frame"] = classification_metrics(full.labels, clf.predict_arrays(full.images).probs.argmax(1))
+    return out
 
 
 @entry_point("study.ablation")
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m study.ablation", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, required=True, help="track-split pack made with --roi")
-    p.add_argument("--random-data", type=Path, help="random-split pack made with --roi (for seed_random)")
+    p.add_argument("--data", type=Path, required=True, help="track-split pack made with --roi --frame-size 32")
+    p.add_argument("--random-data", type=Path, help="random-split pack made with --roi --frame-size 32 (for seed_random)")
+    p.add_argument("--full-frame-data", type=Path,
+                   help="the track split packed without --roi: each record also scores its test split's whole frames")
     p.add_argument("--study", type=Path, help="a study folder, for the top1..top3 arms")
     p.add_argument("--incumbent-config", type=Path, default=INCUMBENT_CONFIG,
                    help="the configuration released before this study (a best_config.json): the incumbent "
@@ -243,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     # summaries, each arm's configuration.
     for kind, flag in (("track", "--data"), ("random", "--random-data")):
         if packs[kind] is not None:
-            require_pack(packs[kind], ("train", "val", "test"), flag)
+            require_pack(packs[kind], ("train", "val", "test"), flag, frames=RECIPE.get("framing", 0) > 0)
+    if a.full_frame_data is not None:
+        require_pack(a.full_frame_data, ("test",), "--full-frame-data")
     # Read whenever an arm needs it: the incumbent arm, and the top arms' ranking, which leaves it out.
     incumbent = None
     if "incumbent" in arms or set(arms) & set(TOP):
@@ -287,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         history = fit(model_config, packs[pack_kind], out, train_config,
                       resume=(out / "last.pt").exists(), progress=False)
         seconds = time.perf_counter() - t0
-        test = score(out / "last.pt", packs[pack_kind])
+        test = score(out / "last.pt", packs[pack_kind], a.full_frame_data if pack_kind == "track" else None)
         record = {
             "arm": arm, "seed": seed, "pack": str(packs[pack_kind]), "split_kind": pack_kind,
             "config": flat, "recipe": RECIPE, "model_config": model_config.to_dict(),

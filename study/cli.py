@@ -109,9 +109,10 @@ def read_config(path: Path, flag: str = "--config") -> dict:
     return config
 
 
-def require_pack(path: Path, splits: Sequence[str], flag: str = "--data") -> None:
-    """Refuse a pack that ``gtsrb.data.load_pack`` does not read, or in which a split this command
-    needs is missing or empty."""
+def require_pack(path: Path, splits: Sequence[str], flag: str = "--data", frames: bool = False) -> None:
+    """Refuse a pack that ``gtsrb.data.load_pack`` does not read, in which a split this command needs
+    is missing or empty, or, with ``frames`` (a run with the framing crop, ``TrainConfig.framing``),
+    which holds no whole frames."""
     import numpy as np
 
     from gtsrb.data import load_pack
@@ -119,7 +120,11 @@ def require_pack(path: Path, splits: Sequence[str], flag: str = "--data") -> Non
 
     if path is None:
         raise DataError(f"{flag}: no pack given")
-    counts = np.bincount(load_pack(path).split, minlength=len(SPLIT_NAMES))
+    packed = load_pack(path)
+    if frames and packed.frames is None:
+        raise DataError(f"{path}: no whole frames; {flag} trains with the recipe's framing crop "
+                        f"(TrainConfig.framing), which needs a pack made with `gtsrb pack --roi --frame-size 32`")
+    counts = np.bincount(packed.split, minlength=len(SPLIT_NAMES))
     empty = [s for s in splits if counts[SPLIT_NAMES.index(s)] == 0]
     if empty:
         raise DataError(f"{path}: no images in its {' or '.join(empty)} split; {flag} needs a pack with "

@@ -1,14 +1,17 @@
 """`make recipe`: the accuracy recipe, measured piece by piece (paired seeds, leave-one-out).
 
-    python -m study.recipe --data data/gtsrb28-roi.h5 --full-frame-data data/gtsrb28.h5 \
-        [--preset best] [--arms recipe old ...] [--seeds 0 1 2] [--epochs 8] [--precision auto|bf16|fp32]
+    python -m study.recipe --data data/gtsrb28-framed.h5 --full-frame-data data/gtsrb28.h5 \
+        [--preset best] [--arms recipe old ...] [--base recipe|no_framing] [--seeds 0 1 2] [--epochs 8] \
+        [--precision auto|bf16|fp32]
 
 Every arm trains the same network (``--preset seed``, or ``best``: the study's
 best_config.json) on the track split's whole train part for the same number
 of epochs, with the same one-cycle schedule, and is scored at its LAST epoch:
 the schedule is fixed, nothing is chosen on val. Arms:
 
-- ``recipe``: everything in ``gtsrb.config.RECIPE``, on the ROI-cropped pack;
+- ``recipe``: everything in ``gtsrb.config.RECIPE`` (``--base recipe``), or the recipe before the
+  framing crop (``--base no_framing``: what every stored ablation was measured against), on the
+  ROI-cropped pack (the framing crop reads its whole frames: ``--roi --frame-size 32``);
 - ``old``: none of it (the recipe before this ablation), on the same pack;
 - ``no_<piece>``: the recipe without one piece (``no_roi`` trains on the
   full-frame pack instead);
@@ -23,9 +26,9 @@ the schedule is fixed, nothing is chosen on val. Arms:
 - ``long``: the recipe for LONG times ``--epochs`` (the same one-cycle schedule, stretched);
 - ``robust``: the recipe plus the three robustness augmentations (``ROBUST``: darkening, blur,
   occlusion; ``gtsrb.augment``), and ``dark``, ``blur``, ``erase``: the recipe plus one of them;
-- ``framing``: the recipe plus the framing crop (``FRAMING``; half the images cropped between their
-  ROI and their whole frame), ``framing_all`` (every image), and ``robust_framing``: robust and
-  framing together. They need ``--data`` packed with
+- ``framing``: the recipe with the framing crop on half the images (``FRAMING``: each cropped between
+  its ROI and its whole frame), ``framing_all`` (every image: today's recipe), and ``robust_framing``:
+  robust and framing together. They need ``--data`` packed with
   ``--roi --frame-size 32``, whose ROI images are those of the plain ROI pack.
 
 ``--protocol cv`` (issue 33's selection protocol): run k validates on fold k of a track-grouped
@@ -54,14 +57,17 @@ from gtsrb.checkpoint import load_checkpoint, save_checkpoint
 from gtsrb.data import load_pack
 from gtsrb.evaluate import evaluate
 from gtsrb.inference import Classifier
-from gtsrb.config import PRECISIONS, RECIPE, split_config, TrainConfig
+from gtsrb.config import PRECISIONS, RECIPE, RECIPE_NO_FRAMING, split_config, TrainConfig
 from gtsrb.train import fit, training_splits
 from gtsrb.util import machine, write_text_atomic
 from gtsrb.validate import fraction, non_negative_int, positive_int
 from study.cli import ArgumentParser, entry_point, read_config, require_pack
 from study.records import PRECISION_HELP, read_json
 
-PIECES = {"mirror": "mirror", "smoothing": "label_smoothing"}
+PIECES = {"mirror": "mirror", "smoothing": "label_smoothing", "framing": "framing"}
+# What the arms are measured against (--base): today's recipe, or the recipe before the framing crop (the
+# base of the cross-validated selection in results/recipe/cv-top1, whose "recipe" arm is that recipe).
+BASES: dict[str, dict] = {"recipe": RECIPE, "no_framing": RECIPE_NO_FRAMING}
 # Candidates the recipe does not hold, each added to it (the contrast norm was in it until it lost).
 EXTRAS: dict[str, dict] = {"norm": {"input_norm": "image"}, "balanced": {"balanced": True},
                            "ema": {"ema_decay": 0.998}, "strong_aug": {"augment_strength": 1.5},
@@ -75,22 +81,23 @@ LONG = 2  # the long arm trains this many times --epochs
 ARMS = ("recipe", "old", "no_roi", *(f"no_{p}" for p in PIECES), *EXTRAS, "long")
 
 
-def arm_spec(arm: str) -> tuple[dict, bool]:
-    """(config overrides on top of the preset, whether the arm trains on the ROI pack)."""
+def arm_spec(arm: str, base: dict = RECIPE) -> tuple[dict, bool]:
+    """(config overrides on top of the preset, whether the arm trains on the ROI pack), ``base`` being
+    the recipe the arms are measured against."""
     if arm in ("recipe", "long"):
-        return dict(RECIPE), True
+        return dict(base), True
     if arm == "old":
         return {}, True
     if arm == "no_roi":
-        return dict(RECIPE), False
+        return {k: v for k, v in base.items() if k != "framing"}, False  # whole frames have nothing to crop to
     if arm in EXTRAS:
-        return {**RECIPE, **EXTRAS[arm]}, True
+        return {**base, **EXTRAS[arm]}, True
     if arm.startswith("no_") and arm[3:] in PIECES:
-        return {k: v for k, v in RECIPE.items() if k != PIECES[arm[3:]]}, True
+        return {k: v for k, v in base.items() if k != PIECES[arm[3:]]}, True
     raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
 
 
-def other_recipe(folder: Path) -> str | None:
+def other_recipe(folder: Path, base: dict = RECIPE) -> str | None:
     """Why ``folder``'s records were made under another recipe than today's ``RECIPE`` (a record whose
     overrides are not its arm's today, or of an arm that no longer exists), or None."""
     for f in sorted([*folder.glob("*-seed*.json"), *folder.glob("*-fold*.json")]):
@@ -98,7 +105,7 @@ def other_recipe(folder: Path) -> str | None:
         if not isinstance(r, dict) or "arm" not in r:
             raise DataError(f"{f}: not a recipe record (no arm)")
         try:
-            today = json.loads(json.dumps(arm_spec(r["arm"])[0]))
+            today = json.loads(json.dumps(arm_spec(r["arm"], base)[0]))
         except ValueError:
             return f"{f} is arm {r['arm']!r}, which today's recipe does not have"
         if r.get("overrides") != today:
@@ -173,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="the records' folder under --results (default: the preset). One folder per "
                                    "configuration: a study arm's name, e.g. top1, pairs with results/ablation/top1-seed*")
     p.add_argument("--arms", nargs="+", default=["recipe", "old"], choices=ARMS)
+    p.add_argument("--base", choices=tuple(BASES), default="recipe",
+                   help="the recipe the arms are measured against: today's, or no_framing (the recipe before the "
+                        "framing crop, which the cv-top1 selection was measured against)")
     p.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0, 1, 2],
                    help="seeds; under --protocol cv, the folds (run k: fold k, seed k)")
     p.add_argument("--protocol", choices=("split", "cv"), default="split",
@@ -192,12 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     results = a.results / name
     # Every input before any training: the config, the packs and their splits, the seeds, the records.
     base = base_config(a.preset, a.config)
-    require_pack(a.data, ("train", "val", "test"))
+    framed = [arm for arm in a.arms if arm_spec(arm, BASES[a.base])[0].get("framing", 0) > 0]
+    require_pack(a.data, ("train", "val", "test"), f"--arms {' '.join(framed)}: --data" if framed else "--data",
+                 frames=bool(framed))
 
     def record(arm: str, seed: int) -> Path:
         return results / (f"{arm}-fold{seed}.json" if a.protocol == "cv" else f"{arm}-seed{seed}.json")
 
-    full_frame_arms = [arm for arm in a.arms if not arm_spec(arm)[1] and any(not record(arm, s).exists() for s in a.seeds)]
+    full_frame_arms = [arm for arm in a.arms if not arm_spec(arm, BASES[a.base])[1] and any(not record(arm, s).exists() for s in a.seeds)]
     if full_frame_arms and a.full_frame_data is None:
         raise DataError(f"--arms {' '.join(full_frame_arms)}: trains on the full-frame pack; pass --full-frame-data")
     if a.full_frame_data is not None:
@@ -206,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.protocol == "cv" and max(a.seeds) >= folds:
         raise DataError(f"--seeds {max(a.seeds)}: under --protocol cv seed k validates on fold k, 0 to {folds - 1}")
     for arm in a.arms:  # the arms' overrides on top of the config
-        split_config({**base, **arm_spec(arm)[0]})
+        split_config({**base, **arm_spec(arm, BASES[a.base])[0]})
     results.mkdir(parents=True, exist_ok=True)
-    stale = other_recipe(results)
+    stale = other_recipe(results, BASES[a.base])
     if stale:
         raise DataError(f"{stale}. The arms of one folder are compared with each other, so a run under "
                         f"today's recipe does not go beside them: pass --name NEW for a new folder.")
@@ -218,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in a.seeds:  # seed-major: an interrupted ablation still has every arm at the first seeds
         for arm in a.arms:
             done = record(arm, seed)
-            overrides, roi = arm_spec(arm)
+            overrides, roi = arm_spec(arm, BASES[a.base])
             if done.exists():
                 print(f"{name} {arm} seed {seed}: done, skipped", flush=True)
                 continue
@@ -244,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             result = {
                 "preset": a.preset, "name": name, "config_file": str(a.config) if a.preset == "best" else None,
                 "arm": arm, "seed": seed, "pack": str(pack), "roi": roi, "run": str(out),
-                "overrides": overrides, "model_config": model_config.to_dict(),
+                "base": a.base, "overrides": overrides, "model_config": model_config.to_dict(),
                 "train_config": train_config.__dict__, "history": history,
                 "protocol": a.protocol, "val_accuracy": val_accuracy, "test": test,
                 **({"full_frame_test_accuracy": full_frame["test"]["accuracy"],

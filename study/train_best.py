@@ -1,6 +1,6 @@
 """`make train-best`: the release model, the study's best configuration with the accuracy recipe.
 
-    python -m study.train_best --config results/study/cpu-quick/best_config.json --data data/gtsrb28-roi.h5 \
+    python -m study.train_best --config results/study/cpu-quick/best_config.json --data data/gtsrb28-framed.h5 \
         [--epochs 10] [--protocol official|split] [--out results/best] [--official-test PATH...]
 
 ``--protocol official`` (the default) is GTSRB's protocol: it trains on all
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     train_config = TrainConfig(**{**train_over, "epochs": a.epochs, "seed": a.seed,
                                   "train_splits": PROTOCOLS[a.protocol]})
     needs = NEEDS[a.protocol] if a.protocol == "split" or any(model_config.se_stages) else ("train",)
-    require_pack(a.data, needs)
+    require_pack(a.data, needs, frames=RECIPE.get("framing", 0) > 0)
     if a.official_test:
         check_official_test(a.official_test)
     if a.run.resolve() == a.out.resolve() or a.out.resolve() in a.run.resolve().parents:

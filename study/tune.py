@@ -1,11 +1,11 @@
 """`make tune`: the Ray Tune study. Optuna (seeded TPE) searches, ASHA stops early.
 
 The trial is a thin function over ``gtsrb.train.fit`` with the accuracy recipe
-(``gtsrb.config.RECIPE``) on the ROI pack. On a laptop it runs on a local Ray;
+(``gtsrb.config.RECIPE``) on the framed pack (ROI crops and whole frames). On a laptop it runs on a local Ray;
 with ``RAY_ADDRESS`` set it joins that cluster and spreads trials over every
 node (fractional GPUs per trial where there are GPUs).
 
-    python -m study.tune --data data/gtsrb28-roi.h5 [--profile cpu|gpu] [--smoke-test] [--name NAME]
+    python -m study.tune --data data/gtsrb28-framed.h5 [--profile cpu|gpu] [--smoke-test] [--name NAME]
     python -m study.tune --summarize results/study/NAME     # rewrite the summaries only
 
 Running the same command again after a crash or Ctrl-C continues the same
@@ -26,6 +26,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from gtsrb.archive import DataError
+from gtsrb.config import RECIPE
 from gtsrb.util import write_text_atomic
 from gtsrb.validate import fraction, non_negative_float, positive_float, positive_int
 from study.cli import ArgumentParser, entry_point, require_pack
@@ -50,7 +51,7 @@ def train_trial(config: dict, data: str, profile: dict) -> None:
     from ray import tune
 
     from gtsrb.checkpoint import load_checkpoint
-    from gtsrb.config import RECIPE, split_config, TrainConfig
+    from gtsrb.config import split_config, TrainConfig
     from gtsrb.train import fit
     from study.space import best_config_json
 
@@ -226,7 +227,7 @@ def run_study(data: Path, profile: Profile, name: str, seed: int = 0):
 @entry_point("study.tune")
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m study.tune", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=REPO / "data" / "gtsrb28-roi.h5",
+    p.add_argument("--data", type=Path, default=REPO / "data" / "gtsrb28-framed.h5",
                    help="packed HDF5, made with --roi for the recipe (absolute path is used)")
     p.add_argument("--profile", choices=sorted(PROFILES), help="default: gpu where Ray sees GPUs, else cpu")
     p.add_argument("--smoke-test", action="store_true", help="3 short trials: about 3 minutes")
@@ -241,14 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summarize", type=Path, metavar="STUDY_DIR", help="only rewrite the summaries of a stored study")
     a = p.parse_args(argv)
 
-
     if a.summarize:
         print(write_summaries(a.summarize))
         return 0
     data = a.data.resolve()
     if not data.is_file():
         raise DataError(f"{data}: no packed data (run `make pack` or `gtsrb pack`)")
-    require_pack(data, ("train", "val"))
+    require_pack(data, ("train", "val"), frames=RECIPE.get("framing", 0) > 0)
     init_ray(a.num_cpus)
     profile = choose_profile(a.profile, a.smoke_test)
     overrides = {

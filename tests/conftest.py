@@ -33,6 +33,17 @@ def synthetic_pack(synthetic_zip, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def framed_pack(synthetic_zip, tmp_path_factory) -> Path:
+    """The synthetic archive packed as the recipe trains on it: ROI crops plus each whole frame (32 px)
+    with its ROI box (``gtsrb pack --roi --frame-size 32``)."""
+    from gtsrb.data import pack
+
+    out = tmp_path_factory.mktemp("framed") / "framed.h5"
+    pack([synthetic_zip], out, roi=True, frame_size=32)
+    return out
+
+
+@pytest.fixture(scope="session")
 def real_zip() -> Path:
     if not REAL_ZIP.is_file():
         pytest.skip(f"{REAL_ZIP} not present")

@@ -14,13 +14,6 @@ from gtsrb.train import fit, mirror_batch
 TINY = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))
 
 
-@pytest.fixture(scope="module")
-def framed_pack(synthetic_zip, tmp_path_factory):
-    out = tmp_path_factory.mktemp("framed") / "framed.h5"
-    pack([synthetic_zip], out, roi=True, frame_size=32)
-    return out
-
-
 def test_a_framed_pack_stores_frames_and_roi_boxes_beside_the_same_roi_images(framed_pack, synthetic_pack):
     framed = load_pack(framed_pack)
     assert framed.frames.shape == (len(framed.labels), 32, 32, 3) and framed.frames.dtype == np.uint8

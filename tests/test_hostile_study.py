@@ -42,17 +42,18 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def packs(synthetic_pack, tmp_path_factory) -> dict[str, Path]:
-    """The synthetic pack, the same pack with its val split folded into train, and a file that is no pack."""
+def packs(framed_pack, tmp_path_factory) -> dict[str, Path]:
+    """The synthetic pack as the recipe trains on it (ROI crops and whole frames), the same pack with its val
+    split folded into train, and a file that is no pack."""
     root = tmp_path_factory.mktemp("packs")
     noval = root / "noval.h5"
-    shutil.copyfile(synthetic_pack, noval)
+    shutil.copyfile(framed_pack, noval)
     with h5py.File(noval, "r+") as f:
         split = f["split"][:]
         f["split"][...] = np.where(split == 1, 0, split)  # 1 = val -> 0 = train
     garbage = root / "garbage.h5"
     garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    return {"pack": synthetic_pack, "noval": noval, "garbage": garbage}
+    return {"pack": framed_pack, "noval": noval, "garbage": garbage}
 
 
 def _write(path: Path, content: str | bytes) -> Path:

@@ -50,14 +50,14 @@ def assert_best_matches_history(run):
         assert load_checkpoint(run / "best.pt")["epoch"] in (best_epoch, best_epoch - 1)
 
 
-def test_kills_never_touch_the_previous_release_and_resume_publishes_the_straight_release(synthetic_pack, tmp_path):
+def test_kills_never_touch_the_previous_release_and_resume_publishes_the_straight_release(framed_pack, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     config = tmp_path / "config.json"
     config.write_text(json.dumps(TINY_CONFIG))
 
     # The uninterrupted run: its release, and how long a whole run takes here.
     t0 = time.perf_counter()
-    subprocess.run(release_cmd(config, synthetic_pack, tmp_path / "straight", tmp_path / "straight-run"),
+    subprocess.run(release_cmd(config, framed_pack, tmp_path / "straight", tmp_path / "straight-run"),
                    check=True, env=env, capture_output=True)
     whole = time.perf_counter() - t0
 
@@ -84,7 +84,7 @@ def test_kills_never_touch_the_previous_release_and_resume_publishes_the_straigh
         attempts += 1
         shutil.rmtree(run, ignore_errors=True)  # each kill lands at its own moment of a whole run
         t0 = time.perf_counter()
-        proc = subprocess.Popen(release_cmd(config, synthetic_pack, previous, run), env=env,
+        proc = subprocess.Popen(release_cmd(config, framed_pack, previous, run), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             proc.wait(timeout=fractions[0] * whole)
@@ -108,7 +108,7 @@ def test_kills_never_touch_the_previous_release_and_resume_publishes_the_straigh
     assert not fractions, f"{len(fractions)} of the ten kills never landed before the run ended"
 
     # Resume the last killed run to its end: it publishes what the straight run published.
-    subprocess.run(release_cmd(config, synthetic_pack, previous, run), check=True, env=env, capture_output=True)
+    subprocess.run(release_cmd(config, framed_pack, previous, run), check=True, env=env, capture_output=True)
     straight, resumed = weights(tmp_path / "straight" / "best.pt"), weights(previous / "best.pt")
     assert straight.keys() == resumed.keys()
     for k in straight:

@@ -79,7 +79,7 @@ def test_rescore_adds_the_full_frame_scores_a_record_lacks_from_its_runs_last_pt
     results.mkdir(parents=True)
     (results / "recipe-fold1.json").write_text(json.dumps(record))
     assert main(["--data", str(roi), "--full-frame-data", str(synthetic_pack), "--name", "cv", "--protocol", "cv",
-                 "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--rescore"]) == 0
+                 "--base", "no_framing", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--rescore"]) == 0
     r = json.loads((results / "recipe-fold1.json").read_text())
     val = training_splits(load_pack(synthetic_pack), config)[1]
     assert r["full_frame_val_accuracy"] == pytest.approx(1 - len(r["full_frame_wrong"]["val"]) / len(val.labels))

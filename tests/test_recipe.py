@@ -4,6 +4,7 @@
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,7 +135,8 @@ def test_recipe_arms_drop_exactly_one_piece():
     from study.recipe import ARMS, PIECES, RECIPE, arm_spec
 
     assert arm_spec("recipe") == (RECIPE, True) and arm_spec("old") == ({}, True)
-    assert arm_spec("no_roi") == (RECIPE, False)
+    # Whole frames have nothing to crop to: no_roi is the recipe without its ROI and its framing crop.
+    assert arm_spec("no_roi") == ({k: v for k, v in RECIPE.items() if k != "framing"}, False)
     for piece, key in PIECES.items():
         over, roi = arm_spec(f"no_{piece}")
         assert roi and set(RECIPE) - set(over) == {key}
@@ -150,11 +152,25 @@ def test_recipe_arms_drop_exactly_one_piece():
         arm_spec("no_dropout")
 
 
+def test_recipe_arms_against_the_recipe_before_framing():
+    """--base no_framing rebuilds the arms of the stored selection: its recipe lacks the crop, its
+    framing_all arm is today's recipe, and its records are not called stale."""
+    from study.recipe import BASES, RECIPE, arm_spec, other_recipe
+
+    base = BASES["no_framing"]
+    assert arm_spec("recipe", base)[0] == base and "framing" not in base
+    assert arm_spec("framing_all", base)[0] == RECIPE
+    assert arm_spec("framing", base)[0] == {**base, "framing": 0.5}
+    stored = Path(__file__).parents[1] / "results" / "recipe" / "cv-top1"
+    assert other_recipe(stored, base) is None
+    assert "recipe-fold0.json" in other_recipe(stored, RECIPE)
+
+
 @pytest.mark.slow
-def test_the_recipe_ablation_records_each_run_once(synthetic_pack, tmp_path, capsys):
+def test_the_recipe_ablation_records_each_run_once(framed_pack, synthetic_pack, tmp_path, capsys):
     from study.recipe import main as recipe
 
-    args = ["--data", str(synthetic_pack), "--full-frame-data", str(synthetic_pack),
+    args = ["--data", str(framed_pack), "--full-frame-data", str(synthetic_pack),
             "--arms", "recipe", "no_roi", "long", "--seeds", "0", "--epochs", "1",
             "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res"), "--precision", "fp32"]
     # The seed preset is slow for a unit test; a config file with the tiny layout stands in for "best".
@@ -164,6 +180,7 @@ def test_the_recipe_ablation_records_each_run_once(synthetic_pack, tmp_path, cap
     rec = json.loads((tmp_path / "res" / "best" / "recipe-seed0.json").read_text())
     assert rec["arm"] == "recipe" and rec["roi"] and rec["model_config"]["input_norm"] == "dataset"
     assert rec["train_config"]["mirror"] and rec["train_config"]["label_smoothing"] > 0
+    assert rec["train_config"]["framing"] == 1.0 and rec["base"] == "recipe"
     assert rec["train_config"]["precision"] == "fp32"  # as asked, whatever this CPU would pick
     assert rec["val_accuracy"] == pytest.approx(rec["history"][-1]["val_accuracy"], abs=0.02)
     assert 0 <= rec["test"]["accuracy"] <= 1
@@ -206,17 +223,18 @@ def test_release_export_keeps_fp16_weights_that_predict_like_fp32(synthetic_pack
 
 
 @pytest.mark.slow
-def test_gtsrb_train_recipe_adds_the_recipe_to_the_config(synthetic_pack, tmp_path):
+def test_gtsrb_train_recipe_adds_the_recipe_to_the_config(framed_pack, tmp_path):
     from gtsrb.cli import main
 
     out = tmp_path / "run"
-    args = ["train", "--data", str(synthetic_pack), "--config", json.dumps({"cfg": list(TINY.cfg)}), "--recipe",
+    args = ["train", "--data", str(framed_pack), "--config", json.dumps({"cfg": list(TINY.cfg)}), "--recipe",
             "--epochs", "1", "--batch-size", "64", "--out", str(out)]
     assert main(args) == 0
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["model_config"]["input_norm"] == "dataset"  # the contrast norm left the recipe
     assert list(ckpt["model_config"]["cfg"]) == list(TINY.cfg)
     assert ckpt["train_config"]["mirror"] and ckpt["train_config"]["label_smoothing"] == 0.1
+    assert ckpt["train_config"]["framing"] == 1.0
 
 
 def test_augment_strength_reaches_the_training_step():

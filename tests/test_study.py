@@ -115,7 +115,7 @@ sys.meta_path.insert(0, _PatchOnImport())
 
 
 @pytest.fixture(scope="module")
-def smoke_study(synthetic_pack, tmp_path_factory):
+def smoke_study(framed_pack, tmp_path_factory):
     """One real smoke study on a two-node Ray cluster on 127.0.0.1 (study/cluster_smoke.sh: `ray start`
     head + worker, the study via RAY_ADDRESS, then it stops that cluster); the first trial to finish epoch 1 kills itself
     once. The local-Ray path (no RAY_ADDRESS) runs in the resume test below."""
@@ -132,7 +132,7 @@ def smoke_study(synthetic_pack, tmp_path_factory):
     # in for a study running beside the smoke cluster on the same machine.
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)", "monitor.py"])
     try:
-        r = subprocess.run(["bash", str(REPO / "study" / "cluster_smoke.sh"), str(synthetic_pack), "smoke"],
+        r = subprocess.run(["bash", str(REPO / "study" / "cluster_smoke.sh"), str(framed_pack), "smoke"],
                            env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
         r.bystander_alive = bystander.poll() is None
     finally:
@@ -248,10 +248,10 @@ def _terminated_in_state(study_dir: Path) -> set[str]:
     return names
 
 
-def test_an_interrupted_study_resumes_on_another_machine_without_rerunning_finished_trials(synthetic_pack, tmp_path):
+def test_an_interrupted_study_resumes_on_another_machine_without_rerunning_finished_trials(framed_pack, tmp_path):
     env = {**os.environ, "STUDY_ROOT": str(tmp_path), "RAY_USAGE_STATS_ENABLED": "0"}
     study_dir = tmp_path / "resume"
-    proc = subprocess.Popen(_study_cmd(synthetic_pack, "resume"), env=env, cwd=REPO,
+    proc = subprocess.Popen(_study_cmd(framed_pack, "resume"), env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 400
     # Interrupt once the driver has saved a finished trial in its state: a trial that finishes in
@@ -273,7 +273,7 @@ def test_an_interrupted_study_resumes_on_another_machine_without_rerunning_finis
     for trainer_files in study_dir.glob("*/train"):
         shutil.rmtree(trainer_files)
 
-    r = subprocess.run(_study_cmd(synthetic_pack, "resume"), env=env, cwd=REPO, capture_output=True, text=True,
+    r = subprocess.run(_study_cmd(framed_pack, "resume"), env=env, cwd=REPO, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "continuing the study" in r.stderr

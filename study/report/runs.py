@@ -210,7 +210,7 @@ def load_recipe(folder: Path, ablation: Path | None = None) -> pd.DataFrame:
       (``norm``: the ablation ran while the recipe held the contrast norm): the same configuration
       (checked against the records' ``config_file`` or preset), epochs and seed.
     """
-    from study.recipe import ARMS, arm_spec  # trains nothing; kept out of the Study tab's torch-free imports
+    from study.recipe import ARMS, BASES, arm_spec  # trains nothing; kept out of the Study tab's torch-free imports
 
     rows = []
     files = sorted(folder.glob("*/*-seed*.json"))
@@ -232,7 +232,9 @@ def load_recipe(folder: Path, ablation: Path | None = None) -> pd.DataFrame:
             borrowed[name, r["seed"]] = (twin, r)
     for (name, seed), (twin, r) in sorted(borrowed.items()):
         a = json.loads(twin.read_text())
-        arm = next((x for x in ARMS if x != "long" and arm_spec(x) == (a["recipe"], True)), None)
+        # Records made before --base existed were measured against the recipe before the framing crop.
+        recipe_base = BASES[r.get("base", "no_framing")]
+        arm = next((x for x in ARMS if x != "long" and arm_spec(x, recipe_base) == (a["recipe"], True)), None)
         if arm is None or (name, f"{arm}-seed{seed}.json") in have:
             continue
         config = json.loads(Path(r["config_file"]).read_text()) if r.get("config_file") else {"preset": r["preset"]}
