@@ -86,7 +86,7 @@ demo: $(STAMP)
 # starts itself. A few minutes; the figures go to results/ui/loadtest.json.
 URL ?=
 loadtest: $(STAMP) $(CHROMIUM)
-	$(BIN)/python -m ui.loadtest --checkpoint $(CKPT) $(if $(URL),--url $(URL)) --out results/ui/loadtest.json
+	$(BIN)/python -m benchmarks.loadtest --checkpoint $(CKPT) $(if $(URL),--url $(URL)) --out results/ui/loadtest.json
 
 tune: $(DATA_FRAMED)
 	$(BIN)/python -m study.tune --data $(abspath $(DATA_FRAMED)) $(if $(SMOKE),--smoke-test) \
@@ -164,11 +164,11 @@ ablation: $(DATA) $(DATA_FRAMED) $(if $(RANDOM),$(RANDOM_DATA))
 		--results $(ABLATION_RESULTS) --runs runs/$(notdir $(ABLATION_RESULTS)) --precision bf16
 
 # Every table and plot of results/REPORT.md and results/SPEED.md from stored run outputs (no training).
-report: $(DATA) $(DATA_ROI)
-	$(BIN)/python -m study.report --data $(DATA_ROI) --study results/study/$(STUDY)
+report: $(DATA) $(DATA_FRAMED)
+	$(BIN)/python -m study.report --data $(DATA_FRAMED) --study results/study/$(STUDY)
 
 bench: $(STAMP)
-	$(BIN)/python -m study.bench --out results/bench/$(shell date +%Y-%m-%d)-$(shell hostname -s).json
+	$(BIN)/python -m benchmarks.bench --out results/bench/$(shell date +%Y-%m-%d)-$(shell hostname -s).json
 
 # fp32, its channels_last control and the fast bf16 CPU path, seed preset: 3 epochs on seeds 0 to 7, then
 # 10 epochs on seeds 0 and 1 (runs already in results/bench/precision.json are skipped).

@@ -8,7 +8,8 @@ Two layouts are understood, both as a folder or read in place from zips:
   (shipped in a separate zip from the images).
 
 ``find_layout`` returns the records (file, label, track, size, ROI) without decoding
-an image; ``gtsrb.preprocess`` decodes them, ``gtsrb.data`` packs them.
+an image; ``gtsrb.preprocess`` decodes them, ``gtsrb.data`` packs them. What the names and
+a CSV row must look like is ``gtsrb.groundtruth``'s; reading and assembling them is this module's.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import hashlib
 import io
 import lzma
 import os
-import re
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -26,18 +26,21 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
 from gtsrb.classes import NUM_CLASSES
+from gtsrb.groundtruth import (
+    CSV_COLUMNS,
+    TEST_CSV,
+    TEST_CSV_NOLABEL,
+    TEST_PPM,
+    TRACK,
+    TRAIN_CSV,
+    TRAIN_PPM,
+    Record,
+    parse_row,
+)
 from gtsrb.util import sha256_file
 
 # Where `gtsrb pack` looks when it is given no SOURCE, in order.
 DEFAULT_SOURCE_DIRS = (Path("data"), Path("../shared/gtsrb"))
-
-_TRAIN_CSV = re.compile(r"^(?P<dir>(?:.*/)?(?P<cls>\d{5}))/GT-(?P=cls)\.csv$")
-_TRAIN_PPM = re.compile(r"^(?P<dir>(?:.*/)?(?P<cls>\d{5}))/[^/]+\.ppm$")
-_TEST_CSV = re.compile(r"^(?:.*/)?GT-final_test\.csv$")
-_TEST_CSV_NOLABEL = re.compile(r"^(?:.*/)?GT-final_test\.test\.csv$")
-_TEST_PPM = re.compile(r"^(?P<dir>(?:.*/)?Final_Test/Images)/\d{5}\.ppm$")
-_TRACK = re.compile(r"^(\d{5})_\d{5}\.ppm$")
-_CSV_COLUMNS = ("Filename", "Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "ClassId")
 
 # The most bytes one file is read into memory with: far above any image a sign could need (a 32-bit BMP
 # at gtsrb.preprocess.MAX_PIXELS is 160 MB), far below what would exhaust memory. A zip member's
@@ -147,20 +150,6 @@ class Source:
 
 
 @dataclass
-class Record:
-    """One CSV row: where the image is and what the CSV says about it."""
-
-    source: int  # index into the list of sources
-    name: str  # member path inside that source
-    label: int
-    track: int  # track number within its class; -1 where unknown (official test)
-    width: int
-    height: int
-    roi: tuple[int, int, int, int]
-    filename: str  # short name kept in the pack, e.g. "00012/00003_00029.ppm"
-
-
-@dataclass
 class Layout:
     kind: str  # "train" or "test"
     sources: list[Source]
@@ -188,29 +177,10 @@ def _read_csv(source: Source, name: str) -> list[tuple[int, dict[str, str]]]:
         header = reader.fieldnames or []
     except (UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{source.describe(name)}: unreadable CSV ({e})") from e
-    missing = [c for c in _CSV_COLUMNS if c not in header]
-    if missing and not (missing == ["ClassId"] and _TEST_CSV_NOLABEL.match(name)):
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing and not (missing == ["ClassId"] and TEST_CSV_NOLABEL.match(name)):
         raise DataError(f"{source.describe(name)}: missing column(s) {', '.join(missing)}")
     return rows
-
-
-# The largest Width or Height a CSV row may state: GTSRB's images are at most a few hundred pixels.
-_MAX_SIDE = 100_000
-
-
-def _parse_row(row: dict[str, str]) -> tuple[int, int, tuple[int, int, int, int], int]:
-    """Width, Height, ROI and ClassId of a row; ValueError (or TypeError, for a short row) if one is
-    not an integer, or if the ROI is not inside the image (preprocess crops to it and scales it by the
-    stated size, so an empty, inverted or outside box cannot be used)."""
-    w, h = int(row["Width"]), int(row["Height"])
-    x1, y1, x2, y2 = (int(row[k]) for k in ("Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2"))
-    label = int(row["ClassId"])
-    if not (0 < w <= _MAX_SIDE and 0 < h <= _MAX_SIDE):
-        raise ValueError(f"Width {w}, Height {h}: expected 1 to {_MAX_SIDE} pixels")
-    if not (0 <= x1 <= x2 < w and 0 <= y1 <= y2 < h):
-        raise ValueError(f"ROI ({x1}, {y1})-({x2}, {y2}) is not inside the {w}x{h} image "
-                         "(expected 0 <= Roi.X1 <= Roi.X2 < Width and 0 <= Roi.Y1 <= Roi.Y2 < Height)")
-    return w, h, (x1, y1, x2, y2), label
 
 
 class _Rows:
@@ -235,7 +205,7 @@ class _Rows:
             return self.problem(f"{where}: {row['Filename']} is listed twice")
         self.listed.add(image_at)  # a bad row still lists its image: it is skipped as a row, not as unlisted
         try:
-            w, h, roi, label = _parse_row(row)
+            w, h, roi, label = parse_row(row)
         except (TypeError, ValueError) as e:
             return self.problem(f"{where}: bad value ({e})")
         if not 0 <= label < NUM_CLASSES:
@@ -292,10 +262,10 @@ def find_layout(paths: Sequence[Path | str], skip_bad: bool = False) -> Layout:
 
 def _layout(sources: list[Source], skip_bad: bool) -> Layout:
     all_names = {(i, n) for i, s in enumerate(sources) for n in s.names}
-    train_csvs = [(i, n) for i, n in sorted(all_names) if _TRAIN_CSV.match(n)]
-    test_images = [(i, n) for i, n in sorted(all_names) if _TEST_PPM.match(n)]
+    train_csvs = [(i, n) for i, n in sorted(all_names) if TRAIN_CSV.match(n)]
+    test_images = [(i, n) for i, n in sorted(all_names) if TEST_PPM.match(n)]
     where = ", ".join(str(s.path) for s in sources)
-    if train_csvs or any(_TRAIN_PPM.match(n) for _, n in all_names):
+    if train_csvs or any(TRAIN_PPM.match(n) for _, n in all_names):
         layout = _train_layout(sources, all_names, skip_bad)
     elif test_images:
         layout = _test_layout(sources, all_names, test_images, skip_bad)
@@ -304,7 +274,7 @@ def _layout(sources: list[Source], skip_bad: bool) -> Layout:
             f"{where}: not the official GTSRB layout (expected Final_Training/Images/NNNNN/GT-NNNNN.csv "
             "or Final_Test/Images/NNNNN.ppm with GT-final_test.csv)"
         )
-    parts = (_TRAIN_CSV, _TRAIN_PPM) if layout.kind == "train" else (_TEST_CSV, _TEST_PPM, _TEST_CSV_NOLABEL)
+    parts = (TRAIN_CSV, TRAIN_PPM) if layout.kind == "train" else (TEST_CSV, TEST_PPM, TEST_CSV_NOLABEL)
     used = {i for i, n in all_names if any(p.match(n) for p in parts)}
     for i, s in enumerate(sources):
         if i not in used:
@@ -319,7 +289,7 @@ def _train_layout(sources: list[Source], all_names: set, skip_bad: bool) -> Layo
     class_dirs: dict[int, tuple[int, str]] = {}
     images: dict[int, list[tuple[int, str]]] = {}
     for i, n in sorted(all_names):
-        m = _TRAIN_PPM.match(n) or _TRAIN_CSV.match(n)
+        m = TRAIN_PPM.match(n) or TRAIN_CSV.match(n)
         if not m:
             continue
         cls, at = int(m["cls"]), (i, m["dir"])
@@ -327,7 +297,7 @@ def _train_layout(sources: list[Source], all_names: set, skip_bad: bool) -> Layo
         if first != at:  # two copies of a class: which one is meant cannot be guessed
             raise DataError(f"{sources[at[0]].describe(at[1])}: class folder {cls:05d} is also at "
                             f"{sources[first[0]].describe(first[1])}; give one training archive")
-        if _TRAIN_PPM.match(n):
+        if TRAIN_PPM.match(n):
             images.setdefault(cls, []).append((i, n))
     missing = [f"{c:05d}" for c in range(NUM_CLASSES) if c not in class_dirs]
     if missing:
@@ -348,7 +318,7 @@ def _train_layout(sources: list[Source], all_names: set, skip_bad: bool) -> Layo
             raise DataError(f"{src.describe(csv_name)}: class {cls:05d} is empty (no rows)")
         for line, row in csv_rows:
             fname = row["Filename"] or ""
-            m = _TRACK.match(fname)
+            m = TRACK.match(fname)
             rows.add((i, csv_name), line, row, (i, f"{d}/{fname}"), cls, int(m[1]) if m else -1,
                      f"{cls:05d}/{fname}")
         rows.unlisted(images.get(cls, []), src.describe(d))
@@ -356,9 +326,9 @@ def _train_layout(sources: list[Source], all_names: set, skip_bad: bool) -> Layo
 
 
 def _test_layout(sources, all_names, test_images, skip_bad) -> Layout:
-    csvs = [(i, n) for i, n in sorted(all_names) if _TEST_CSV.match(n)]
+    csvs = [(i, n) for i, n in sorted(all_names) if TEST_CSV.match(n)]
     if not csvs:
-        has_nolabel = any(_TEST_CSV_NOLABEL.match(n) for _, n in all_names)
+        has_nolabel = any(TEST_CSV_NOLABEL.match(n) for _, n in all_names)
         hint = (
             " (GT-final_test.test.csv has no ClassId column: add GTSRB_Final_Test_GT.zip)"
             if has_nolabel
@@ -372,7 +342,7 @@ def _test_layout(sources, all_names, test_images, skip_bad) -> Layout:
     ci, csv_name = csvs[0]
     image_dirs: dict[tuple[int, str], None] = {}
     for i, n in test_images:
-        image_dirs.setdefault((i, _TEST_PPM.match(n)["dir"]), None)
+        image_dirs.setdefault((i, TEST_PPM.match(n)["dir"]), None)
     (img_src, img_dir), *others = image_dirs
     if others:
         (j, other), = others[:1]

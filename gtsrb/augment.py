@@ -9,7 +9,7 @@ more than the model's own step on a GPU. This module draws every random number
 on the input's device from the default generator, so ``torch.manual_seed`` and
 the saved CUDA RNG state reproduce it, and runs a fixed, data-independent list
 of kernels, so after one warm-up call (which builds its cached constants) it
-can be captured in a CUDA graph. Speed: see `make bench` (study/bench.py).
+can be captured in a CUDA graph. Speed: see `make bench` (benchmarks/bench/).
 
 What kornia 0.9.0 does, read from its source, and is reproduced here:
 

@@ -14,7 +14,8 @@
   (``gtsrb.explain.class_mean_distance``, threshold ``distance_q99``).
 
 The file also reports, on the test split (held out from the fit), how often each
-rule fires and the accuracy on the predictions it lets through.
+rule fires and the accuracy on the predictions it lets through (``unsure_report``).
+``unsure_decision`` applies both rules to one image, with the reason each one gives.
 """
 
 from __future__ import annotations
@@ -75,6 +76,37 @@ def unsure_report(probs: np.ndarray, labels: np.ndarray, tau: float, unlike: np.
            "errors_flagged": int((flagged & ~right).sum()), "errors": int((~right).sum())}
     if unlike is not None:
         out["unlike_training_rate"] = float(unlike.mean())
+    return out
+
+
+def unsure_decision(logits: np.ndarray, predicted: int, temperature: float | None = None,
+                    threshold: float | None = None, block: str | None = None, distance: float | None = None,
+                    distance_q99: float | None = None) -> dict:
+    """Whether one image's prediction is "unsure", and why: the two rules of this module, applied to it.
+
+    ``logits``: the image's (classes,) logits; ``predicted``: the class it was read as. With a
+    calibration (``temperature``, ``threshold``), the calibrated probability of that class below the
+    threshold is "low". With the excitation-distance rule (``block``, the image's ``distance`` to its
+    predicted class's average there, and that block's ``distance_q99``), a distance beyond the
+    percentile is "unlike the training data". A rule whose numbers are not given is skipped.
+
+    -> {"calibrated", "reasons"} and, per rule that applied, {"temperature", "threshold",
+    "probability", "low"} and {"distance_block", "distance", "distance_q99", "unlike_training"}; then
+    "unsure": whether any reason was found. ``reasons`` holds one sentence per rule that fired."""
+    out: dict = {"calibrated": temperature is not None and threshold is not None, "reasons": []}
+    if out["calibrated"]:
+        t, tau = float(temperature), float(threshold)
+        p = float(softmax(np.asarray(logits)[None], t)[0, predicted])
+        out.update({"temperature": t, "threshold": tau, "probability": p, "low": p < tau})
+        if p < tau:
+            out["reasons"].append(f"calibrated probability {p:.1%} is below the threshold {tau:.1%}")
+    if block is not None and distance is not None and distance_q99 is not None:
+        d, q99 = float(distance), float(distance_q99)
+        out.update({"distance_block": block, "distance": d, "distance_q99": q99, "unlike_training": d > q99})
+        if d > q99:
+            out["reasons"].append(f"its {block} excitation is farther from the class average ({d:.2f}) than "
+                                  f"99% of validation images ({q99:.2f}): unlike the training data")
+    out["unsure"] = bool(out["reasons"])
     return out
 
 

@@ -7,7 +7,7 @@ the class of some modules for a subclass below that computes the same function
 with the same parameters and state_dict, by another route. Nothing else in the
 project knows about them.
 
-Each route has a name, and ``make bench`` (``study/bench.py``) times the training step with every
+Each route has a name, and ``make bench`` (``benchmarks/bench/``) times the training step with every
 route off (the ``stock`` variant) and with each route alone, so a route stays
 only where it makes the step faster (:data:`ROUTES` says on which CPUs that was
 measured).

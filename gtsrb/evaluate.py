@@ -1,5 +1,6 @@
-"""Evaluate a checkpoint on a pack's split or on the official test layout, and average its SE
-excitations per class on a split (``compute_excitations_file``, for the demo's comparison)."""
+"""Evaluate a checkpoint on a pack's split or on the official test layout, score test-time augmentation
+against the plain prediction (``tta_comparison``), and average its SE excitations per class on a split
+(``compute_excitations_file``, for the demo's comparison)."""
 
 from __future__ import annotations
 
@@ -98,6 +99,18 @@ def evaluate(
         result["out_dir"] = str(out_dir)
     result["per_class"] = table
     return result
+
+
+def tta_comparison(clf: Classifier, images: np.ndarray, labels: np.ndarray) -> dict:
+    """One classifier on labelled uint8 images (N, S, S, 3), without and with test-time augmentation
+    (``Classifier.predict_tta``: the image and its four one-pixel shifts). The weights are the same, so
+    the errors pair up exactly: -> {"n", "accuracy", "accuracy_tta", "fixed": errors TTA corrects,
+    "added": right answers TTA turns wrong}."""
+    labels = np.asarray(labels)
+    plain = clf.predict_arrays(images).probs.argmax(1) == labels
+    tta = clf.predict_tta(images).argmax(1) == labels
+    return {"n": len(labels), "accuracy": float(plain.mean()), "accuracy_tta": float(tta.mean()),
+            "fixed": int((tta & ~plain).sum()), "added": int((plain & ~tta).sum())}
 
 
 def compute_excitations_file(checkpoint: str | os.PathLike, data: str | os.PathLike, split: str = "val",

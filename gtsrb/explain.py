@@ -8,6 +8,10 @@
   of the class it was predicted as. ``gtsrb.evaluate.compute_excitations_file`` stores the 99th
   percentile of that distance on the same split (``distance_q99``): an image
   beyond it looks unlike the images the averages came from.
+- ``se_counterfactuals``, ``se_hidden_fired``, ``constant_gates``: what the SE
+  blocks contribute on a labelled set: the accuracy with every block off or each
+  gate held at its average, how many hidden units of each block ever fire (a
+  dead ReLU never does), and which blocks' gates do not vary at all.
 - ``gradcam``: Grad-CAM (Selvaraju et al., arXiv:1610.02391) on the deepest
   conv stage whose feature map is at least ``min_cells`` wide. At 28 px the
   seed's stage 5 is 1x1 and stage 4 is 3x3, so the default lands on stage 3
@@ -115,6 +119,67 @@ def load_excitations(path: str | os.PathLike) -> tuple[dict[str, dict], dict]:
     except (OSError, KeyError, ValueError) as e:
         raise DataError(f"{path}: not a readable excitations file ({e})") from e
     return stats, meta
+
+
+# ------------------------------------------------------------------ what the SE blocks contribute
+# ``clf`` below is a ``gtsrb.inference.Classifier``; it is not imported, because inference imports this module.
+
+def se_counterfactuals(clf, images: np.ndarray, labels: np.ndarray, gates: dict[str, np.ndarray],
+                       predicted: np.ndarray | None = None) -> dict[str, float]:
+    """The two SE counterfactuals on labelled uint8 images (N, S, S, 3): every SE block replaced by the
+    identity ("off", the demo's "SE off", which also removes the scale the later layers were trained
+    on), and each block's gate held at ``gates`` per channel ("held", e.g. its average over the val
+    split: the learned scale stays, the per-image recalibration goes).
+
+    -> {"off_accuracy", "off_changed", "held_accuracy", "held_changed"}: the accuracy of each, and the
+    share of images whose class differs from ``predicted`` (the SE-on classes; computed when None)."""
+    labels = np.asarray(labels)
+    if predicted is None:
+        predicted = clf.predict_arrays(images).probs.argmax(1)
+    with clf.se_disabled():
+        off = clf.predict_arrays(images).probs.argmax(1)
+    with clf.se_held(gates):
+        held = clf.predict_arrays(images).probs.argmax(1)
+    return {"off_accuracy": float((off == labels).mean()), "off_changed": float((off != predicted).mean()),
+            "held_accuracy": float((held == labels).mean()), "held_changed": float((held != predicted).mean())}
+
+
+def se_hidden_fired(clf, images: np.ndarray) -> tuple[dict[str, list[int]], object]:
+    """Per SE block, how many of its hidden ReLUs (between its two 1x1 layers) are above zero for at least
+    one of ``images``: {block: [fired, hidden width]}, blocks in depth order, and the ``Prediction`` of
+    the same pass, so a caller that needs both runs the images once. A unit that fires on no image is
+    dead: without a bias in the block it gets no gradient and cannot come back.
+
+    The count is read by forward hooks on the shared model: do not run it beside other requests."""
+    fired: dict[str, torch.Tensor] = {}
+
+    def record(name):
+        def hook(_module, _inputs, out):
+            f = (out.flatten(1) > 0).any(0).cpu()
+            fired[name] = f | fired[name] if name in fired else f
+        return hook
+
+    handles = [block.act.register_forward_hook(record(name)) for name, block in clf.model.se_blocks()]
+    try:
+        prediction = clf.predict_arrays(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: [int(f.sum()), len(f)] for name, f in fired.items()}, prediction
+
+
+# Below this range across images a gate is a fixed scale: it recalibrates nothing.
+CONSTANT_GATE = 1e-3
+
+
+def constant_gates(excitations: dict[str, np.ndarray], tolerance: float = CONSTANT_GATE) -> dict[str, dict]:
+    """The SE blocks whose gate does not vary across images ((N, C) excitations per block, e.g.
+    ``Prediction.excitations`` on the val split): {block: {"range": the widest channel's range,
+    "all_half": whether every gate is 0.5 = sigmoid(0) to within ``tolerance``, as in a block whose
+    hidden units never fire}}; a block whose widest channel moves by ``tolerance`` or more is left out."""
+    spread = {name: float(np.ptp(g, axis=0).max()) for name, g in excitations.items()}
+    return {name: {"range": r, "all_half": bool(np.abs(excitations[name] - 0.5).max() < tolerance)}
+            for name, r in spread.items() if r < tolerance}
 
 
 def _stage_outputs(model: nn.Module) -> list[tuple[str, int]]:

@@ -113,6 +113,21 @@ class ModelConfig:
             raise ConfigError(f"ModelConfig.image_size: {self.image_size} px is too small for {self.cfg.count('M')} "
                               f"stages (a feature map shrinks to nothing)")
 
+    def describe(self) -> str:
+        """The config as one phrase, for a page or a report: which stages have SE and how the blocks are
+        built, then pooling, dropout and input normalisation, e.g. "SE in stage(s) 1, 2 of 5, form `gate`,
+        position `pre_bn`, reduction 16, max pooling, conv dropout 0.40, classifier dropout 0.50, input
+        norm `dataset`". Without SE the block's fields do not matter, so it says "no SE" and skips them."""
+        stages = [str(i + 1) for i, on in enumerate(self.se_stages) if on]
+        if stages:
+            se = (f"SE in stage(s) {', '.join(stages)} of {len(self.se_stages)}, form `{self.se_form}`, "
+                  f"position `{self.se_position}`, reduction {self.se_reduction}"
+                  + (", with biases" if self.se_bias else ""))
+        else:
+            se = "no SE"
+        return (f"{se}, {self.pool} pooling, conv dropout {self.conv_dropout:.2f}, classifier dropout "
+                f"{self.classifier_dropout:.2f}, input norm `{self.input_norm}`")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -16,7 +16,7 @@ from torch import nn
 from gtsrb.checkpoint import load_checkpoint, save_checkpoint
 from gtsrb.config import TrainConfig
 from gtsrb.data import Packed
-from gtsrb.metrics import METRIC_NAMES, classification_metrics
+from gtsrb.metrics import METRIC_NAMES, classification_metrics, confusion
 from gtsrb.model import ModelConfig
 from gtsrb.validate import ConfigError
 
@@ -165,7 +165,8 @@ def _plain_json(v):
 
 class TrainLog:
     """TensorBoard for one run: per-step train metrics over windows of ``log_every`` steps (the
-    predictions stay on the device until a window is written), per-epoch metrics, LR, histograms."""
+    predictions stay on the device until a window is written), per-epoch metrics, LR, histograms;
+    at the end the hparams and the val confusion matrix."""
 
     def __init__(self, out_dir: Path, config: TrainConfig, step: int, resumed: bool):
         from torch.utils.tensorboard import SummaryWriter
@@ -213,6 +214,29 @@ class TrainLog:
                     if module.weight.grad is not None:
                         self.writer.add_histogram(f"grads/{name}", module.weight.grad, epoch)
         self.writer.flush()
+
+    def final(self, meta: dict, history: list[dict], best_epoch: int, true: np.ndarray, pred: np.ndarray | None,
+              class_names) -> None:
+        """At the end of a run: the hparams with the best val scores, and the confusion-matrix figure
+        of the best epoch's val predictions ``pred`` (None: nothing held out, no figure)."""
+        from gtsrb.plots import confusion_figure
+
+        if pred is not None:
+            cm = confusion(true, pred, len(class_names))
+            self.writer.add_figure("val/confusion_matrix", confusion_figure(cm, class_names, "val split, best epoch"),
+                                   best_epoch)
+        hparams = {f"model/{k}": _hparam(v) for k, v in meta["model_config"].items() if k not in ("cfg",)}
+        hparams |= {f"train/{k}": _hparam(v) for k, v in meta["train_config"].items()}
+        best_row = max(history, key=lambda h: h["val_accuracy"])
+        self.writer.add_hparams(
+            hparams,
+            {"hparam/best_val_accuracy": best_row["val_accuracy"], "hparam/best_val_macro_f1": best_row["val_macro_f1"]},
+            run_name=".",
+        )
+
+
+def _hparam(v):
+    return v if isinstance(v, (int, float, str, bool)) else str(v)
 
 
 def _log(writer, prefix: str, metrics: dict, step: int) -> None:

@@ -60,10 +60,10 @@ from gtsrb.model import ModelConfig
 from gtsrb.runfiles import RESUME_MAY_CHANGE, data_fingerprint
 from gtsrb.config import PRECISIONS, RECIPE, split_config, TrainConfig
 from gtsrb.train import fit
-from gtsrb.util import atomic_path, machine, write_text_atomic
+from gtsrb.util import atomic_path
 from gtsrb.validate import fraction, non_negative_int, positive_int
 from study.cli import ArgumentParser, check_config, entry_point, read_config, require_pack
-from study.records import PRECISION_HELP, TOP, read_json
+from study.records import PRECISION_HELP, TOP, read_json, run_record, write_json
 from study.space import best_config_json
 from study.summary import PARAM_ORDER, study_budget
 
@@ -162,7 +162,7 @@ def adopt_trial(study: Path, trial_id: str, out: Path, model_config: ModelConfig
         shutil.copyfile(found[-1], tmp)
     adopted = {"trial": trial_id, "checkpoint": str(found[-1]), "epochs": int(ckpt["epoch"]),
                "train_seconds": round(sum(h["seconds"] for h in ckpt["history"]), 1)}
-    write_text_atomic(out / ADOPTED, json.dumps(adopted, indent=1) + "\n")
+    write_json(out / ADOPTED, adopted)
     print(f"  adopted study trial {trial_id} at epoch {ckpt['epoch']} ({found[-1]})", flush=True)
     return adopted
 
@@ -302,16 +302,13 @@ def main(argv: list[str] | None = None) -> int:
                       resume=(out / "last.pt").exists(), progress=False)
         seconds = time.perf_counter() - t0
         test = score(out / "last.pt", packs[pack_kind], a.full_frame_data if pack_kind == "track" else None)
-        record = {
-            "arm": arm, "seed": seed, "pack": str(packs[pack_kind]), "split_kind": pack_kind,
-            "config": flat, "recipe": RECIPE, "model_config": model_config.to_dict(),
-            "train_config": train_config.__dict__, "history": history, "test": test, "test_at": "last epoch",
-            # wall: this process (one sitting); train: every epoch's training, adopted ones included.
-            "wall_seconds": round(seconds, 1), "train_seconds": round(sum(h["seconds"] for h in history), 1),
-            "adopted": adopted, "machine": machine(),
-            "command": "python -m study.ablation " + " ".join(argv or sys.argv[1:]),
-        }
-        write_text_atomic(done, json.dumps(record, indent=1) + "\n")
+        # train_seconds counts every epoch's training, adopted ones included.
+        record = run_record(
+            "study.ablation", argv, seconds, history,
+            arm=arm, seed=seed, pack=str(packs[pack_kind]), split_kind=pack_kind, config=flat, recipe=RECIPE,
+            model_config=model_config.to_dict(), train_config=train_config.__dict__, history=history, test=test,
+            test_at="last epoch", adopted=adopted)
+        write_json(done, record)
         print(f"{arm} seed {seed}: last val {history[-1]['val_accuracy']:.4f} test {test['accuracy']:.4f} "
               f"ECE {test['ece']:.4f} ({seconds:.0f} s)", flush=True)
     return 0

@@ -16,7 +16,6 @@ to the same file.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,10 +25,9 @@ from gtsrb.checkpoint import load_checkpoint
 from gtsrb.model import PRESETS
 from gtsrb.config import TrainConfig
 from gtsrb.train import fit
-from gtsrb.util import machine, write_text_atomic
 from gtsrb.validate import fraction, non_negative_int, positive_int
 from study.cli import ArgumentParser, entry_point, require_pack
-from study.records import read_json
+from study.records import command_line, machine, read_json, write_json
 
 PATHS = {
     "fp32": {"precision": "fp32", "channels_last": False},
@@ -73,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                 "minutes": (time.perf_counter() - t0) / 60,
             })
             record["machine"] = machine()
-            record["command"] = "python -m study.precision " + " ".join(argv if argv is not None else sys.argv[1:])
-            write_text_atomic(a.out, json.dumps(record, indent=1) + "\n")
+            record["command"] = command_line("study.precision", argv)
+            write_json(a.out, record)
             print(f"{path} seed {seed}, {a.epochs} epochs: final val {history[-1]['val_accuracy']:.4f}", flush=True)
     for seed in a.seeds:
         final = {r["path"]: r["final_val_accuracy"] for r in record["runs"] if r["seed"] == seed and r["epochs"] == a.epochs

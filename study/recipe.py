@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from gtsrb.archive import DataError
@@ -59,10 +60,9 @@ from gtsrb.evaluate import evaluate
 from gtsrb.inference import Classifier
 from gtsrb.config import PRECISIONS, RECIPE, RECIPE_NO_FRAMING, split_config, TrainConfig
 from gtsrb.train import fit, training_splits
-from gtsrb.util import machine, write_text_atomic
 from gtsrb.validate import fraction, non_negative_int, positive_int
 from study.cli import ArgumentParser, entry_point, read_config, require_pack
-from study.records import PRECISION_HELP, read_json
+from study.records import PRECISION_HELP, read_json, run_record, write_json
 
 PIECES = {"mirror": "mirror", "smoothing": "label_smoothing", "framing": "framing"}
 # What the arms are measured against (--base): today's recipe, or the recipe before the framing crop (the
@@ -124,14 +124,14 @@ def raw_weights_metrics(last: Path, pack: Path) -> dict:
         tmp.unlink(missing_ok=True)
 
 
-def scores(checkpoint: Path, pack: Path, config: TrainConfig) -> dict[str, dict]:
+def scores(checkpoint: Path, pack: Path, config: TrainConfig, tta: bool = False) -> dict[str, dict]:
     """Accuracy and the file names ``checkpoint`` gets wrong on the run's own val (its fold under cv)
-    and on test of ``pack``."""
+    and on test of ``pack``; with ``tta``, of the shift-averaged predictions (``Classifier.predict_tta``)."""
     data = load_pack(pack)
     clf = Classifier.load(checkpoint)
     out = {}
     for name, part in (("val", training_splits(data, config)[1]), ("test", data.subset("test"))):
-        pred = clf.predict_arrays(part.images).probs.argmax(1)
+        pred = (clf.predict_tta(part.images) if tta else clf.predict_arrays(part.images).probs).argmax(1)
         out[name] = {"accuracy": float((pred == part.labels).mean()),
                      "wrong": sorted(f for f, p, y in zip(part.filenames, pred, part.labels) if p != y)}
     return out
@@ -142,14 +142,18 @@ def run_folder(runs: Path, name: str, arm: str, seed: int, protocol: str) -> Pat
     return runs / name / arm / (f"fold{seed}" if protocol == "cv" else f"seed{seed}")
 
 
-def rescore(results: Path, runs: Path, full_frame_data: Path | None) -> None:
+def rescore(results: Path, runs: Path, full_frame_data: Path | None, tta: bool = False,
+            arms: Sequence[str] | None = None) -> None:
     """Add ``full_frame_*`` scores to the records in ``results`` that lack them, from their run's last.pt
-    (the weights the record scored), so every arm of a folder has the same columns."""
+    (the weights the record scored), so every arm of a folder has the same columns; with ``tta``, also
+    ``tta``: the same four accuracies (val and test, ROI crops and whole frames) with test-time augmentation.
+    ``arms``: only those arms' records."""
     if full_frame_data is None:
         raise DataError("--rescore needs --full-frame-data")
     for f in sorted(results.glob("*-fold*.json")) + sorted(results.glob("*-seed*.json")):
         r = json.loads(f.read_text())
-        if "full_frame_val_accuracy" in r or not r.get("roi", True):
+        if (arms is not None and r["arm"] not in arms) or not r.get("roi", True) \
+                or ("full_frame_val_accuracy" in r and ("tta" in r or not tta)):
             continue
         run = Path(r["run"]) if "run" in r else run_folder(runs, r["name"], r["arm"], r["seed"], r.get("protocol", "split"))
         last = run / "last.pt"
@@ -157,11 +161,20 @@ def rescore(results: Path, runs: Path, full_frame_data: Path | None) -> None:
             print(f"{f}: its run's last.pt is not here; left as it is", flush=True)
             continue
         config = TrainConfig(**r["train_config"])
-        full = scores(last, full_frame_data, config)
-        r |= {"full_frame_test_accuracy": full["test"]["accuracy"], "full_frame_val_accuracy": full["val"]["accuracy"],
-              "full_frame_wrong": {k: v["wrong"] for k, v in full.items()}}
-        write_text_atomic(f, json.dumps(r, indent=1) + "\n")
-        print(f"{f}: full-frame val {full['val']['accuracy']:.4f}, test {full['test']['accuracy']:.4f}", flush=True)
+        if "full_frame_val_accuracy" not in r:
+            full = scores(last, full_frame_data, config)
+            r |= {"full_frame_test_accuracy": full["test"]["accuracy"],
+                  "full_frame_val_accuracy": full["val"]["accuracy"],
+                  "full_frame_wrong": {k: v["wrong"] for k, v in full.items()}}
+            print(f"{f}: full-frame val {full['val']['accuracy']:.4f}, test {full['test']['accuracy']:.4f}", flush=True)
+        if tta and "tta" not in r:
+            roi, full = scores(last, Path(r["pack"]), config, tta=True), scores(last, full_frame_data, config, tta=True)
+            r["tta"] = {"val_accuracy": roi["val"]["accuracy"], "test_accuracy": roi["test"]["accuracy"],
+                        "full_frame_val_accuracy": full["val"]["accuracy"],
+                        "full_frame_test_accuracy": full["test"]["accuracy"]}
+            print(f"{f}: with TTA, val {roi['val']['accuracy']:.4f}, full-frame val {full['val']['accuracy']:.4f}",
+                  flush=True)
+        write_json(f, r)
 
 
 def base_config(preset: str, best_config: Path) -> dict:
@@ -179,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the config of --preset best (the Makefile's QUICK_CONFIG: the quick study's winner)")
     p.add_argument("--name", help="the records' folder under --results (default: the preset). One folder per "
                                    "configuration: a study arm's name, e.g. top1, pairs with results/ablation/top1-seed*")
-    p.add_argument("--arms", nargs="+", default=["recipe", "old"], choices=ARMS)
+    p.add_argument("--arms", nargs="+", choices=ARMS, help="default: recipe old (with --rescore: every arm)")
     p.add_argument("--base", choices=tuple(BASES), default="recipe",
                    help="the recipe the arms are measured against: today's, or no_framing (the recipe before the "
                         "framing crop, which the cv-top1 selection was measured against)")
@@ -193,23 +206,26 @@ def main(argv: list[str] | None = None) -> int:
                    help=PRECISION_HELP)
     p.add_argument("--runs", type=Path, default=Path("runs/recipe"))
     p.add_argument("--rescore", action="store_true",
-                   help="train nothing: add the full-frame val scores to the records of --name that lack them, "
-                        "from each run's last.pt under --runs (records made before those scores were kept)")
+                   help="train nothing: add the full-frame val scores to the records of --name and --arms that lack "
+                        "them, from each run's last.pt under --runs (records made before those scores were kept)")
+    p.add_argument("--tta", action="store_true",
+                   help="with --rescore: also score each record's run with test-time augmentation (its ``tta`` field)")
     p.add_argument("--results", type=Path, default=Path("results/recipe"))
     a = p.parse_args(argv)
 
     name = a.name or a.preset
     results = a.results / name
+    arms = a.arms or ["recipe", "old"]  # what trains; --rescore rescores --arms, or every arm
     # Every input before any training: the config, the packs and their splits, the seeds, the records.
     base = base_config(a.preset, a.config)
-    framed = [arm for arm in a.arms if arm_spec(arm, BASES[a.base])[0].get("framing", 0) > 0]
+    framed = [arm for arm in arms if arm_spec(arm, BASES[a.base])[0].get("framing", 0) > 0]
     require_pack(a.data, ("train", "val", "test"), f"--arms {' '.join(framed)}: --data" if framed else "--data",
                  frames=bool(framed))
 
     def record(arm: str, seed: int) -> Path:
         return results / (f"{arm}-fold{seed}.json" if a.protocol == "cv" else f"{arm}-seed{seed}.json")
 
-    full_frame_arms = [arm for arm in a.arms if not arm_spec(arm, BASES[a.base])[1] and any(not record(arm, s).exists() for s in a.seeds)]
+    full_frame_arms = [arm for arm in arms if not arm_spec(arm, BASES[a.base])[1] and any(not record(arm, s).exists() for s in a.seeds)]
     if full_frame_arms and a.full_frame_data is None:
         raise DataError(f"--arms {' '.join(full_frame_arms)}: trains on the full-frame pack; pass --full-frame-data")
     if a.full_frame_data is not None:
@@ -217,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     folds = TrainConfig().folds
     if a.protocol == "cv" and max(a.seeds) >= folds:
         raise DataError(f"--seeds {max(a.seeds)}: under --protocol cv seed k validates on fold k, 0 to {folds - 1}")
-    for arm in a.arms:  # the arms' overrides on top of the config
+    for arm in arms:  # the arms' overrides on top of the config
         split_config({**base, **arm_spec(arm, BASES[a.base])[0]})
     results.mkdir(parents=True, exist_ok=True)
     stale = other_recipe(results, BASES[a.base])
@@ -225,10 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         raise DataError(f"{stale}. The arms of one folder are compared with each other, so a run under "
                         f"today's recipe does not go beside them: pass --name NEW for a new folder.")
     if a.rescore:
-        rescore(results, a.runs, a.full_frame_data)
+        rescore(results, a.runs, a.full_frame_data, a.tta, a.arms)
         return 0
     for seed in a.seeds:  # seed-major: an interrupted ablation still has every arm at the first seeds
-        for arm in a.arms:
+        for arm in arms:
             done = record(arm, seed)
             overrides, roi = arm_spec(arm, BASES[a.base])
             if done.exists():
@@ -263,12 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                     "full_frame_val_accuracy": full_frame["val"]["accuracy"],
                     "full_frame_wrong": {k: v["wrong"] for k, v in full_frame.items()}} if full_frame else {}),
                 "wrong": {k: v["wrong"] for k, v in own.items()},
-                "wall_seconds": round(seconds, 1), "train_seconds": round(sum(h["seconds"] for h in history), 1),
-                "machine": machine(),
-                "command": "python -m study.recipe " + " ".join(argv or sys.argv[1:]),
                 **({"raw": raw} if raw else {}),
             }
-            write_text_atomic(done, json.dumps(result, indent=1) + "\n")
+            write_json(done, run_record("study.recipe", argv, seconds, history, **result))
             print(f"{name} {arm} seed {seed}: val {val_accuracy:.4f} "
                   f"test {test['accuracy']:.4f} ({seconds:.0f} s)", flush=True)
     return 0

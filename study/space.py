@@ -13,23 +13,27 @@ from __future__ import annotations
 from typing import Any
 
 from gtsrb.model import NUM_STAGES, ModelConfig
+from study.records import SE_STAGE_KEYS, SEARCH_KEYS, SEARCH_SPACE, SearchParam
 
-SE_STAGE_KEYS = tuple(f"se_stage{i}" for i in range(1, NUM_STAGES + 1))
+if len(SE_STAGE_KEYS) != NUM_STAGES:  # study.records declares the stages without importing the model (torch)
+    raise ImportError(f"study.records searches {len(SE_STAGE_KEYS)} SE stages, the model has {NUM_STAGES}")
 TRAIN_KEYS = ("lr", "weight_decay")
+MODEL_KEYS = tuple(k for k in SEARCH_KEYS if k not in SE_STAGE_KEYS and k not in TRAIN_KEYS)
+
+
+def _suggest(trial, p: SearchParam):
+    if p.kind == "cat":
+        return trial.suggest_categorical(p.key, list(p.choices))
+    return trial.suggest_float(p.key, p.low, p.high, log=p.kind == "log")
 
 
 def define_space(trial) -> dict[str, Any] | None:
-    """Optuna define-by-run space. SE settings are asked only when some stage has SE."""
-    stages = [trial.suggest_categorical(k, [True, False]) for k in SE_STAGE_KEYS]
-    if any(stages):
-        trial.suggest_categorical("se_form", ["gate", "scale_shift"])
-        trial.suggest_categorical("se_position", ["pre_bn", "post_act"])
-        trial.suggest_categorical("se_reduction", [4, 8, 16, 32])
-    trial.suggest_float("conv_dropout", 0.0, 0.5)
-    trial.suggest_float("classifier_dropout", 0.0, 0.6)
-    trial.suggest_categorical("pool", ["max", "avg"])
-    trial.suggest_float("lr", 5e-4, 8e-3, log=True)
-    trial.suggest_float("weight_decay", 1e-3, 0.2, log=True)
+    """Optuna define-by-run space (``study.records.SEARCH_SPACE``, in its order). SE settings are asked only
+    when some stage has SE."""
+    stages = [_suggest(trial, p) for p in SEARCH_SPACE if p.key in SE_STAGE_KEYS]
+    for p in SEARCH_SPACE:
+        if p.key not in SE_STAGE_KEYS and (any(stages) or not p.se_only):
+            _suggest(trial, p)
     return None
 
 
@@ -60,7 +64,7 @@ def to_configs(params: dict[str, Any]) -> tuple[ModelConfig, dict[str, Any]]:
     """A trial's flat parameters -> (ModelConfig, TrainConfig overrides)."""
     stages = tuple(bool(params[k]) for k in SE_STAGE_KEYS)
     model_fields = {"se_stages": stages}
-    for k in ("se_form", "se_position", "se_reduction", "conv_dropout", "classifier_dropout", "pool"):
+    for k in MODEL_KEYS:
         if k in params:
             model_fields[k] = params[k]
     return ModelConfig(**model_fields), {k: params[k] for k in TRAIN_KEYS if k in params}
@@ -70,7 +74,6 @@ def best_config_json(params: dict[str, Any]) -> dict[str, Any]:
     """What `gtsrb train --config` and `make train-best` read: ModelConfig + TrainConfig fields."""
     model, train = to_configs(params)
     d = model.to_dict()
-    out = {k: d[k] for k in ("se_stages", "se_form", "se_position", "se_reduction",
-                             "conv_dropout", "classifier_dropout", "pool")}
+    out = {k: d[k] for k in ("se_stages", *MODEL_KEYS)}
     out["se_stages"] = list(out["se_stages"])
     return {**out, **train}

@@ -17,19 +17,22 @@ summaries of the last good run in place.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from gtsrb.archive import DataError
 from gtsrb.util import atomic_path, write_text_atomic
-from study.records import OPTUNA_DB, PROFILE_FILE, optuna_storage_url, read_json
-from study.space import FIXED_POINTS, SE_STAGE_KEYS, best_config_json
+from study.records import (
+    OPTUNA_DB, SE_STAGE_KEYS, SEARCH_KEYS, optuna_storage_url, read_trial_params, read_trial_results,
+    study_budget, trial_dirs, write_best_config, write_curves, write_summary,
+)
+from study.space import FIXED_POINTS, best_config_json
 
 IMPORTANCE_MIN_TRIALS = 20  # fANOVA on fewer completed trials than this says more about noise than factors
-PARAM_ORDER = (*SE_STAGE_KEYS, "se_form", "se_position", "se_reduction", "conv_dropout",
-               "classifier_dropout", "pool", "lr", "weight_decay")
+# study.ablation imports these two from here.
+PARAM_ORDER = SEARCH_KEYS
+__all__ = ["IMPORTANCE_MIN_TRIALS", "PARAM_ORDER", "load_trials", "optuna_plots", "study_budget", "write_summaries"]
 
 
 def _role(config: dict) -> str:
@@ -48,35 +51,6 @@ def _status(trial_dir: Path, results: list[dict]) -> str:
     return "RUNNING" if results else "PENDING"
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-
-
-def _results(path: Path) -> list[dict]:
-    """The rows of a trial's result.json (JSON lines), each one checked."""
-    if not path.exists():
-        return []
-    rows = []
-    text = _read_text(path)
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {n} is not valid JSON ({e.msg}); a write cut short? Remove that "
-                            f"line, or the trial folder") from None
-        if not isinstance(row, dict) or ("val_accuracy" in row and not isinstance(row.get("epoch"), int)):
-            raise DataError(f"{path}: line {n} is not a trial result (an object with epoch and val_accuracy)")
-        rows.append(row)
-    return rows
-
-
 def load_trials(study_dir: Path) -> pd.DataFrame:
     """One row per trial folder: role, parameters, best val accuracy, epochs run, status.
 
@@ -84,13 +58,9 @@ def load_trials(study_dir: Path) -> pd.DataFrame:
     error.txt), so it needs no running Ray.
     """
     rows = []
-    for params_file in sorted(Path(study_dir).glob("*/params.json")):
-        trial_dir = params_file.parent
-        params = read_json(params_file)
-        if not isinstance(params, dict):
-            raise DataError(f"{params_file}: not a trial's parameters (a JSON object)")
-        config = {k: v for k, v in params.items() if k in PARAM_ORDER}
-        results = _results(trial_dir / "result.json")
+    for trial_dir in trial_dirs(study_dir):
+        config = {k: v for k, v in read_trial_params(trial_dir).items() if k in PARAM_ORDER}
+        results = read_trial_results(trial_dir)
         # One result per epoch, the latest: a trial that started over (its checkpoint's weights were not
         # on the machine that continued the study) reported its first epochs twice.
         results = sorted({r["epoch"]: r for r in results if "val_accuracy" in r}.values(), key=lambda r: r["epoch"])
@@ -111,21 +81,6 @@ def load_trials(study_dir: Path) -> pd.DataFrame:
             "trial_dir": trial_dir.name,
         })
     return pd.DataFrame(rows)
-
-
-def study_budget(study: Path, summary: pd.DataFrame) -> tuple[int, int]:
-    """ASHA's first rung and the full schedule, in epochs: from the study's profile.json (written by
-    `make tune`, so a study in progress is read against the budget it runs to), else from the trials
-    (the epoch every finished trial reached, and the most any trial ran)."""
-    profile = study / PROFILE_FILE
-    if profile.is_file():
-        p = read_json(profile)
-        try:
-            return int(p["grace"]), int(p["epochs"])
-        except (TypeError, KeyError, ValueError) as e:
-            raise DataError(f"{profile}: no whole-number grace and epochs ({type(e).__name__}: {e})") from None
-    done = summary[summary["status"] == "TERMINATED"] if "status" in summary else summary
-    return int((done if len(done) else summary)["epochs_run"].min()), int(summary["epochs_run"].max())
 
 
 def write_summaries(study_dir: Path, max_epochs: int | None = None, top: int = 5) -> str:
@@ -149,15 +104,12 @@ def write_summaries(study_dir: Path, max_epochs: int | None = None, top: int = 5
     trials = trials[trials["epochs_run"] > 0].copy()
     # Per-epoch validation accuracy, long format: the effects in the report compare trials at equal epochs.
     curves = [(t, e + 1, v) for t, c in zip(trials["trial_id"], trials.pop("val_curve")) for e, v in enumerate(c)]
-    with atomic_path(study_dir / "curves.csv") as tmp:
-        pd.DataFrame(curves, columns=["trial_id", "epoch", "val_accuracy"]).to_csv(tmp, index=False)
-    with atomic_path(study_dir / "summary.csv") as tmp:
-        trials.to_csv(tmp, index=False)
+    write_curves(study_dir, curves)
+    write_summary(study_dir, trials)
     finished = trials.dropna(subset=["best_val_accuracy"])
     if len(finished):
         # The exact parameters, from the trial's own params.json (the table has NaNs).
-        params = read_json(study_dir / finished.iloc[0]["trial_dir"] / "params.json")
-        write_text_atomic(study_dir / "best_config.json", json.dumps(best_config_json(params), indent=1) + "\n")
+        write_best_config(study_dir, best_config_json(read_trial_params(study_dir / finished.iloc[0]["trial_dir"])))
     shown = pd.concat([finished.head(top), finished[finished["role"] != "searched"]]).drop_duplicates("trial_id")
     table = _markdown(shown, outcomes, trials["train_seconds"].sum() / 3600)
     if len(finished) >= 2:

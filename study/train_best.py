@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shlex
 import shutil
 import sys
 import time
@@ -42,11 +41,12 @@ from gtsrb.data import load_pack
 from gtsrb.evaluate import compute_excitations_file, evaluate
 from gtsrb.inference import Classifier
 from gtsrb.publish import check_folder_target, publish_dir
-from gtsrb.config import RECIPE, split_config, TrainConfig
+from gtsrb.config import PRECISIONS, RECIPE, split_config, TrainConfig
 from gtsrb.train import fit
 from gtsrb.util import machine
 from gtsrb.validate import positive_int
 from study.cli import ArgumentParser, entry_point, read_config, require_pack
+from study.records import PRECISION_HELP, command_line
 
 PROTOCOLS = {"official": ("train", "val", "test"), "split": ("train",)}
 # The pack splits each protocol reads: it trains on its train splits; the official protocol averages the
@@ -109,7 +109,7 @@ def publish_run_logs(run: Path, history: list[dict], stage: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m study.train_best", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, required=True, help="best_config.json of a study")
-    p.add_argument("--data", type=Path, required=True, help="track-split pack made with --roi")
+    p.add_argument("--data", type=Path, required=True, help="track-split pack made with --roi --frame-size 32")
     p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--protocol", choices=tuple(PROTOCOLS), default="official")
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, default=Path("runs/release"),
                    help="the run folder: checkpoints with optimizer state (to resume), TensorBoard files")
     p.add_argument("--official-test", nargs="+", type=Path, metavar="PATH")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     a = p.parse_args(argv)
 
     # Every input before any work: the config, the pack and its splits, the official test set, the folders.
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         raise DataError(f"--config {a.config}: no such config (run `make tune` first, or pass CONFIG=...)")
     config = read_config(a.config)
     model_config, train_over = split_config({**config, **RECIPE})
-    train_config = TrainConfig(**{**train_over, "epochs": a.epochs, "seed": a.seed,
+    train_config = TrainConfig(**{**train_over, "epochs": a.epochs, "seed": a.seed, "precision": a.precision,
                                   "train_splits": PROTOCOLS[a.protocol]})
     needs = NEEDS[a.protocol] if a.protocol == "split" or any(model_config.se_stages) else ("train",)
     require_pack(a.data, needs, frames=RECIPE.get("framing", 0) > 0)
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         publish_run_logs(a.run, history, stage)
 
         metrics = {
-            "command": " ".join(shlex.quote(x) for x in ["python", "-m", "study.train_best", *(argv or sys.argv[1:])]),
+            "command": command_line("study.train_best", argv),
             "config_file": str(a.config),
             "protocol": a.protocol,
             "train_splits": list(train_config.train_splits),

@@ -27,10 +27,17 @@ from pathlib import Path
 
 from gtsrb.archive import DataError
 from gtsrb.config import RECIPE
-from gtsrb.util import write_text_atomic
 from gtsrb.validate import fraction, non_negative_float, positive_float, positive_int
 from study.cli import ArgumentParser, entry_point, require_pack
-from study.records import PROFILE_FILE, PROFILES, Profile, optuna_storage_url
+from study.records import (
+    PROFILE_FILE,
+    PROFILES,
+    Profile,
+    command_line,
+    optuna_storage_url,
+    profile_record,
+    write_json,
+)
 from study.summary import write_summaries
 
 REPO = Path(__file__).resolve().parents[1]
@@ -259,12 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     profile = replace(profile, **overrides)
     name = a.name or ("smoke" if a.smoke_test else (a.profile or ("gpu" if profile.gpus_per_trial else "cpu")))
-    record = {**asdict(profile), "grace": profile.grace, "data": str(data), "tpe_seed": a.seed,
-              "command": "python -m study.tune " + " ".join(argv if argv is not None else sys.argv[1:])}
+    record = profile_record(profile, data, a.seed, command_line("study.tune", argv))
     print(f"study {name}: {json.dumps(record)}", file=sys.stderr)
     recorded = study_root() / name / PROFILE_FILE
     if not recorded.exists():  # the first run's: a continued study keeps the settings it started with
-        write_text_atomic(recorded, json.dumps(record, indent=1) + "\n")
+        write_json(recorded, record)
     results = run_study(data, profile, name, a.seed)
     print(write_summaries(study_root() / name, max_epochs=profile.epochs))
     if results.errors:

@@ -1,22 +1,22 @@
-"""The bench's pieces, on tiny budgets (the figures themselves live in results/bench/)."""
+"""benchmarks.bench's pieces, on tiny budgets (the figures themselves live in results/bench/)."""
 
 import json
 import math
 
 import pytest
 
-from study import bench
+from benchmarks.bench import cli, runners, timing
 
 
 def test_flop_count_of_the_seed_model_is_about_0_49_gflop_per_training_image():
-    train, forward = bench.flop_per_image()
+    train, forward = timing.flop_per_image()
     assert train == pytest.approx(0.492e9, rel=0.01)
     assert forward == pytest.approx(0.165e9, rel=0.01)
 
 
 @pytest.mark.slow
 def test_train_bench_runs_the_real_training_step():
-    assert bench.bench_train(steps=1, batch=16) > 0
+    assert runners.bench_train(steps=1, batch=16) > 0
 
 
 @pytest.mark.slow
@@ -27,21 +27,21 @@ def test_train_step_runner_builds_the_step_each_variant_asks_for():
     def types(runner):
         return {type(m) for m in runner.train_step.model.modules()}
 
-    variants = bench.cpu_variants()
+    variants = runners.cpu_variants()
     assert list(variants)[:3] == ["default", "default_twin", "stock"]
-    stock = bench.train_step_runner(8, **variants["stock"])
+    stock = runners.train_step_runner(8, **variants["stock"])
     assert not types(stock) & {SmallMapConv2d, ViewGradSqueeze}
-    only_squeeze = bench.train_step_runner(8, **variants["route_squeeze_view_grad"])
+    only_squeeze = runners.train_step_runner(8, **variants["route_squeeze_view_grad"])
     assert ViewGradSqueeze in types(only_squeeze) and SmallMapConv2d not in types(only_squeeze)
-    nchw = bench.train_step_runner(8, **variants["nchw"])
+    nchw = runners.train_step_runner(8, **variants["nchw"])
     assert nchw.train_step.channels_last is False and stock.train_step.channels_last is True
     stock()  # one real step
 
 
 def test_alternate_warms_up_then_times_each_runner_in_turn_reversing_every_other_round(monkeypatch):
     calls = []
-    runners = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    result = bench.alternate(runners, steps=2, rounds=3, batch=4, warmup=1)
+    steps_by_name = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    result = timing.alternate(steps_by_name, steps=2, rounds=3, batch=4, warmup=1)
     assert calls == ["a", "b", "c"] + ["a"] * 2 + ["b"] * 2 + ["c"] * 2 + ["c"] * 2 + ["b"] * 2 + ["a"] * 2 + \
         ["a"] * 2 + ["b"] * 2 + ["c"] * 2
     for d in result.values():
@@ -49,30 +49,32 @@ def test_alternate_warms_up_then_times_each_runner_in_turn_reversing_every_other
 
 
 def test_compile_that_falls_back_reports_no_figure(monkeypatch):
-    import gtsrb.train as train
+    from gtsrb import train
 
     monkeypatch.setattr(train, "_compiled", lambda model: (lambda x: (_ for _ in ()).throw(RuntimeError("no compiler"))))
     with pytest.warns(UserWarning, match="torch.compile failed"):
-        assert bench.bench_train(steps=1, batch=8, compile=True) is None
+        assert runners.bench_train(steps=1, batch=8, compile=True) is None
 
 
 @pytest.mark.slow
-def test_naive_loader_bench_reads_torchvision_gtsrb_from_the_archive(synthetic_zip):
-    with bench.naive_runner(synthetic_zip, images=24, batch=8, workers=0) as step:
-        assert 8 / bench._time(step, warmup=1, steps=1) > 0
+def test_naive_loader_bench_reads_torchvision_gtsrb_from_the_archive_across_epochs(synthetic_zip):
+    # 8 images in batches of 8: every step after the first starts a new epoch of the loader.
+    with runners.naive_runner(synthetic_zip, images=8, batch=8, workers=0) as step:
+        for _ in range(3):
+            step()
 
 
 def test_bench_cli_quick_json_has_the_reported_keys(synthetic_zip, capsys, tmp_path, monkeypatch):
     rates = {"default": 100.0, "default_twin": 100.0, "stock": 80.0, "naive": 50.0}
 
-    def fake_alternate(runners, steps, rounds, batch, warmup=3, round_seconds=None):
-        return {name: bench.spread([rates.get(name, 90.0)] * rounds) for name in runners}
+    def fake_alternate(steps_by_name, steps, rounds, batch, warmup=3, round_seconds=None):
+        return {name: timing.spread([rates.get(name, 90.0)] * rounds) for name in steps_by_name}
 
-    monkeypatch.setattr(bench, "train_step_runner", lambda batch=128, **kw: (lambda: None))
-    monkeypatch.setattr(bench, "alternate", fake_alternate)
-    monkeypatch.setattr(bench, "bench_infer", lambda requests: {"infer_ms_p50": 2.0, "infer_ms_p99": 3.0, "eval_img_s": 900.0})
+    monkeypatch.setattr(cli, "train_step_runner", lambda batch=128, **kw: (lambda: None))
+    monkeypatch.setattr(cli, "alternate", fake_alternate)
+    monkeypatch.setattr(cli, "bench_infer", lambda requests: {"infer_ms_p50": 2.0, "infer_ms_p99": 3.0, "eval_img_s": 900.0})
     out = tmp_path / "b.json"
-    assert bench.main(["--quick", "--json", "--source", str(synthetic_zip), "--out", str(out)]) == 0
+    assert cli.main(["--quick", "--json", "--source", str(synthetic_zip), "--out", str(out)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result == json.loads(out.read_text())
     for key in ("ceiling_img_s", "train_img_s", "train_img_s_spread", "naive_img_s", "infer_ms_p50", "eval_img_s",
@@ -87,7 +89,7 @@ def test_bench_cli_quick_json_has_the_reported_keys(synthetic_zip, capsys, tmp_p
 
 @pytest.mark.slow
 def test_inference_bench_times_predict_and_evaluation_throughput():
-    r = bench.bench_infer(requests=4, eval_images=64)
+    r = runners.bench_infer(requests=4, eval_images=64)
     # No time bound: a unit test that times a shared machine fails when the machine is busy, not when
     # the code is slow (speed lives in `make bench`).
     assert 0 < r["infer_ms_p50"] <= r["infer_ms_p99"] and math.isfinite(r["infer_ms_p99"])

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from gtsrb.calibrate import confidence_threshold, fit_temperature, load_calibration, nll, softmax, unsure_report
+from gtsrb.calibrate import (
+    confidence_threshold,
+    fit_temperature,
+    load_calibration,
+    nll,
+    softmax,
+    unsure_decision,
+    unsure_report,
+)
 from gtsrb.checkpoint import save_checkpoint
 from gtsrb.cli import main
 from gtsrb.model import PRESETS, build_model
@@ -25,12 +33,15 @@ def test_fit_temperature_recovers_the_temperature_the_labels_were_drawn_with():
         assert nll(logits, labels, t) <= nll(logits, labels, 1.0)
 
 
-def test_softmax_at_a_temperature_keeps_the_top_class():
+def test_softmax_at_a_temperature_is_scipys_softmax_of_the_scaled_logits_even_for_huge_logits():
+    from scipy.special import softmax as scipy_softmax
+
     logits = np.random.default_rng(1).normal(0, 2, (100, 43))
+    logits[0] *= 1e4  # exp() of these overflows without the max shift
     for t in (0.3, 1.0, 4.0):
         p = softmax(logits, t)
-        np.testing.assert_allclose(p.sum(1), 1.0)
-        assert (p.argmax(1) == logits.argmax(1)).all()
+        assert np.isfinite(p).all()
+        np.testing.assert_allclose(p, scipy_softmax(logits / t, axis=1), rtol=1e-10, atol=1e-300)
 
 
 def test_confidence_threshold_is_the_lowest_that_reaches_the_target():
@@ -53,6 +64,37 @@ def test_unsure_report_counts_what_it_flags():
     assert r["unsure_rate"] == 0.5 and r["unlike_training_rate"] == 0.25
     assert r["accuracy_sure"] == 1.0 and r["accuracy_unsure"] == 0.5
     assert (r["errors_flagged"], r["errors"]) == (1, 1)
+
+
+def test_unsure_decision_fires_on_a_low_calibrated_probability():
+    logits = np.log(np.array([0.6, 0.3, 0.1]))  # at temperature 1 the probabilities themselves
+    sure = unsure_decision(logits, 0, temperature=1.0, threshold=0.5)
+    assert sure["calibrated"] and not sure["low"] and not sure["unsure"] and sure["reasons"] == []
+    assert sure["probability"] == pytest.approx(0.6) and "distance" not in sure
+    low = unsure_decision(logits, 0, temperature=1.0, threshold=0.7)
+    assert low["low"] and low["unsure"]
+    assert low["reasons"] == ["calibrated probability 60.0% is below the threshold 70.0%"]
+    # a temperature above 1 flattens the distribution: the same class, a lower calibrated probability
+    assert unsure_decision(logits, 0, temperature=2.0, threshold=0.5)["probability"] < 0.6
+    # the probability is the predicted class's, whichever class that is
+    assert unsure_decision(logits, 1, temperature=1.0, threshold=0.5)["probability"] == pytest.approx(0.3)
+
+
+def test_unsure_decision_fires_on_an_excitation_unlike_the_training_data():
+    logits = np.array([5.0, 0.0])
+    near = unsure_decision(logits, 0, block="stage3", distance=1.0, distance_q99=1.5)
+    assert not near["calibrated"] and "probability" not in near
+    assert near["distance_block"] == "stage3" and not near["unlike_training"] and not near["unsure"]
+    far = unsure_decision(logits, 0, block="stage3", distance=2.7, distance_q99=1.73)
+    assert far["unlike_training"] and far["unsure"]
+    assert far["reasons"] == [("its stage3 excitation is farther from the class average (2.70) than 99% of "
+                               "validation images (1.73): unlike the training data")]
+    both = unsure_decision(np.array([0.0, 0.0]), 0, temperature=1.0, threshold=0.9, block="stage3",
+                           distance=2.7, distance_q99=1.73)
+    assert len(both["reasons"]) == 2 and both["low"] and both["unlike_training"]
+    # with neither rule's numbers nothing can be said: not unsure, and not calibrated
+    none = unsure_decision(logits, 0)
+    assert none == {"calibrated": False, "reasons": [], "unsure": False}
 
 
 def test_gtsrb_calibrate_writes_a_file_the_demo_can_read(synthetic_pack, tmp_path, capsys):

@@ -6,7 +6,7 @@ from fixtures import make_official_test_zips, make_test_tree
 from gtsrb.checkpoint import save_checkpoint
 from gtsrb.cli import main
 from gtsrb.archive import DataError
-from gtsrb.evaluate import evaluate
+from gtsrb.evaluate import evaluate, tta_comparison
 from gtsrb.inference import Classifier
 from gtsrb.model import PRESETS, build_model
 
@@ -121,3 +121,29 @@ def test_tta_averages_the_image_and_its_one_pixel_shifts(synthetic_pack, tmp_pat
     by_hand = np.mean([clf.predict_arrays(v).probs for v in views], axis=0)
     np.testing.assert_allclose(clf.predict_tta(images), by_hand, rtol=1e-5, atol=1e-7)
     assert evaluate(path, synthetic_pack, "test", tta=True)["tta"] is True
+
+
+def test_tta_comparison_pairs_the_errors_tta_fixes_and_adds(synthetic_pack, tmp_path):
+    import numpy as np
+
+    from gtsrb.data import load_pack
+    from gtsrb.model import ModelConfig
+
+    tiny = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))
+    path = tmp_path / "tiny.pt"
+    save_checkpoint({"model_config": tiny.to_dict(), "model": build_model(tiny).state_dict(), "epoch": 0}, path)
+    clf = Classifier.load(path)
+    val = load_pack(synthetic_pack, "val")
+    r = tta_comparison(clf, val.images, val.labels)
+    assert set(r) == {"n", "accuracy", "accuracy_tta", "fixed", "added"} and r["n"] == len(val.labels)
+    assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["accuracy_tta"] <= 1.0
+    plain = clf.predict_arrays(val.images).probs.argmax(1) == val.labels
+    tta = clf.predict_tta(val.images).argmax(1) == val.labels
+    assert r["accuracy"] == float(plain.mean()) and r["accuracy_tta"] == float(tta.mean())
+    assert (r["fixed"], r["added"]) == (int((tta & ~plain).sum()), int((plain & ~tta).sum()))
+    # the two accuracies differ by exactly the errors fixed less the errors added
+    assert r["accuracy_tta"] * r["n"] - r["accuracy"] * r["n"] == pytest.approx(r["fixed"] - r["added"])
+    # A flat image is its own one-pixel shift (edges repeated): TTA sees five copies and changes nothing.
+    flat = np.repeat(val.images.mean((1, 2), keepdims=True).astype(np.uint8), 28, 1).repeat(28, 2)
+    same = tta_comparison(clf, flat, val.labels)
+    assert same["fixed"] == same["added"] == 0 and same["accuracy"] == same["accuracy_tta"]

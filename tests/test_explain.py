@@ -19,10 +19,13 @@ from gtsrb.data import load_pack  # noqa: E402
 from gtsrb.util import sha256_file  # noqa: E402
 from gtsrb.evaluate import compute_excitations_file  # noqa: E402
 from gtsrb.explain import (  # noqa: E402
-    class_excitations, distance_block, gradcam, gradcam_layer, load_excitations, save_excitations,
+    class_excitations, constant_gates, distance_block, gradcam, gradcam_layer, load_excitations, save_excitations,
+    se_counterfactuals, se_hidden_fired,
 )
 from gtsrb.inference import Classifier  # noqa: E402
-from gtsrb.model import PRESETS, build_model  # noqa: E402
+from gtsrb.model import PRESETS, ModelConfig, build_model  # noqa: E402
+
+TINY = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))  # seed's layout, narrow
 
 
 def _checkpoint(path: Path, preset: str = "seed") -> Path:
@@ -107,6 +110,81 @@ def test_excitations_of_a_model_without_se_is_a_clear_error(tmp_path, synthetic_
     ckpt = _checkpoint(tmp_path / "plain.pt", "vgg11")
     with pytest.raises(DataError, match="no SE block"):
         compute_excitations_file(ckpt, synthetic_pack)
+
+
+# --------------------------------------------------------------------------- what the SE blocks contribute
+
+def _tiny_with_a_dead_block(path: Path) -> tuple[Classifier, str, int]:
+    """A tiny SE net whose last block's first 1x1 layer is zero, so its hidden ReLUs never fire and its
+    gate is sigmoid(0) = 0.5 for every image -> (classifier, that block's name, its hidden width)."""
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    name, block = model.se_blocks()[-1]
+    with torch.no_grad():
+        block.fc1.weight.zero_()
+    save_checkpoint({"model_config": TINY.to_dict(), "model": model.state_dict(), "epoch": 0}, path)
+    return Classifier.load(path), name, block.fc1.out_channels
+
+
+def test_se_hidden_fired_counts_units_per_block_and_finds_a_dead_one(tmp_path, synthetic_pack):
+    clf, dead, width = _tiny_with_a_dead_block(tmp_path / "tiny.pt")
+    images = load_pack(synthetic_pack, "val").images
+    fired, pred = se_hidden_fired(clf, images)
+    assert list(fired) == clf.se_names  # every block, in depth order
+    assert fired[dead] == [0, width]
+    widths = {name: b.fc1.out_channels for name, b in clf.model.se_blocks()}
+    for name, (n, total) in fired.items():
+        assert total == widths[name] and 0 <= n <= total
+        if name != dead:
+            assert n > 0, name  # a random init fires on some of these images
+    # the same pass's prediction, and no hook left behind
+    np.testing.assert_allclose(pred.probs, clf.predict_arrays(images).probs, rtol=1e-5, atol=1e-6)
+    assert set(pred.excitations) == set(clf.se_names)
+    assert not any(b.act._forward_hooks for _, b in clf.model.se_blocks())
+    np.testing.assert_allclose(pred.excitations[dead], 0.5)
+
+
+def test_se_counterfactuals_match_the_classifiers_switches(tmp_path, synthetic_pack):
+    clf, dead, _ = _tiny_with_a_dead_block(tmp_path / "tiny.pt")
+    val, test = load_pack(synthetic_pack, "val"), load_pack(synthetic_pack, "test")
+    gates = {name: g.mean(0) for name, g in clf.predict_arrays(val.images).excitations.items()}
+    on = clf.predict_arrays(test.images).probs.argmax(1)
+    r = se_counterfactuals(clf, test.images, test.labels, gates)
+    assert set(r) == {"off_accuracy", "off_changed", "held_accuracy", "held_changed"}
+    assert all(0.0 <= v <= 1.0 for v in r.values())
+    assert r == se_counterfactuals(clf, test.images, test.labels, gates, predicted=on)  # None: computed alike
+    with clf.se_disabled():
+        off = clf.predict_arrays(test.images).probs.argmax(1)
+    assert r["off_accuracy"] == float((off == test.labels).mean())
+    assert r["off_changed"] == float((off != on).mean())
+    # Holding the dead block at the 0.5 it always gives changes nothing.
+    same = se_counterfactuals(clf, test.images, test.labels, {dead: gates[dead]}, predicted=on)
+    assert same["held_changed"] == 0.0 and same["held_accuracy"] == float((on == test.labels).mean())
+
+
+def test_se_counterfactuals_of_a_model_without_se_change_nothing(tmp_path, synthetic_pack):
+    ckpt = _checkpoint(tmp_path / "plain.pt", "vgg11")
+    clf = Classifier.load(ckpt)
+    test = load_pack(synthetic_pack, "test")
+    accuracy = float((clf.predict_arrays(test.images).probs.argmax(1) == test.labels).mean())
+    assert se_counterfactuals(clf, test.images, test.labels, {}) == {
+        "off_accuracy": accuracy, "off_changed": 0.0, "held_accuracy": accuracy, "held_changed": 0.0}
+    fired, _ = se_hidden_fired(clf, test.images)
+    assert fired == {}
+
+
+def test_constant_gates_names_the_blocks_that_recalibrate_nothing():
+    rng = np.random.default_rng(0)
+    gates = {"stage1": rng.random((50, 8)),  # varies: not listed
+             "stage2": np.full((50, 4), 0.5),  # a dead block
+             "stage3": np.full((50, 4), 0.7) + rng.random((50, 4)) * 1e-5,  # a fixed scale, not 0.5
+             "stage4": np.full((50, 4), 0.5) + np.eye(50, 4) * 0.01}  # one gate moves by 0.01: it varies
+    c = constant_gates(gates)
+    assert set(c) == {"stage2", "stage3"}
+    assert c["stage2"] == {"range": 0.0, "all_half": True}
+    assert 0 < c["stage3"]["range"] < 1e-3 and not c["stage3"]["all_half"]
+    assert set(constant_gates(gates, tolerance=0.02)) == {"stage2", "stage3", "stage4"}
+    assert constant_gates({}) == {}
 
 
 # --------------------------------------------------------------------------- Grad-CAM

@@ -3,7 +3,7 @@
 A data URL (an image inside the JSON, past the 20 MB upload limit), a URL Gradio would download, a path
 to another file of the server's, an oversized or endlessly nested body, and 16-bit or alpha images too
 large to convert are each refused with one clear message before anything is decoded. The request
-checks run in this process against ``ui.app.RequestLimits``; the end-to-end cases (marked slow) against
+checks run in this process against ``ui.limits.RequestLimits``; the end-to-end cases (marked slow) against
 a real server, through the plain HTTP API and gradio_client.
 """
 
@@ -28,7 +28,7 @@ from test_ui_api import STOP, client, server_url  # noqa: E402,F401  (the module
 
 from gtsrb.archive import DataError  # noqa: E402
 from gtsrb.inference import load_image  # noqa: E402
-from ui.app import EXAMPLES, MAX_JSON_BYTES, MAX_UPLOAD_REQUEST_BYTES, RequestLimits, _file  # noqa: E402
+from ui.limits import EXAMPLES, MAX_JSON_BYTES, MAX_UPLOAD_REQUEST_BYTES, RequestLimits, uploaded_file  # noqa: E402
 
 FILE_META = {"_type": "gradio.FileData"}
 
@@ -117,11 +117,11 @@ def test_only_uploads_and_examples_are_read(case):
 
     payload, words = PAYLOADS[case]
     if words is None:
-        result = _file(payload)
+        result = uploaded_file(payload)
         assert result is None if payload is None else result == Path(payload).resolve()
         return
     with pytest.raises(gr.Error) as info:
-        _file(payload)
+        uploaded_file(payload)
     for w in words:
         assert w in info.value.message, info.value.message
 
@@ -134,7 +134,7 @@ def test_an_uploaded_file_is_read():
     try:
         path = folder / "sign.png"
         path.write_bytes(STOP.read_bytes())
-        assert _file({"path": str(path), "meta": FILE_META}) == path.resolve()
+        assert uploaded_file({"path": str(path), "meta": FILE_META}) == path.resolve()
     finally:
         shutil.rmtree(folder)
 

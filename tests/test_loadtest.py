@@ -1,5 +1,5 @@
-"""ui.loadtest: its SSE parser, its percentile summary, its rows, and its HTTP client against the no-op floor
-(never the demo: no model, no browser)."""
+"""benchmarks.loadtest: its SSE parser, its percentile summary, its rows, and its HTTP client against the
+no-op floor (never the demo: no model, no browser)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,18 @@ import pytest
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-from ui import loadtest as lt  # noqa: E402
+from benchmarks.loadtest import DEFAULT_IMAGE
+from benchmarks.loadtest.browser import make_browser_images
+from benchmarks.loadtest.gradio_rest import (
+    HttpClient,
+    Lost,
+    RequestError,
+    parse_sse,
+    read_result,
+)
+from benchmarks.loadtest.load import run_http, timed
+from benchmarks.loadtest.noop import floor_queue, start_noop
+from benchmarks.loadtest.rows import make_row, summarise
 
 
 # ------------------------------------------------------------------------------------------ SSE
@@ -20,68 +31,68 @@ def test_sse_complete_after_heartbeats_gives_the_first_output():
              ": a comment line", "",
              "event: generating", 'data: [{"partial": 1}]', "",
              "event: complete", 'data: [{"top5": [{"class_id": 14}]}, "second output"]', ""]
-    assert list(lt.parse_sse(lines))[0] == ("heartbeat", "null")
-    assert lt.read_result(lines) == {"top5": [{"class_id": 14}]}
+    assert next(parse_sse(lines)) == ("heartbeat", "null")
+    assert read_result(lines) == {"top5": [{"class_id": 14}]}
 
 
 def test_sse_multi_line_data_is_joined_with_newlines():
     lines = ["event: complete", 'data: [{"top5":', "data: []}]", "", "data: plain", ""]
-    events = list(lt.parse_sse(lines))
+    events = list(parse_sse(lines))
     assert events == [("complete", '[{"top5":\n[]}]'), ("message", "plain")]
-    assert lt.read_result(lines) == {"top5": []}
+    assert read_result(lines) == {"top5": []}
 
 
 def test_sse_field_without_space_and_crlf_line_ends():
-    assert list(lt.parse_sse(["event:complete\r\n", "data:[1]\r\n", "\r\n"])) == [("complete", "[1]")]
+    assert list(parse_sse(["event:complete\r\n", "data:[1]\r\n", "\r\n"])) == [("complete", "[1]")]
 
 
 def test_sse_event_open_at_the_end_of_the_stream_still_counts():
-    assert lt.read_result(["event: complete", "data: [{\"top5\": []}]"]) == {"top5": []}
+    assert read_result(["event: complete", "data: [{\"top5\": []}]"]) == {"top5": []}
 
 
 def test_sse_error_event_raises_request_error():
-    with pytest.raises(lt.RequestError, match="Cannot use this file"):
-        lt.read_result(["event: heartbeat", "data: null", "", "event: error", 'data: "Cannot use this file"', ""])
-    with pytest.raises(lt.RequestError):
-        lt.read_result(["event: error", "data: null", ""])
+    with pytest.raises(RequestError, match="Cannot use this file"):
+        read_result(["event: heartbeat", "data: null", "", "event: error", 'data: "Cannot use this file"', ""])
+    with pytest.raises(RequestError):
+        read_result(["event: error", "data: null", ""])
 
 
 def test_sse_stream_without_complete_is_lost():
-    with pytest.raises(lt.Lost):
-        lt.read_result(["event: heartbeat", "data: null", "", "event: heartbeat", "data: null", ""])
-    with pytest.raises(lt.Lost):
-        lt.read_result(["event: complete", "data: []", ""])  # complete, but no output at all
+    with pytest.raises(Lost):
+        read_result(["event: heartbeat", "data: null", "", "event: heartbeat", "data: null", ""])
+    with pytest.raises(Lost):
+        read_result(["event: complete", "data: []", ""])  # complete, but no output at all
 
 
 def test_a_result_without_top5_is_lost_and_an_exception_is_an_error():
-    assert lt._one(lambda: {"top5": []})["ok"]
-    lost = lt._one(lambda: {"prediction": 14})
+    assert timed(lambda: {"top5": []})["ok"]
+    lost = timed(lambda: {"prediction": 14})
     assert not lost["ok"] and lost["lost"]
-    lost = lt._one(lambda: None)
+    lost = timed(lambda: None)
     assert lost["lost"]
-    err = lt._one(lambda: 1 / 0)
+    err = timed(lambda: 1 / 0)
     assert not err["ok"] and not err.get("lost") and "ZeroDivisionError" in err["error"]
 
 
 # ------------------------------------------------------------------------------------------ summaries
 def test_summarise_percentiles_in_ms():
-    s = lt.summarise([i / 1000 for i in range(1, 101)])  # 1 .. 100 ms
+    s = summarise([i / 1000 for i in range(1, 101)])  # 1 .. 100 ms
     assert s["n"] == 100
     assert s["p50_ms"] == pytest.approx(50.5)
     assert s["p95_ms"] == pytest.approx(95.05, abs=0.05)
     assert s["p99_ms"] == pytest.approx(99.01, abs=0.05)
     assert s["mean_ms"] == pytest.approx(50.5)
     assert (s["min_ms"], s["max_ms"]) == (1.0, 100.0)
-    one = lt.summarise([0.25])
+    one = summarise([0.25])
     assert one["p50_ms"] == one["p99_ms"] == 250.0
-    assert lt.summarise([])["n"] == 0 and lt.summarise([])["p50_ms"] is None
+    assert summarise([])["n"] == 0 and summarise([])["p50_ms"] is None
 
 
 def test_row_counts_errors_lost_and_requests_never_accounted_for():
     outcomes = [{"ok": True, "seconds": 0.1}, {"ok": True, "seconds": 0.3},
                 {"ok": False, "error": "HTTPError: 500", "seconds": 0.2},
                 {"ok": False, "lost": True, "error": "lost: no top5", "seconds": 0.2}]
-    row = lt.make_row("demo", "HTTP", 2, 3, outcomes, wall=2.0)
+    row = make_row("demo", "HTTP", 2, 3, outcomes, wall=2.0)
     assert row["n"] == 2 and row["p50_ms"] == pytest.approx(200.0)
     assert row["errors"] == 1
     assert row["lost"] == 1 + 2  # one without top5, two of the 6 never came back
@@ -93,7 +104,7 @@ def test_row_counts_errors_lost_and_requests_never_accounted_for():
 def test_browser_images_differ_in_content_and_name(tmp_path: Path):
     from PIL import Image
 
-    images = lt.make_browser_images(tmp_path, 40)
+    images = make_browser_images(tmp_path, 40)
     assert len(images) == 40
     assert len({p.name for p in images}) == 40
     assert len({Image.open(p).tobytes() for p in images}) == 40
@@ -103,33 +114,34 @@ def test_browser_images_differ_in_content_and_name(tmp_path: Path):
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_http_client_against_the_noop_floor(tmp_path: Path):
-    """Start ``python -m ui.loadtest --serve-noop`` (an image input and the queue settings of the demo)
-    and run the REST client against it: upload, call, stream; one and two clients; nothing erred or was lost."""
+    """Start ``python -m benchmarks.loadtest --serve-noop`` (an image input and the queue settings of the
+    demo) and run the REST client against it: upload, call, stream; one and two clients; nothing erred or
+    was lost."""
     import urllib.request
 
     from ui.app import CONCURRENCY, MAX_QUEUE
 
     log = tmp_path / "noop.log"
-    with lt.start_noop(log=log, timeout=90) as url:
-        assert lt.floor_queue(log) == {"default_concurrency_limit": CONCURRENCY, "max_size": MAX_QUEUE,
-                                       "from": "ui/app.py"}
+    with start_noop(log=log, timeout=90) as url:
+        assert floor_queue(log) == {"default_concurrency_limit": CONCURRENCY, "max_size": MAX_QUEUE,
+                                    "from": "ui/app.py"}
         with urllib.request.urlopen(url + "config", timeout=10) as r:
             components = json.load(r)["components"]
         assert [c["type"] for c in components if c.get("props", {}).get("elem_id") == "image-input"] == ["image"]
-        client = lt.HttpClient(url)
+        client = HttpClient(url)
         try:
-            path = client.upload("03-foo.png", lt.DEFAULT_IMAGE.read_bytes())
+            path = client.upload("03-foo.png", DEFAULT_IMAGE.read_bytes())
             assert path.endswith("03-foo.png")
             assert client.call(path, "03-foo.png") == {"top5": []}
             client.call(path, "03-foo.png")
             assert len(client.http._transport._pool.connections) == 1  # keep-alive: one connection
-            with pytest.raises(lt.RequestError, match="call: HTTP"):  # Gradio says 500
+            with pytest.raises(RequestError, match="call: HTTP"):  # Gradio says 500
                 client.call(path, "03-foo.png", endpoint="no-such-endpoint")
         finally:
             client.close()
 
-        outcomes, wall = lt.run_http(url, lt.DEFAULT_IMAGE, 2, 3)
-        row = lt.make_row("noop", "HTTP 2 clients", 2, 3, outcomes, wall)
+        outcomes, wall = run_http(url, DEFAULT_IMAGE, 2, 3)
+        row = make_row("noop", "HTTP 2 clients", 2, 3, outcomes, wall)
         assert (row["n"], row["errors"], row["lost"]) == (6, 0, 0), json.dumps(row)
-        outcomes, wall = lt.run_http(url, lt.DEFAULT_IMAGE, 1, 3, preupload=True)
+        outcomes, wall = run_http(url, DEFAULT_IMAGE, 1, 3, preupload=True)
         assert all(o["ok"] for o in outcomes) and len(outcomes) == 3

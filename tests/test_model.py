@@ -173,3 +173,17 @@ def test_presets_are_named():
     assert set(PRESETS) >= {"seed", "vgg11"}
     with pytest.raises(ValueError, match="unknown preset"):
         build_model("resnet")
+
+
+def test_describe_names_the_se_stages_and_the_rest_of_the_config():
+    seed = PRESETS["seed"].describe()
+    assert "SE in stage(s) 1, 2, 3, 4, 5 of 5" in seed
+    for fact in ("`scale_shift`", "`pre_bn`", "reduction 16", "max pooling", "conv dropout 0.40",
+                 "classifier dropout 0.50", "input norm `dataset`"):
+        assert fact in seed, fact
+    assert "biases" not in seed  # the seed's SE layers have none
+    plain = PRESETS["vgg11"].describe()
+    assert plain.startswith("no SE") and "stage" not in plain and "reduction" not in plain
+    assert "max pooling" in plain and "classifier dropout 0.50" in plain
+    some = ModelConfig(se_stages=(False, True, False, False, True), pool="avg", se_bias=True).describe()
+    assert "SE in stage(s) 2, 5 of 5" in some and "avg pooling" in some and "with biases" in some

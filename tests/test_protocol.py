@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gtsrb.data import load_pack
+from gtsrb.inference import Classifier
 from gtsrb.config import TrainConfig
 from gtsrb.train import training_splits
 from study.report.protocol import cv_table, load_cv, track_bootstrap_halfwidth
@@ -73,7 +74,7 @@ def test_rescore_adds_the_full_frame_scores_a_record_lacks_from_its_runs_last_pt
     roi = tmp_path / "roi.h5"
     pack([synthetic_zip], roi, roi=True)
     config = TrainConfig(fold=1)
-    record = {"arm": "recipe", "seed": 1, "name": "cv", "protocol": "cv", "roi": True, "overrides": {"mirror": True,
+    record = {"arm": "recipe", "seed": 1, "name": "cv", "protocol": "cv", "roi": True, "pack": str(roi), "overrides": {"mirror": True,
               "label_smoothing": 0.1}, "train_config": dataclasses.asdict(config)}
     results = tmp_path / "results" / "cv"
     results.mkdir(parents=True)
@@ -85,3 +86,15 @@ def test_rescore_adds_the_full_frame_scores_a_record_lacks_from_its_runs_last_pt
     assert r["full_frame_val_accuracy"] == pytest.approx(1 - len(r["full_frame_wrong"]["val"]) / len(val.labels))
     assert set(r["full_frame_wrong"]["val"]) <= set(val.filenames)
     assert 0 <= r["full_frame_test_accuracy"] <= 1
+    # --tta scores the same weights with test-time augmentation, only for the --arms asked (every arm without it).
+    args = ["--data", str(roi), "--full-frame-data", str(synthetic_pack), "--name", "cv", "--protocol", "cv",
+            "--base", "no_framing", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+            "--rescore", "--tta"]
+    assert main([*args, "--arms", "robust"]) == 0
+    assert "tta" not in json.loads((results / "recipe-fold1.json").read_text())
+    assert main(args) == 0
+    tta = json.loads((results / "recipe-fold1.json").read_text())["tta"]
+    roi_val = training_splits(load_pack(roi), config)[1]
+    expected = (Classifier.load(run / "last.pt").predict_tta(roi_val.images).argmax(1) == roi_val.labels).mean()
+    assert tta["val_accuracy"] == pytest.approx(expected)
+    assert set(tta) == {"val_accuracy", "test_accuracy", "full_frame_val_accuracy", "full_frame_test_accuracy"}

@@ -191,7 +191,7 @@ def test_report_gpu_table_shows_each_variant_its_peak_share_and_fallbacks():
 
 
 def _bench_run(default: float, stock: float, naive: float, fp32: float, bf16: float) -> dict:
-    from study.bench import spread
+    from benchmarks.bench.timing import spread
 
     variants = {"default_twin": spread([default] * 3), "stock": spread([stock - 1, stock, stock + 1]),
                 "route_squeeze_view_grad": spread([stock] * 3), "fp32": spread([fp32] * 3), "bf16": spread([bf16] * 3)}

@@ -154,7 +154,8 @@ def test_se_off_switches_only_the_named_blocks(client, local):
 def test_without_class_averages_only_the_identity_counterfactual_is_shown(local, tmp_path):
     import shutil
 
-    from ui.app import Demo, se_off_markdown
+    from ui.app import Demo
+    from ui.panels import se_off_markdown
 
     shutil.copy(CHECKPOINT, tmp_path / "best.pt")  # no excitations.npz beside it
     demo = Demo(tmp_path / "best.pt")
@@ -492,7 +493,7 @@ def test_make_demo_serves_on_gradio_server_port(tmp_path):
     import time
     import urllib.request
 
-    from ui.loadtest import free_port
+    from benchmarks.loadtest.servers import free_port
 
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}

@@ -1,5 +1,6 @@
-"""The demo's Study tab (ui/study.py): its loaders on the committed results/ and on small made-up
-folders (missing and malformed files included), its charts, and the tab in a real browser.
+"""The demo's Study tab (ui/study/): its loaders on the committed results/ and on small made-up
+folders (missing and malformed files included), the facts its captions state, its charts, its layout, and
+the tab in a real browser.
 
 The browser test drives Debian's Chromium (never a Playwright download) against the tab alone, served
 in-process; its screenshot goes to artifacts/ui/study.png (git-ignored).
@@ -28,6 +29,7 @@ gr = pytest.importorskip("gradio")
 from ui.study import (  # noqa: E402
     MEASURE_AT,
     MEASURE_BEST,
+    StudyView,
     ablation_bands,
     ablation_folder,
     ablation_view,
@@ -37,10 +39,12 @@ from ui.study import (  # noqa: E402
     find_studies,
     load_ablation,
     load_curves,
+    load_profile,
     load_trials,
     study_view,
     trials_table,
 )
+from ui.study.text import ablation_facts, study_facts
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
@@ -179,15 +183,17 @@ def test_real_factor_effects_at_the_common_epoch_are_the_hand_computed_means():
     assert lr.loc[summary[0]["trial_id"], "y"] == pytest.approx(float(summary[0]["best_val_accuracy"]))
 
 
-def test_the_tab_shows_the_quick_ablation_until_make_ablation_writes_a_run(tmp_path):
+def test_the_tab_shows_the_newest_ablation_that_holds_a_run(tmp_path):
     (tmp_path / "ablation-quick").mkdir()
     assert ablation_folder(tmp_path) == tmp_path / "ablation-quick"
     (tmp_path / "ablation").mkdir()
+    (tmp_path / "ablation-framed").mkdir()
     assert ablation_folder(tmp_path) == tmp_path / "ablation-quick"  # an empty folder is no ablation yet
     (tmp_path / "ablation" / "seed-seed0.json").write_text("{}")
     assert ablation_folder(tmp_path) == tmp_path / "ablation"
-    (tmp_path / "ablation-quick").rmdir()
-    assert ablation_folder(tmp_path / "nothing") == tmp_path / "nothing" / "ablation"  # says what is missing
+    (tmp_path / "ablation-framed" / "seed-seed0.json").write_text("{}")
+    assert ablation_folder(tmp_path) == tmp_path / "ablation-framed"  # the recipe that ships
+    assert ablation_folder(tmp_path / "nothing") == tmp_path / "nothing" / "ablation-framed"  # says what is missing
 
 
 def test_real_ablation_band_mean_is_the_hand_computed_mean():
@@ -218,19 +224,20 @@ def test_real_ablation_numbers_agree_with_the_report():
     from study.records import pm
     if not any(ABLATION.glob("*-seed*.json")):
         pytest.skip("no results/ablation/*.json committed")
-    text, chart = ablation_view(ABLATION)
+    view = ablation_view(ABLATION)
     df = report.load_ablation(ABLATION)
     for arm in ("seed", "no_se", "best"):
         d = df[df["arm"] == arm]
         if d.empty:
             continue
-        assert f"| {pm(d['final_val'])} | {pm(d['test'])} |" in text, arm
-    assert "±1" in text.replace(" ", "") and "sample standard deviation" in text
-    assert "python -m study.ablation" in text  # the recorded command
-    spec = chart.to_dict()
+        assert f"| {pm(d['final_val'])} | {pm(d['test'])} |" in view.text, arm
+    assert set(df["command"]) <= set(view.commands.splitlines())  # every recorded command, in the Commands section
+    assert "python -m study.ablation" not in view.text  # and only there
+    spec = view.chart.to_dict()
     shown = {row["arm_label"] for ds in spec["datasets"].values() for row in ds if "arm_label" in row}
     assert "seed preset, random split" not in shown  # not on the track split: not comparable
-    assert "seed_random" in text
+    if (df["arm"] == "seed_random").any():
+        assert "seed_random" in view.text  # named in the text instead
 
 
 def test_real_tab_payload_is_small():
@@ -265,30 +272,42 @@ def test_made_up_study_loads_and_draws(tmp_path):
     assert pool.to_dict() == pytest.approx({t: c[1] for t, c in CURVES.items()})
     assert set(at2[at2["factor"] == "se_reduction"]["level"]) == {"8", "16"}  # no level for the no-SE trial
 
-    md, table2, cmd, curves_chart, fmd, factors_chart = study_view(folder)
-    assert "**3 trials**" in md and "summary.csv" in md
-    assert "no `profile.json`" not in md  # "tiny" is no profile of study/tune.py
+    view = study_view(folder)
+    assert "**3 trials**" in view.caption and "summary.csv" in view.caption
+    assert load_profile(folder) == (None, [])  # "tiny" is no profile of study/tune.py, and has no profile.json
+    facts = study_facts(folder, trials, [], None)
+    assert (facts["n"], facts["top"], facts["full"], facts["stopped"], facts["budgets"], facts["running"]) == \
+        (3, 4, 2, 1, [2], 0)
+    assert "study.tune --name" not in view.commands  # no command recorded
     # How the study was run, from the profile.json that `make tune` writes: it wins over the profile's name.
+    command = "python -m study.tune --name tiny --trials 3 --epochs 4"
     (folder / "profile.json").write_text(json.dumps({
-        "trials": 3, "epochs": 4, "grace": 2, "train_fraction": 1.0, "val_fraction": 1.0,
-        "command": "python -m study.tune --name tiny --trials 3 --epochs 4"}))
-    md = study_view(folder)[0]
-    assert "`profile.json` records how it was run: 3 trials, at most 4 epochs each with ASHA rungs from epoch 2" in md
-    assert "`python -m study.tune --name tiny --trials 3 --epochs 4`" in md and "agree with it" in md
-    assert len(table2) == 3
-    assert curves_chart is not None and factors_chart is not None
-    data = [row for ds in curves_chart.to_dict()["datasets"].values() for row in ds]
+        "trials": 3, "epochs": 4, "grace": 2, "train_fraction": 1.0, "val_fraction": 1.0, "command": command}))
+    profile, notes = load_profile(folder)
+    assert notes == [] and profile.recorded and (profile.trials, profile.epochs, profile.grace) == (3, 4, 2)
+    assert study_facts(folder, trials, [], profile)["agree"]
+    view = study_view(folder)
+    assert command in view.commands.splitlines() and command not in view.caption
+    assert len(view.table) == 3
+    assert view.curves_chart is not None and view.factors_chart is not None
+    data = [row for ds in view.curves_chart.to_dict()["datasets"].values() for row in ds]
     assert len(data) == len(curves)
-    assert "1 stopped earlier (after 2 epochs" in md and "still running" not in md
+    # A profile.json that cannot be read is noted, and the folder's name says nothing here.
+    (folder / "profile.json").write_text("{cut short")
+    profile, notes = load_profile(folder)
+    assert profile is None and "profile.json" in notes[0] and "not valid JSON" in notes[0]
+    assert "profile.json" in study_view(folder).caption
 
 
 def test_a_study_in_progress_says_which_trials_are_still_running(tmp_path):
     folder = make_study(tmp_path / "study" / "tiny")
     rows = [*SUMMARY_ROWS[:2], SUMMARY_ROWS[2].replace("TERMINATED", "RUNNING").replace("stopped early (ASHA)", "running")]
     (folder / "summary.csv").write_text("\n".join([SUMMARY_HEADER, *rows]) + "\n")
-    md = study_view(folder)[0]
+    trials, _ = load_trials(folder)
+    facts = study_facts(folder, trials, [], None)
     # The running trial at epoch 2 is not "stopped": its numbers are so far.
-    assert "none stopped earlier" in md and "**1 trial(s) are still running**" in md
+    assert (facts["stopped"], facts["budgets"], facts["running"]) == (0, [], 1)
+    assert "still running" in study_view(folder).caption
 
 
 def test_made_up_ablation_band_is_mean_and_sample_std(tmp_path):
@@ -303,21 +322,29 @@ def test_made_up_ablation_band_is_mean_and_sample_std(tmp_path):
     assert (row["min"], row["max"]) == pytest.approx((0.4, 0.6))
     assert bands.loc[("seed_random", 1), "std"] == 0.0  # one run: no band
 
-    text, chart = ablation_view(folder)
-    assert "python -m study.ablation --made-up" in text
-    assert "Not drawn: `seed_random`" in text
-    spec = chart.to_dict()
+    view = ablation_view(folder)
+    assert "python -m study.ablation --made-up" in view.commands.splitlines()
+    facts = ablation_facts(folder, runs, ["seed", "no_se"], [])
+    assert facts["not_drawn"] == [("seed_random", ["random"])]
+    assert [(r["label"], r["n"], r["final"], r["test"]) for r in facts["rows"]] == [
+        ("seed preset (SE on all 5 stages)", 3, "80.00 ± 10.00", "79.00 ± 10.00"),
+        ("no SE (plain VGG-11)", 2, "80.00 ± 7.07", "79.00 ± 7.07")]
+    assert facts["budget"] == {"train_fraction": "40%", "val_fraction": "50%", "split_kind": "track", "epochs": "3"}
+    assert facts["seed_vs_no_se"] == [] and facts["n_min"] == 2
+    assert "| 80.00 ± 10.00 | 79.00 ± 10.00 |" in view.text  # the table the tab shows holds those numbers
+    spec = view.chart.to_dict()
     marks = json.dumps(spec["layer"])
     assert '"area"' in marks and '"line"' in marks
     band_rows = [r for ds in spec["datasets"].values() for r in ds if "upper" in r]
     assert {r["arm"] for r in band_rows} == {"seed", "no_se"}
-    assert "flatters" not in text  # no study top arm among these
+    assert facts["picked"] == []  # no study top arm among these
 
     # A study top arm's seed-0 run is the trial that ranked it: the tab says it leans high.
     record = json.loads((folder / "no_se-seed0.json").read_text())
     (folder / "top1-seed0.json").write_text(json.dumps({**record, "arm": "top1"}))
-    text, _ = ablation_view(folder)
-    assert "ranked `top1` on its seed-0 run" in text and "flatters" in text
+    runs, _ = load_ablation(folder)
+    assert ablation_facts(folder, runs, ["seed", "no_se", "top1"], [])["picked"] == ["top1"]
+    assert "`top1`" in ablation_view(folder).text
 
 
 def test_missing_files_give_notes_not_exceptions(tmp_path):
@@ -332,19 +359,20 @@ def test_missing_files_give_notes_not_exceptions(tmp_path):
     runs, notes = load_ablation(empty)  # a folder without a single run file
     assert runs.empty and "no `<arm>-seed<k>.json`" in notes[0]
 
-    md, table, cmd, curves_chart, fmd, factors_chart = study_view(empty)
-    assert "not found" in md and curves_chart is None and factors_chart is None
-    assert "not found" in cmd
-    text, chart = ablation_view(tmp_path / "no-ablation")
-    assert "not found" in text and chart is None
+    view = study_view(empty)
+    assert "not found" in view.caption and view.curves_chart is None and view.factors_chart is None
+    assert "not found" in view.curves_text
+    abl = ablation_view(tmp_path / "no-ablation")
+    assert "not found" in abl.text and abl.chart is None
 
     # summary.csv without curves.csv: the table still shows, the curve plot says why it is empty
     folder = make_study(tmp_path / "study" / "no-curves")
     (folder / "curves.csv").unlink()
-    md, table, cmd, curves_chart, fmd, factors_chart = study_view(folder)
-    assert len(table) == 3 and curves_chart is None and "curves.csv" in cmd and "not found" in cmd
-    assert factors_chart is not None  # best val accuracy comes from summary.csv
-    assert study_view(folder, MEASURE_AT)[5] is None
+    view = study_view(folder)
+    assert len(view.table) == 3 and view.curves_chart is None
+    assert "curves.csv" in view.curves_text and "not found" in view.curves_text
+    assert view.factors_chart is not None  # best val accuracy comes from summary.csv
+    assert study_view(folder, MEASURE_AT).factors_chart is None
 
 
 def test_malformed_files_give_notes_not_exceptions(tmp_path):
@@ -356,8 +384,7 @@ def test_malformed_files_give_notes_not_exceptions(tmp_path):
     assert trials.empty and "malformed" in notes[0] and "best_val_accuracy" in notes[0]
     curves, notes = load_curves(folder)
     assert curves.empty and notes and "curves.csv" in notes[0]
-    md, *_ = study_view(folder)
-    assert "malformed" in md
+    assert "malformed" in study_view(folder).caption
 
     # rows with bad values: kept where they can be, counted in a note
     folder = make_study(tmp_path / "study" / "half")
@@ -379,18 +406,24 @@ def test_malformed_files_give_notes_not_exceptions(tmp_path):
     assert runs[["arm", "seed"]].drop_duplicates().shape[0] == len(ABLATION_CURVES)
     assert len(notes) == 2 and all("malformed" in n for n in notes)
     assert any("best-seed1.json" in n and "history" in n for n in notes)
-    text, chart = ablation_view(abl)
-    assert chart is not None and "best-seed0.json" in text
+    view = ablation_view(abl)
+    assert view.chart is not None and "best-seed0.json" in view.text
     # a bare record (no config, budget or test block) still draws, with "?" where the files say nothing
     bare = {"arm": "best", "seed": 2, "split_kind": "track",
             "history": [{"epoch": e + 1, "val_accuracy": v} for e, v in enumerate([.3, .6, .7])]}
     (abl / "best-seed2.json").write_text(json.dumps(bare))
-    text, chart = ablation_view(abl)
-    assert chart is not None and "| study best config | SE not recorded" in text and "⚠ The runs do not share" in text
+    view = ablation_view(abl)
+    assert view.chart is not None
+    runs, notes = load_ablation(abl)
+    facts = ablation_facts(abl, runs, ["seed", "no_se", "best"], notes)
+    best = next(r for r in facts["rows"] if r["label"] == "study best config")
+    assert (best["stages"], best["lr"], best["test"], best["final"]) == ("", "?", "?", "70.00")
+    assert facts["budget"] is None  # the runs do not share one budget
     del bare["split_kind"]
     (abl / "best-seed2.json").write_text(json.dumps(bare))
-    text, chart = ablation_view(abl)
-    assert "Not drawn: `best` (its files do not record their split kind)" in text
+    runs, notes = load_ablation(abl)
+    assert ablation_facts(abl, runs, ["seed", "no_se"], notes)["not_drawn"] == [("best", None), ("seed_random", ["random"])]
+    assert "`best`" in ablation_view(abl).text
 
 
 def test_the_newest_study_comes_first_and_an_empty_results_folder_builds(tmp_path):
@@ -412,14 +445,48 @@ def test_the_newest_study_comes_first_and_an_empty_results_folder_builds(tmp_pat
     # picking the other study (the dropdown's and the radio's handler) redraws everything from its files
     handlers = [f.fn for f in app.fns.values()]
     assert len(handlers) == 2 and all(f.api_visibility == "private" for f in app.fns.values())
-    md, table, cmd, curves_chart, fmd, factors_chart = handlers[0]("new", MEASURE_AT)
-    assert "study `new`" in md and len(table) == 3 and curves_chart is not None and factors_chart is not None
-    assert "epoch 2" in fmd
-    assert "No study `gone`" in handlers[0]("gone", MEASURE_BEST)[0]
+    view = StudyView(*handlers[0]("new", MEASURE_AT))
+    assert "`new`" in view.caption and len(view.table) == 3
+    assert view.curves_chart is not None and view.factors_chart is not None
+    assert "epoch 2" in view.factors_text
+    assert "**The study `new`.**" in view.commands and "**The SE ablation**" in view.commands
+    assert "No study `gone`" in StudyView(*handlers[0]("gone", MEASURE_BEST)).caption
 
     with gr.Blocks():  # nothing at all under results/: notes, no exception
         with gr.Tab("Study"):
             build_study_tab(tmp_path / "nothing")
+
+
+def test_the_tab_leads_with_its_figures_and_keeps_every_command_in_one_closed_section_at_the_end(tmp_path):
+    make_study(tmp_path / "results" / "study" / "tiny")
+    (tmp_path / "results" / "study" / "tiny" / "profile.json").write_text(json.dumps(
+        {"trials": 3, "epochs": 4, "grace": 2, "command": "python -m study.tune --name tiny"}))
+    make_ablation(tmp_path / "results" / "ablation")
+    with gr.Blocks() as app, gr.Tab("Study"):
+        build_study_tab(tmp_path / "results")
+    config = app.get_config_file()
+    components = {c["id"]: c for c in config["components"]}
+
+    def walk(node, inside=()):
+        c = components.get(node["id"], {})
+        here = (*inside, c.get("type"))
+        yield c.get("props", {}).get("elem_id"), here, c
+        for child in node.get("children", []):
+            yield from walk(child, here)
+
+    order = [(elem, path, c) for elem, path, c in walk(config["layout"]) if elem]
+    ids = [elem for elem, _, _ in order]
+    for figure, caption in (("study-trials", "study-source"), ("study-curves", "study-curves-text"),
+                            ("study-factors", "study-factors-text"), ("study-ablation", "study-ablation-text")):
+        assert ids.index(figure) < ids.index(caption)
+    assert ids[-2:] == ["study-commands", "study-commands-text"]
+    accordion = next(c for elem, _, c in order if elem == "study-commands")
+    assert accordion["type"] == "accordion" and accordion["props"]["open"] is False
+    commands = next(c for elem, _, c in order if elem == "study-commands-text")["props"]["value"]
+    assert "python -m study.tune --name tiny" in commands and "python -m study.ablation --made-up" in commands
+    for elem, path, c in order:  # no command line anywhere but in that section
+        if c.get("type") == "markdown" and "accordion" not in path:
+            assert "python -m" not in c["props"]["value"], elem
 
 
 # ------------------------------------------------------------------------------------------ the browser

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from ui.loadtest import start_app
+from benchmarks.loadtest.servers import start_app
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "results" / "best" / "best.pt"

@@ -1,10 +1,11 @@
 """`make report`: every table and plot of results/REPORT.md, from stored run outputs.
 
-    python -m study.report [--data data/gtsrb28-roi.h5] [--study results/study/cpu]
+    python -m study.report [--data data/gtsrb28-framed.h5] [--study results/study/cpu]
 
 Reads, without training anything:
-- results/ablation/*.json (``make ablation``; until it holds a run, the quick ablation's
-  results/ablation-quick): curves and the convergence table (``runs.py``);
+- results/ablation-framed/*.json (``make ablation``: the recipe that ships) and results/ablation/*.json
+  (the same budget under the recipe before the framing crop; the quick ablation's results/ablation-quick
+  until either holds a run): curves and the convergence table (``runs.py``);
 - results/recipe/<name>/*.json (``make recipe``): the recipe ablation, one folder per configuration (``runs.py``);
 - results/study/<name>/summary.csv and curves.csv (``make tune``): ASHA's rule and the
   factor effects (``trials.py``);
@@ -32,7 +33,7 @@ import pandas as pd
 from gtsrb.util import machine, write_text_atomic
 from study.records import ARM_LABELS, PICKED_ON_SEED, TOP, ablation_folder, pm
 from study.report.common import machine_text, md_table
-from study.report.protocol import cv_table, load_cv
+from study.report.protocol import choice_table, cv_table, load_cv
 from study.report.model import (
     WORST_TRACKS,
     _train_splits,
@@ -81,15 +82,16 @@ def fill(path: Path, name: str, text: str) -> bool:
     return True
 
 
-def ablation_blocks(df: pd.DataFrame, out: Path) -> tuple[dict, dict]:
-    """The SE ablation's table, curves, paired differences and the leakage run."""
+def ablation_blocks(df: pd.DataFrame, out: Path, name: str = "ablation") -> tuple[dict, dict]:
+    """The SE ablation's table, curves, paired differences and the leakage run (where it has one): the block
+    ``name`` and the files ``<name>.csv`` and ``<name>_curves.png``."""
     if df.empty:
         return {}, {}
     table, csv = ablation_table(df)
-    csv.to_csv(out / "ablation.csv", index=False)
-    ablation_figure(df, out / "ablation_curves.png")
+    csv.to_csv(out / f"{name}.csv", index=False)
+    ablation_figure(df, out / f"{name}_curves.png")
     r = df.iloc[0]
-    recipe = "the accuracy recipe on the ROI pack" if r["recipe"] else "the old recipe"
+    recipe = f"the accuracy recipe ({r['recipe_words']})" if r["recipe"] else "the old recipe"
     adopted = df[df["adopted_epochs"] > 0]
     reuse = ("" if adopted.empty else
              f" {len(adopted)} run(s) continue the study's own trial of that configuration and seed "
@@ -104,7 +106,7 @@ def ablation_blocks(df: pd.DataFrame, out: Path) -> tuple[dict, dict]:
     said = (f"Command: `{commands[0]}`." if len(commands) == 1 else
             "Commands (the runs were split between processes and sittings): " + "; ".join(f"`{c}`" for c in commands) + ".")
     blocks, headline = {}, {}
-    blocks["ablation"] = (table + f"\n\nEach run: {recipe}, {r['train_fraction']:.0%} of the train split and "
+    blocks[name] = (table + f"\n\nEach run: {recipe}, {r['train_fraction']:.0%} of the train split and "
                           f"{r['val_fraction']:.0%} of the val split (track-grouped subsets), {r['epochs']} "
                           f"epochs, batch 128, one-cycle; test = the full test split (n={r['test_n']}) at the "
                           f"{r['test_at']}. "
@@ -113,7 +115,9 @@ def ablation_blocks(df: pd.DataFrame, out: Path) -> tuple[dict, dict]:
                           f"time {df['seconds'].sum() / 60:.0f} min for all {len(df)} runs (including the "
                           f"leakage run).{reuse}{curse} {said}\n\nPaired by seed:\n\n" + paired_table(df)
                           + "\n\nEvery run:\n\n" + runs_table(df))
-    blocks["leakage"], headline["leakage"] = leakage_table(df)
+    leakage, headline["leakage"] = leakage_table(df)
+    if headline["leakage"] is not None:
+        blocks["leakage"] = leakage
     headline["ablation_budget"] = (f"{'the recipe' if r['recipe'] else 'old recipe'}, "
                                    f"{r['train_fraction']:.0%} of train, {r['epochs']} epochs")
     for arm in COMPARED:
@@ -164,10 +168,14 @@ def cv_blocks(folder: Path, data: Path) -> dict:
     first = df.iloc[0]
     note = (f"\n\nEach run: `top1` (`CONFIG`) with the recipe on 4 of 5 track-grouped folds of the train and val "
             f"splits pooled, validated on the fifth, {int(first['epochs'])} epochs, bf16, seed = fold; scored at its "
-            f"last epoch. Full-frame columns: the same images uncropped (`{data.name}`'s split, whole frames). "
+            f"last epoch. Full-frame columns: the same images uncropped (the same split packed without `--roi`, "
+            f"`--full-frame-data`). "
             f"{machine_text(first['machine'])}. Command: `make recipe` "
             f"(`{first['command']}`, one arm per process).")
-    return {"recipe_cv": cv_table(df, data) + note}
+    return {"recipe_cv": cv_table(df, data) + note,
+            "recipe_choice": choice_table(df) + "\n\nFrom the same records; TTA scores added by `python -m "
+                             "study.recipe ... --name cv-top1 --protocol cv --base no_framing --rescore --tta "
+                             "--arms framing_all` (evaluation only)."}
 
 
 def recipe_blocks(folder: Path, ablation: Path) -> tuple[dict, dict]:
@@ -345,11 +353,16 @@ def speed_blocks(a: argparse.Namespace) -> dict:
 @entry_point("study.report")
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m study.report", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=Path("data/gtsrb28-roi.h5"),
-                   help="the pack the release model and its twin were trained on (the ROI pack)")
+    p.add_argument("--data", type=Path, default=Path("data/gtsrb28-framed.h5"),
+                   help="the pack the release model and its twin were trained on (ROI crops and whole frames)")
     p.add_argument("--study", type=Path, default=Path("results/study/cpu"))
     p.add_argument("--ablation", type=Path, default=None,
-                   help="default: results/ablation once it holds a run, else results/ablation-quick")
+                   help="default: results/ablation-framed (the recipe that ships) once it holds a run, else "
+                        "results/ablation, else results/ablation-quick")
+    p.add_argument("--ablation-no-framing", type=Path, default=None,
+                   help="the same ablation under the recipe before the framing crop, with the incumbent, the "
+                        "study's top 2 and 3 and the random-split leakage run (section 3.1); default: the folder "
+                        "`ablation` beside --ablation")
     p.add_argument("--checkpoint", type=Path, default=Path("results/best/best.pt"))
     p.add_argument("--recipe", type=Path, default=Path("results/recipe"))
     p.add_argument("--out", type=Path, default=Path("results/report"))
@@ -364,11 +377,17 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     a.ablation = a.ablation or ablation_folder()
+    a.ablation_no_framing = a.ablation_no_framing or a.ablation.parent / "ablation"
     print(f"ablation records: {a.ablation}")
     a.out.mkdir(parents=True, exist_ok=True)
 
     ablation = load_ablation(a.ablation)
     blocks, headline = ablation_blocks(ablation, a.out)
+    if a.ablation_no_framing.resolve() != a.ablation.resolve() and any(a.ablation_no_framing.glob("*-seed*.json")):
+        before, before_headline = ablation_blocks(load_ablation(a.ablation_no_framing), a.out, "ablation_no_framing")
+        blocks = before | blocks
+        if headline.get("leakage") is None:
+            headline["leakage"] = before_headline.get("leakage")
     blocks |= study_blocks(a.study, ablation)
     recipe, recipe_headline = recipe_blocks(a.recipe, a.ablation)
     recipe |= cv_blocks(a.recipe / CV_FOLDER, a.data)

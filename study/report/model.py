@@ -17,7 +17,11 @@ from study.report.common import machine_text, md_table
 
 
 def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, str]:
+    """The held-out model on the pack's test split (and val, for the SE blocks' units and gates) -> the
+    numbers the report quotes (also written to ``out``/best_test.json) and the confused-pairs table; its
+    figures and CSVs go to ``out``."""
     from gtsrb.data import load_pack
+    from gtsrb.explain import constant_gates, se_counterfactuals, se_hidden_fired
     from gtsrb.inference import Classifier
     from gtsrb.metrics import calibration, classification_metrics, confused_pairs, confusion
 
@@ -46,30 +50,11 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
                   for t, p, n in pairs]).to_csv(out / "confused_pairs.csv", index=False)
     pd.DataFrame(cal["bins"]).to_csv(out / "reliability.csv", index=False)
     misclassified_figure(test.images, test.labels, test.groups, probs, out / "misclassified.png")
-    with clf.se_disabled():  # the page's counterfactual, over the whole test split
-        off = clf.predict_arrays(test.images).probs.argmax(1)
-    # Each gate held at its val-split average per channel: the learned scale stays, the per-image
-    # recalibration goes. A block whose gate hardly moves across val images recalibrates nothing.
-    fired = {}  # per SE block: which hidden ReLUs fire on at least one val image
-
-    def record(name):
-        def hook(_module, _inputs, out):
-            f = (out.flatten(1) > 0).any(0).cpu()
-            fired[name] = f | fired[name] if name in fired else f
-        return hook
-
-    handles = [block.act.register_forward_hook(record(name)) for name, block in clf.model.se_blocks()]
     val = load_pack(data, "val")
-    try:
-        val_out = clf.predict_arrays(val.images)
-    finally:
-        for h in handles:
-            h.remove()
+    fired, val_out = se_hidden_fired(clf, val.images)
     val_gates = val_out.excitations
-    with clf.se_held({name: g.mean(0) for name, g in val_gates.items()}):
-        held = clf.predict_arrays(test.images).probs.argmax(1)
-    spread = {name: float(np.ptp(g, axis=0).max()) for name, g in val_gates.items()}  # widest channel's range
-    constant = {name: r for name, r in spread.items() if r < 1e-3}
+    # The page's two counterfactuals over the whole test split: SE off, and each gate held at its val average.
+    se = se_counterfactuals(clf, test.images, test.labels, {name: g.mean(0) for name, g in val_gates.items()}, pred)
     top = cal["bins"][-1]
     gaps = [(b["confidence"] - b["accuracy"], b) for b in cal["bins"] if b["count"]]
     worst_gap, worst = max(gaps, key=lambda g: g[0])
@@ -83,16 +68,13 @@ def best_model_section(checkpoint: Path, data: Path, out: Path) -> tuple[dict, s
                "calibration_text": calibration_text,
                "errors": int((pred != test.labels).sum()), "ece": cal["ece"],
                "mean_confidence": float(probs.max(1).mean()),
-               "se_off_accuracy": float((off == test.labels).mean()),
-               "se_off_changed": float((off != pred).mean()),
-               "se_held_accuracy": float((held == test.labels).mean()),
-               "se_held_changed": float((held != pred).mean()),
+               "se_off_accuracy": se["off_accuracy"], "se_off_changed": se["off_changed"],
+               "se_held_accuracy": se["held_accuracy"], "se_held_changed": se["held_changed"],
                "error_tracks": {"val": error_tracks(val.labels, val_out.probs.argmax(1), val.groups),
                                 "test": error_tracks(test.labels, pred, test.groups)},
-               "se_hidden_fired": {name: [int(f.sum()), len(f)] for name, f in fired.items()},
+               "se_hidden_fired": fired,
                "se_position": clf.config.se_position, "se_bias": clf.config.se_bias,
-               "se_constant": {name: {"range": r, "all_half": bool(np.abs(val_gates[name] - 0.5).max() < 1e-3)}
-                               for name, r in constant.items()},
+               "se_constant": constant_gates(val_gates),
                "seconds": round(time.perf_counter() - t0, 1)}
     (out / "best_test.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary, pairs_md
@@ -211,16 +193,16 @@ def _train_splits(checkpoint: Path) -> list[str]:
 def tta_text(checkpoint: Path, data: Path) -> str:
     """Accuracy with and without test-time augmentation (Classifier.predict_tta), val and test splits."""
     from gtsrb.data import load_pack
+    from gtsrb.evaluate import tta_comparison
     from gtsrb.inference import Classifier
 
     clf = Classifier.load(checkpoint)
     rows = []
     for split in ("val", "test"):
         p = load_pack(data, split)
-        plain = clf.predict_arrays(p.images).probs.argmax(1) == p.labels
-        tta = clf.predict_tta(p.images).argmax(1) == p.labels
-        rows.append([split, len(p.labels), f"{plain.mean() * 100:.2f}", f"{tta.mean() * 100:.2f}",
-                     int((tta & ~plain).sum()), int((plain & ~tta).sum())])
+        t = tta_comparison(clf, p.images, p.labels)
+        rows.append([split, t["n"], f"{t['accuracy'] * 100:.2f}", f"{t['accuracy_tta'] * 100:.2f}", t["fixed"],
+                     t["added"]])
     return (md_table(["split", "n", "accuracy %", "with TTA %", "errors TTA fixes", "errors TTA adds"], rows)
             + f"\n\nModel: `{checkpoint}`; TTA averages the probabilities of the image and its four one-pixel "
               f"shifts (`gtsrb evaluate --tta`, five forward passes). Same weights, so the counts are exact pairs.")
@@ -228,8 +210,8 @@ def tta_text(checkpoint: Path, data: Path) -> str:
 
 def release_text(m: dict, hist: list[dict], split: dict | None) -> str:
     """The release run (official protocol) from its metrics.json, and its split twin's scores."""
-    cfg = m["model_config"]
-    stages = ", ".join(str(i + 1) for i, on in enumerate(cfg["se_stages"]) if on) or "none"
+    from gtsrb.model import ModelConfig
+
     rel = m["release"]
     lines = [
         f"Command: `{m['command']}`: protocol `{m['protocol']}` (trains on the pack's "
@@ -237,9 +219,7 @@ def release_text(m: dict, hist: list[dict], split: dict | None) -> str:
         f"kept), {m['epochs']} epochs, seed {m['train_config']['seed']}; training {m['train_seconds'] / 60:.1f} min "
         f"({m['seconds_per_epoch']:.0f} s per epoch) on {machine_text(m['machine'])}, one run.",
         "",
-        f"Config: SE in stage(s) {stages}, form `{cfg['se_form']}`, position `{cfg['se_position']}`, reduction "
-        f"{cfg['se_reduction']}, {cfg['pool']} pooling, conv dropout {cfg['conv_dropout']:.2f}, classifier dropout "
-        f"{cfg['classifier_dropout']:.2f}, input norm `{cfg.get('input_norm', 'dataset')}`; lr "
+        f"Config: {ModelConfig.from_dict(m['model_config']).describe()}; lr "
         f"{m['train_config']['lr']:.2e}, weight decay {m['train_config']['weight_decay']:.2e}, label smoothing "
         f"{m['train_config']['label_smoothing']}, class-aware mirror {m['train_config']['mirror']}.",
         "",
@@ -269,16 +249,14 @@ def release_text(m: dict, hist: list[dict], split: dict | None) -> str:
 
 def best_run_text(m: dict, hist: list[dict]) -> str:
     """The train-best run from its metrics.json: command, budget, time, per-epoch val and the split scores."""
-    cfg = m["model_config"]
-    stages = ", ".join(str(i + 1) for i, on in enumerate(cfg["se_stages"]) if on) or "none"
+    from gtsrb.model import ModelConfig
+
     lines = [
         f"Command: `{m['command']}` ({m['epochs']} epochs, seed {m['train_config']['seed']}, full train split; "
         f"training {m['train_seconds'] / 60:.1f} min on {m['machine'].get('cpu', '?')}, "
         f"{m['machine'].get('cores', '?')} cores, one run).",
         "",
-        f"Config: SE in stage(s) {stages}, form `{cfg['se_form']}`, position `{cfg['se_position']}`, reduction "
-        f"{cfg['se_reduction']}, {cfg['pool']} pooling, conv dropout {cfg['conv_dropout']:.2f}, classifier dropout "
-        f"{cfg['classifier_dropout']:.2f}, lr {m['train_config']['lr']:.2e}, weight decay "
+        f"Config: {ModelConfig.from_dict(m['model_config']).describe()}, lr {m['train_config']['lr']:.2e}, weight decay "
         f"{m['train_config']['weight_decay']:.2e}.",
         "",
         md_table(["split", "n", "accuracy %", "macro F1", "macro precision", "macro recall"],

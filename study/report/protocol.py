@@ -33,8 +33,49 @@ def load_cv(folder: Path) -> pd.DataFrame:
                      "ff_val": r.get("full_frame_val_accuracy"), "ff_test": r.get("full_frame_test_accuracy"),
                      "wrong_val": set(r["wrong"]["val"]), "ff_wrong_val": set(r.get("full_frame_wrong", {}).get("val", [])),
                      "train_seconds": r["train_seconds"], "machine": r["machine"], "command": r["command"],
-                     "folds": r["train_config"]["folds"], "epochs": r["train_config"]["epochs"]})
+                     "folds": r["train_config"]["folds"], "epochs": r["train_config"]["epochs"],
+                     **{f"tta_{k}": v for k, v in r.get("tta", {}).items()}})
     return pd.DataFrame(rows)
+
+
+def selection_score(roi_val, full_frame_val):
+    """The score the recipe is chosen on: the mean of val accuracy on ROI crops and on whole frames, the two
+    framings a model meets (GTSRB's official test crops to the ROI; a tester uploads the frame)."""
+    return (np.asarray(roi_val, float) + np.asarray(full_frame_val, float)) / 2
+
+
+def choice_table(df: pd.DataFrame, reference: str = "recipe") -> str:
+    """Markdown: each arm's selection score fold by fold and its mean, paired with ``reference``; then, for the
+    runs scored again with test-time augmentation (``study.recipe --rescore --tta``), the score with and
+    without it, paired within each run."""
+    df = df[df["ff_val"].notna()].copy()
+    df["score"] = selection_score(df["val"], df["ff_val"])
+    ref = df[df["arm"] == reference].set_index("fold")
+    folds = sorted(df["fold"].unique())
+    lines = ["| arm | " + " | ".join(f"fold {k}" for k in folds) + " | mean | Δ vs recipe (points) |",
+             "|---|" + "---|" * (len(folds) + 2)]
+    for arm in [reference] + sorted(a for a in df["arm"].unique() if a != reference):
+        d = df[df["arm"] == arm].set_index("fold")
+        common = sorted(set(d.index) & set(ref.index))
+        delta = pm((d.loc[common, "score"] - ref.loc[common, "score"]).to_numpy()) if arm != reference and common else ""
+        lines.append(f"| {arm} | " + " | ".join(f"{d.loc[k, 'score'] * 100:.2f}" if k in d.index else "" for k in folds)
+                     + f" | {pm(d['score'])} | {delta} |")
+    text = "\n".join(lines)
+    tta = df[df["tta_val_accuracy"].notna()] if "tta_val_accuracy" in df else df.iloc[:0]
+    if len(tta):
+        rows = ["| arm | fold | val % (ROI) | with TTA | full-frame val % | with TTA | score | with TTA | Δ (points) |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        deltas = []
+        for _, r in tta.sort_values(["arm", "fold"]).iterrows():
+            with_tta = float(selection_score(r["tta_val_accuracy"], r["tta_full_frame_val_accuracy"]))
+            deltas.append(with_tta - r["score"])
+            rows.append(f"| {r['arm']} | {r['fold']} | {r['val'] * 100:.2f} | {r['tta_val_accuracy'] * 100:.2f} | "
+                        f"{r['ff_val'] * 100:.2f} | {r['tta_full_frame_val_accuracy'] * 100:.2f} | "
+                        f"{r['score'] * 100:.2f} | {with_tta * 100:.2f} | {deltas[-1] * 100:+.2f} |")
+        text += ("\n\nTest-time augmentation (the image and its four one-pixel shifts, averaged; "
+                 f"`Classifier.predict_tta`), the same weights: Δ score {pm(deltas)} points over {len(deltas)} "
+                 "run(s).\n\n" + "\n".join(rows))
+    return text
 
 
 def track_bootstrap_halfwidth(fold_items: list[tuple[np.ndarray, np.ndarray]], seed: int = 0) -> float:

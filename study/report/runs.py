@@ -4,49 +4,64 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from gtsrb.plots import plt, save_figure
-from study.records import ARM_LABELS, PICKED_ON_SEED, TOP, pm
+from study.records import (
+    ARM_COLORS,
+    ARM_LABELS,
+    PICKED_ON_SEED,
+    TOP,
+    pm,
+    read_ablation,
+    read_ablation_record,
+    read_best_config,
+    read_recipe,
+    record_path,
+)
 from study.report.common import first_epoch, machine_text, md_table
 
-
-ARM_COLORS = {"seed": "tab:orange", "no_se": "tab:gray", "incumbent": "tab:red", "best": "tab:blue",
-              "top1": "tab:blue", "top2": "tab:green", "top3": "tab:purple"}
 # The arms compared in the tables, in this order (study.ablation; "best" is the earlier ablation's top1).
 COMPARED = ("seed", "no_se", "incumbent", "best", "top1", "top2", "top3")
 THRESHOLDS = (0.80, 0.90, 0.95, 0.98, 0.99)
 
 
 def load_ablation(folder: Path) -> pd.DataFrame:
+    """One row per run of the SE ablation in ``folder`` (``study.records.read_ablation``); a record without a
+    field the report's tables need raises, naming the file and the field."""
     rows = []
-    for f in sorted(folder.glob("*-seed*.json")):
-        r = json.loads(f.read_text())
+    for r in read_ablation(folder):
         rows.append({
-            "arm": r["arm"], "seed": r["seed"], "split_kind": r["split_kind"],
-            "curve": [h["val_accuracy"] for h in r["history"]],
-            "final_val": r["history"][-1]["val_accuracy"],
-            "best_val": max(h["val_accuracy"] for h in r["history"]),
-            "test": r["test"]["accuracy"], "test_f1": r["test"]["macro_f1"], "test_n": r["test"]["n"],
-            "test_ece": r["test"].get("ece", np.nan), "test_at": r.get("test_at", "best-val epoch"),
-            "recipe": bool(r.get("recipe")),
+            "arm": r.arm, "seed": r.seed, "split_kind": r.need("split_kind"),
+            "curve": list(r.val_curve), "final_val": r.val_curve[-1], "best_val": max(r.val_curve),
+            "test": r.need("test_accuracy"), "test_f1": r.need("test_macro_f1"), "test_n": r.need("test_n"),
+            "test_ece": np.nan if r.test_ece is None else r.test_ece, "test_at": r.test_at or "best-val epoch",
+            "test_full_frame": np.nan if r.test_full_frame_accuracy is None else r.test_full_frame_accuracy,
+            "recipe": bool(r.recipe), "recipe_words": recipe_words(r.recipe or {}),
             # The run's training time over all its epochs, those it adopted from a study trial included
             # (study.ablation records it); the quick ablation's records have only the wall time.
-            "seconds": r.get("train_seconds", r["wall_seconds"]),
-            "timed": "training" if "train_seconds" in r else "wall",
-            "adopted_epochs": (r.get("adopted") or {}).get("epochs", 0), "epochs": r["train_config"]["epochs"],
-            "train_fraction": r["train_config"]["train_fraction"], "val_fraction": r["train_config"]["val_fraction"],
-            "machine": r.get("machine", "?"), "command": r.get("command", ""),
+            "seconds": r.train_seconds if r.train_seconds is not None else r.need("wall_seconds"),
+            "timed": "training" if r.train_seconds is not None else "wall",
+            "adopted_epochs": r.adopted_epochs, "epochs": r.need("train_epochs"),
+            "train_fraction": r.need("train_fraction"), "val_fraction": r.need("val_fraction"),
+            "machine": "?" if r.machine is None else r.machine, "command": r.command or "",
         })
     return pd.DataFrame(rows)
 
 
+def scored_full_frames(df: pd.DataFrame) -> bool:
+    """Whether every run of ``df`` also scored its test split's whole frames (``--full-frame-data``)."""
+    return "test_full_frame" in df and bool(df["test_full_frame"].notna().all())
+
+
 def ablation_table(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """Per arm: seeds, val, test (and the test's whole frames where every run scored them), ECE, the epochs
+    to each val threshold, minutes per run; and the same as a CSV table."""
     rows, csv = [], []
+    full_frame = scored_full_frames(df)
     for arm in COMPARED:
         d = df[df["arm"] == arm]
         if d.empty:
@@ -57,13 +72,17 @@ def ablation_table(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
             hit = [e for e in eps if e is not None]
             reach[t] = (f"{pm(hit, 1, 1)} ({len(hit)}/{len(eps)} runs)" if hit else f"not reached (0/{len(eps)})")
         ece = pm(d["test_ece"]) if d["test_ece"].notna().all() else "–"
-        rows.append([ARM_LABELS[arm], len(d), pm(d["final_val"]), pm(d["best_val"]), pm(d["test"]), ece,
+        full = [pm(d["test_full_frame"])] if full_frame else []
+        rows.append([ARM_LABELS[arm], len(d), pm(d["final_val"]), pm(d["best_val"]), pm(d["test"]), *full, ece,
                      *(reach[t] for t in THRESHOLDS), f"{d['seconds'].mean() / 60:.1f}"])
         csv.append({"arm": arm, "runs": len(d), "final_val_mean": d["final_val"].mean(),
                     "final_val_std": d["final_val"].std(ddof=1), "test_mean": d["test"].mean(),
-                    "test_std": d["test"].std(ddof=1), **{f"epochs_to_{t:.0%}": reach[t] for t in THRESHOLDS}})
+                    "test_std": d["test"].std(ddof=1),
+                    **({"test_full_frame_mean": d["test_full_frame"].mean()} if full_frame else {}),
+                    **{f"epochs_to_{t:.0%}": reach[t] for t in THRESHOLDS}})
     test_at = " / ".join(sorted(set(df["test_at"])))
-    header = ["arm", "seeds", "final val acc %", "best val acc %", f"test acc % ({test_at})", "test ECE %",
+    header = ["arm", "seeds", "final val acc %", "best val acc %", f"test acc % ({test_at})",
+              *(["full-frame test acc %"] if full_frame else []), "test ECE %",
               *(f"epochs to {t:.0%} val" for t in THRESHOLDS), "min per run"]
     return md_table(header, rows), pd.DataFrame(csv)
 
@@ -98,14 +117,16 @@ def paired_table(df: pd.DataFrame) -> str:
 def runs_table(df: pd.DataFrame) -> str:
     """Every run of the compared arms, seed by seed: what the means and paired differences are made of."""
     rows = []
+    full_frame = scored_full_frames(df)
     for arm in COMPARED:
         for _, r in df[df["arm"] == arm].sort_values("seed").iterrows():
             wrong = round((1 - r["test"]) * r["test_n"])
             rows.append([ARM_LABELS[arm], r["seed"], f"{r['curve'][0] * 100:.2f}", f"{r['final_val'] * 100:.2f}",
                          f"{r['test'] * 100:.2f}", f"{wrong} of {r['test_n']}",
+                         *([f"{r['test_full_frame'] * 100:.2f}"] if full_frame else []),
                          "study trial (picked it)" if arm in TOP and r["seed"] == PICKED_ON_SEED else ""])
-    return md_table(["arm", "seed", "val acc % after epoch 1", "final val acc %", "test acc %", "test errors", ""],
-                    rows)
+    return md_table(["arm", "seed", "val acc % after epoch 1", "final val acc %", "test acc %", "test errors",
+                     *(["full-frame test acc %"] if full_frame else []), ""], rows)
 
 
 def ablation_figure(df: pd.DataFrame, path: Path) -> None:
@@ -196,6 +217,8 @@ def recipe_words(overrides: dict) -> str:
         words.append("class-aware mirror")
     if overrides.get("label_smoothing"):
         words.append(f"label smoothing {overrides['label_smoothing']}")
+    if overrides.get("framing"):
+        words.append("framing crop" + ("" if overrides["framing"] == 1 else f" on {overrides['framing']:.0%} of images"))
     return ", ".join(words)
 
 
@@ -213,39 +236,40 @@ def load_recipe(folder: Path, ablation: Path | None = None) -> pd.DataFrame:
     from study.recipe import ARMS, BASES, arm_spec  # trains nothing; kept out of the Study tab's torch-free imports
 
     rows = []
-    files = sorted(folder.glob("*/*-seed*.json"))
-    have = {(f.parent.name, f.name) for f in files}
+    records = [r for d in (sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else [])
+               for r in read_recipe(d)]
+    have = {(r.path.parent.name, r.path.name) for r in records}
     borrowed = {}  # (name, seed) -> (the ablation record, a record of the folder to check it against)
-    for f in files:
-        r = json.loads(f.read_text())
-        name = f.parent.name
-        base = {"name": name, "preset": r["preset"], "seed": r["seed"], "epochs": r["train_config"]["epochs"],
-                "train_seconds": r["train_seconds"], "test_n": r["test"]["n"], "machine": r["machine"],
-                "command": r["command"]}
-        rows.append({**base, "arm": r["arm"], "val": r["val_accuracy"], "test": r["test"]["accuracy"], "from": "",
-                     "recipe": recipe_words(r["overrides"])})
-        if "raw" in r and (name, f"recipe-seed{r['seed']}.json") not in have:
-            rows.append({**base, "arm": "recipe", "val": r["raw"]["val_accuracy"], "test": r["raw"]["test_accuracy"],
-                         "from": f"raw weights of `{name}/{f.name}`", "recipe": recipe_words(r["overrides"])})
-        twin = ablation / f"{name}-seed{r['seed']}.json" if ablation is not None else None
+    for r in records:
+        name = r.path.parent.name
+        base = {"name": name, "preset": r.need("preset"), "seed": r.seed, "epochs": r.need("train_epochs"),
+                "train_seconds": r.need("train_seconds"), "test_n": r.need("test_n"), "machine": r.need("machine"),
+                "command": r.need("command")}
+        recipe = recipe_words(r.need("overrides"))
+        rows.append({**base, "arm": r.arm, "val": r.val_accuracy, "test": r.test_accuracy, "from": "",
+                     "recipe": recipe})
+        if r.raw_val_accuracy is not None and (name, record_path(folder, "recipe", r.seed).name) not in have:
+            rows.append({**base, "arm": "recipe", "val": r.raw_val_accuracy, "test": r.need("raw_test_accuracy"),
+                         "from": f"raw weights of `{name}/{r.path.name}`", "recipe": recipe})
+        twin = record_path(ablation, name, r.seed) if ablation is not None else None
         if twin is not None and twin.is_file():
-            borrowed[name, r["seed"]] = (twin, r)
+            borrowed[name, r.seed] = (twin, r)
     for (name, seed), (twin, r) in sorted(borrowed.items()):
-        a = json.loads(twin.read_text())
-        # Records made before --base existed were measured against the recipe before the framing crop.
-        recipe_base = BASES[r.get("base", "no_framing")]
-        arm = next((x for x in ARMS if x != "long" and arm_spec(x, recipe_base) == (a["recipe"], True)), None)
-        if arm is None or (name, f"{arm}-seed{seed}.json") in have:
+        a = read_ablation_record(twin)
+        # A record without ``base`` is measured against the recipe without the framing crop.
+        recipe_base = BASES[r.base or "no_framing"]
+        arm = next((x for x in ARMS if x != "long" and arm_spec(x, recipe_base) == (a.need("recipe"), True)), None)
+        if arm is None or (name, record_path(folder, arm, seed).name) in have:
             continue
-        config = json.loads(Path(r["config_file"]).read_text()) if r.get("config_file") else {"preset": r["preset"]}
-        if a.get("config") != config or a["train_config"]["epochs"] != r["train_config"]["epochs"]:
+        config = read_best_config(Path(r.config_file)) if r.config_file else {"preset": r.need("preset")}
+        if a.config != config or a.need("train_epochs") != r.need("train_epochs"):
             raise ValueError(f"{twin} is not {name}'s configuration and schedule in {folder / name}: "
                              f"train that arm there (python -m study.recipe ... --name {name} --arms {arm})")
-        rows.append({"name": name, "preset": r["preset"], "seed": seed, "epochs": a["train_config"]["epochs"],
-                     "train_seconds": a["train_seconds"], "test_n": a["test"]["n"], "machine": a["machine"],
-                     "command": a["command"], "arm": arm, "val": a["history"][-1]["val_accuracy"],
-                     "test": a["test"]["accuracy"], "from": f"the SE ablation's run `{twin}`",
-                     "recipe": recipe_words(a["recipe"])})
+        rows.append({"name": name, "preset": r.need("preset"), "seed": seed, "epochs": a.need("train_epochs"),
+                     "train_seconds": a.need("train_seconds"), "test_n": a.need("test_n"), "machine": a.need("machine"),
+                     "command": a.need("command"), "arm": arm, "val": a.val_curve[-1],
+                     "test": a.need("test_accuracy"), "from": f"the SE ablation's run `{twin}`",
+                     "recipe": recipe_words(a.need("recipe"))})
     return pd.DataFrame(rows)
 
 

@@ -63,7 +63,7 @@ def speed_table(now: dict, name: str) -> str:
         lines.append(f"- packing the archive (39,209 images): {now['pack_s']:.1f} s, against {now['pack_naive_s']:.1f} s "
                      "for a plain sequential decode loop")
     flags = ", ".join(m.get("cpu_flags", [])) or "none of AVX2, AVX-512, AVX-512-BF16, AMX"
-    return (table + "\n\n" + "\n".join(lines) + f"\n\nOne run of `make bench` (`python -m study.bench --json`; `gtsrb bench --json` before it moved), `{name}` in "
+    return (table + "\n\n" + "\n".join(lines) + f"\n\nOne run of `make bench` (`python -m benchmarks.bench --json`; older runs: `python -m study.bench`, `gtsrb bench --json`), `{name}` in "
             f"`results/bench/`: {machine_text(m)}; CPU flags: {flags}; {now['train_variants_img_s']['stock']['rounds']} "
             "rounds, the variants in turn.")
 

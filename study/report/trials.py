@@ -8,14 +8,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from study.records import (
+    SE_STAGE_KEYS,
+    SEARCH_PARAMS,
+    read_curves,
+    read_summary,
+    study_budget,
+)
 from study.report.common import md_table
-from study.summary import study_budget
 
-
-FACTORS = [("se_stage1", "SE in stage 1"), ("se_stage2", "SE in stage 2"), ("se_stage3", "SE in stage 3"),
-           ("se_stage4", "SE in stage 4"), ("se_stage5", "SE in stage 5"), ("se_position", "SE position"),
-           ("se_form", "SE form"), ("se_reduction", "reduction ratio r"), ("pool", "pooling"),
-           ("conv_dropout", "conv dropout"), ("classifier_dropout", "classifier dropout")]
+# REPORT.md's factor table: the searched factors but lr and weight decay (the Study tab draws those as scatters),
+# position before form, in the table's own words for r.
+FACTORS = [(k, "reduction ratio r" if k == "se_reduction" else SEARCH_PARAMS[k].label)
+           for k in (*SE_STAGE_KEYS, "se_position", "se_form", "se_reduction", "pool", "conv_dropout",
+                     "classifier_dropout")]
 
 
 FLAT_POINTS = 0.3  # a curve is flat at its end when its last epoch gained at most this much val accuracy
@@ -25,8 +31,8 @@ def rung_check(study: Path) -> str:
     """Did ASHA's first rung keep the good finishers, and were the finishers' curves flat at the end?"""
     from scipy.stats import spearmanr
 
-    summary = pd.read_csv(study / "summary.csv")
-    curves = pd.read_csv(study / "curves.csv").pivot_table(index="trial_id", columns="epoch", values="val_accuracy")
+    summary = read_summary(study).frame
+    curves = read_curves(study).frame.pivot_table(index="trial_id", columns="epoch", values="val_accuracy")
     rung, last = study_budget(study, summary)
     full = summary.loc[summary["epochs_run"] >= last, "trial_id"]
     if rung >= last or len(full) < 3:
@@ -58,9 +64,9 @@ def asha_controls(study: Path, ablation: pd.DataFrame) -> str:
     end: continued from the trial's own checkpoint where the machine had it (study.ablation adopts
     it), else re-run from scratch. Either way the last epoch says whether stopping the trial lost a
     finisher; a re-run's epochs before the rung also say whether the two runs agree."""
-    summary = pd.read_csv(study / "summary.csv")
-    curves = pd.read_csv(study / "curves.csv").pivot_table(index="trial_id", columns="epoch", values="val_accuracy")
-    rung, last = study_budget(study, summary)
+    summary = read_summary(study).frame
+    curves = read_curves(study).frame.pivot_table(index="trial_id", columns="epoch", values="val_accuracy")
+    last = study_budget(study, summary)[1]
     finals = curves.loc[summary.loc[summary["epochs_run"] >= last, "trial_id"], last]
     lines = []
     for role in ("seed", "no_se"):
@@ -93,8 +99,8 @@ def asha_controls(study: Path, ablation: pd.DataFrame) -> str:
 def effects_table(study: Path, at_epoch: int | None = None) -> tuple[str, int]:
     """Grouped comparison: per factor level, val accuracy at a fixed epoch that every trial reached
     (default: ASHA's first rung)."""
-    summary = pd.read_csv(study / "summary.csv")
-    curves = pd.read_csv(study / "curves.csv")
+    summary = read_summary(study).frame
+    curves = read_curves(study).frame
     rung, final_epoch = study_budget(study, summary)
     at_epoch = at_epoch or rung
     at = curves[curves["epoch"] == at_epoch].set_index("trial_id")["val_accuracy"]
@@ -103,10 +109,10 @@ def effects_table(study: Path, at_epoch: int | None = None) -> tuple[str, int]:
     s["at"] = at
     s["final"] = fin
     s = s.dropna(subset=["at"])
-    has_se = s[[f"se_stage{i}" for i in range(1, 6)]].astype(str).eq("True").any(axis=1)
+    has_se = s[list(SE_STAGE_KEYS)].astype(str).eq("True").any(axis=1)
     rows = []
     for col, label in FACTORS:
-        d = s if col.startswith("se_stage") or col in ("pool",) or "dropout" in col else s[has_se]
+        d = s[has_se] if SEARCH_PARAMS[col].se_only else s
         vals = d[col]
         if "dropout" in col:
             vals = pd.cut(vals.astype(float), [0, 0.2, 0.35, 1.0], labels=["< 0.20", "0.20–0.35", "≥ 0.35"],
