@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         test = score(out / "last.pt", packs[pack_kind], a.full_frame_data if pack_kind == "track" else None)
         # train_seconds counts every epoch's training, adopted ones included.
         record = run_record(
-            "study.ablation", argv, seconds, history,
+            "study.ablation", argv, seconds,
             arm=arm, seed=seed, pack=str(packs[pack_kind]), split_kind=pack_kind, config=flat, recipe=RECIPE,
             model_config=model_config.to_dict(), train_config=train_config.__dict__, history=history, test=test,
             test_at="last epoch", adopted=adopted)

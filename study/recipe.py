@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 "wrong": {k: v["wrong"] for k, v in own.items()},
                 **({"raw": raw} if raw else {}),
             }
-            write_json(done, run_record("study.recipe", argv, seconds, history, **result))
+            write_json(done, run_record("study.recipe", argv, seconds, **result))
             print(f"{name} {arm} seed {seed}: val {val_accuracy:.4f} "
                   f"test {test['accuracy']:.4f} ({seconds:.0f} s)", flush=True)
     return 0

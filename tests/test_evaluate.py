@@ -52,6 +52,21 @@ def test_official_test_layout_evaluates_from_zips_and_folder(checkpoint, officia
     assert out["data"] == "official test set"
 
 
+def test_gtsrb_evaluate_averages_the_shifted_views_unless_told_not_to(checkpoint, synthetic_pack, capsys):
+    """TTA is the CLI's default (it raised the selection score on every fold); --no-tta is one forward pass."""
+    from gtsrb.data import load_pack
+    from gtsrb.inference import Classifier
+    from gtsrb.metrics import classification_metrics
+
+    test = load_pack(synthetic_pack, "test")
+    clf = Classifier.load(checkpoint)
+    for flag, probs in (([], clf.predict_tta(test.images)), (["--no-tta"], clf.predict_arrays(test.images).probs)):
+        assert main(["evaluate", str(checkpoint), "--data", str(synthetic_pack), "--json", *flag]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["tta"] is (not flag)
+        assert out["accuracy"] == classification_metrics(test.labels, probs.argmax(1))["accuracy"]
+
+
 def test_official_test_without_labels_names_the_missing_gt_file(checkpoint, official):
     zips, _ = official
     with pytest.raises(DataError, match="GT-final_test.csv"):

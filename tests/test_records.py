@@ -271,6 +271,19 @@ def test_command_line_defaults_to_this_process_arguments(monkeypatch):
     assert command_line("study.recipe", []) == "python -m study.recipe"  # an explicit empty list is no arguments
 
 
+def test_a_run_record_ends_with_its_timing_machine_and_command_and_reads_back_as_an_ablation_record(tmp_path):
+    history = [{"epoch": 1, "val_accuracy": 0.5, "seconds": 10.0}, {"epoch": 2, "val_accuracy": 0.9, "seconds": 12.5}]
+    record = records.run_record("study.ablation", ["--arms", "seed"], 30.04, arm="seed", seed=1, history=history,
+                                test={"accuracy": 0.95, "n": 10})
+    assert record["wall_seconds"] == 30.0 and record["train_seconds"] == 22.5
+    assert record["command"] == "python -m study.ablation --arms seed"
+    assert set(record["machine"]) >= {"cpu", "cores", "torch"}
+    records.write_json(tmp_path / "seed-seed1.json", record)
+    back = records.read_ablation_record(tmp_path / "seed-seed1.json")
+    assert (back.arm, back.seed, back.val_curve, back.test_accuracy) == ("seed", 1, (0.5, 0.9), 0.95)
+    assert back.train_seconds == 22.5 and back.command == record["command"]
+
+
 def test_the_machine_field_is_the_librarys():
     from gtsrb.util import machine
 

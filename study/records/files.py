@@ -151,12 +151,12 @@ def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     return shlex.join(["python", "-m", module, *args])
 
 
-def run_record(module: str, argv: Sequence[str] | None, seconds: float, history: Sequence[dict], **fields) -> dict:
-    """A training run's record: ``fields``, then what every run record ends with: ``wall_seconds`` (this
-    process, one sitting), ``train_seconds`` (every epoch's training in ``history``, resumed or adopted
-    ones included), the ``machine`` and the ``command``."""
+def run_record(module: str, argv: Sequence[str] | None, seconds: float, **fields) -> dict:
+    """A training run's record: ``fields`` (with the run's per-epoch ``history``), then what every run record
+    ends with: ``wall_seconds`` (this process, one sitting), ``train_seconds`` (every epoch's training in the
+    history, resumed or adopted ones included), the ``machine`` and the ``command``."""
     return {**fields, "wall_seconds": round(seconds, 1),
-            "train_seconds": round(sum(h["seconds"] for h in history), 1),
+            "train_seconds": round(sum(h["seconds"] for h in fields["history"]), 1),
             "machine": machine(), "command": command_line(module, argv)}
 
 
