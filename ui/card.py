@@ -35,7 +35,9 @@ def model_card(path: Path, sha256: str, config, meta: dict, metrics: dict | None
         f"- **Configuration:** {config.describe()}",
     ]
     source = Path(str(data.get("source", "?"))).name
-    crop = "each image cropped to its annotated sign (ROI)" if data.get("roi") else "full frames"
+    framing = meta.get("train_config", {}).get("framing", 0) > 0
+    crop = ("each image cropped at random between its annotated sign (ROI) and its whole frame" if framing
+            else "each image cropped to its annotated sign (ROI)" if data.get("roi") else "full frames")
     if "test" in meta.get("train_config", {}).get("train_splits", ["train"]):
         lines.append(f"- **Training data:** all of the GTSRB training archive (`{source}`), {crop}: GTSRB's "
                      "protocol, nothing held out (the example images below were seen in training)")
@@ -44,7 +46,7 @@ def model_card(path: Path, sha256: str, config, meta: dict, metrics: dict | None
                      f"**{data.get('split_kind', '?')}** (seed {data.get('seed', '?')}): no physical sign "
                      "appears in two splits")
     if data.get("roi"):
-        lines.append(TEXT["card-roi"])
+        lines.append(TEXT["card-framing" if framing else "card-roi"])
     if config.input_norm == "image":
         lines.append(TEXT["card-image-norm"])
     if metrics:
