@@ -464,13 +464,13 @@ def test_make_report_with_no_results_fills_nothing_and_says_so(tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_make_ablation_trains_each_run_once_and_refuses_a_record_at_another_budget(synthetic_pack, tmp_path, capsys):
+def test_make_ablation_trains_each_run_once_and_refuses_a_record_at_another_budget(framed_pack, tmp_path, capsys):
     from study.ablation import main
 
     tiny = tmp_path / "tiny.json"  # the incumbent arm with a tiny layout: the presets are slow for a unit test
     tiny.write_text(json.dumps({"cfg": [16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"]}))
     results = tmp_path / "res"
-    args = ["--data", str(synthetic_pack), "--arms", "incumbent", "--seeds", "0", "--epochs", "1", "--precision", "fp32",
+    args = ["--data", str(framed_pack), "--arms", "incumbent", "--seeds", "0", "--epochs", "1", "--precision", "fp32",
             "--incumbent-config", str(tiny), "--runs", str(tmp_path / "runs"), "--results", str(results)]
     results.mkdir()
     old = {"arm": "incumbent", "train_config": {"epochs": 10, "train_fraction": 0.4}}

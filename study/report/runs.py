@@ -124,7 +124,7 @@ def runs_table(df: pd.DataFrame) -> str:
             rows.append([ARM_LABELS[arm], r["seed"], f"{r['curve'][0] * 100:.2f}", f"{r['final_val'] * 100:.2f}",
                          f"{r['test'] * 100:.2f}", f"{wrong} of {r['test_n']}",
                          *([f"{r['test_full_frame'] * 100:.2f}"] if full_frame else []),
-                         ("study trial (picked it)" if r["adopted_epochs"] > 0 else "the seed the study picked it on")
+                         ("study trial (picked it)" if r.get("adopted_epochs", 0) > 0 else "the seed the study picked it on")
                          if arm in TOP and r["seed"] == PICKED_ON_SEED else ""])
     return md_table(["arm", "seed", "val acc % after epoch 1", "final val acc %", "test acc %", "test errors",
                      *(["full-frame test acc %"] if full_frame else []), ""], rows)
