@@ -97,7 +97,9 @@ def test_paired_differences_put_every_arm_against_seed_and_no_se_and_the_top_arm
     # Every run, seed by seed; top1's seed 0 is marked as the study's run that picked it.
     from study.report.runs import runs_table
     runs = runs_table(df.assign(curve=[[v] for v in df["final_val"]], test_n=1000))
-    assert "| study's best config | 0 | 99.00 | 99.00 | 99.10 | 9 of 1000 | study trial (picked it) |" in runs
+    assert "| study's best config | 0 | 99.00 | 99.00 | 99.10 | 9 of 1000 | the seed the study picked it on |" in runs
+    continued = runs_table(df.assign(curve=[[v] for v in df["final_val"]], test_n=1000, adopted_epochs=4))
+    assert "| study's best config | 0 | 99.00 | 99.00 | 99.10 | 9 of 1000 | study trial (picked it) |" in continued
     assert "| study's best config | 1 | 98.00 | 98.00 | 98.10 | 19 of 1000 |  |" in runs
     # Seed 0 is the study's run that ranked top1 first; without it, top1 is behind on its one fresh seed.
     assert rows["study's best config − incumbent (quick study's winner), seeds ≠ 0 (not the one that "
