@@ -103,6 +103,19 @@ def small_map_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return _PatchConv.apply(x, weight, bias)
 
 
+def _rows(grad: torch.Tensor) -> torch.Tensor:
+    """A conv's output gradient (N, Co, H, W) as one row per output pixel, (N*H*W, Co)."""
+    return grad.permute(0, 2, 3, 1).reshape(-1, grad.shape[1])
+
+
+def _weight_and_bias_grads(ctx, g: torch.Tensor, cols, c: int) -> tuple:
+    """A 3x3 conv's weight and bias gradients from its output-gradient rows ``g`` and its input's 3x3 patches
+    (``cols()``, (N*H*W, 9*C), made only when the weight needs its gradient); None where autograd asks none."""
+    grad_w = (g.t() @ cols()).reshape(-1, 3, 3, c).permute(0, 3, 1, 2) if ctx.needs_input_grad[1] else None
+    grad_b = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return grad_w, grad_b
+
+
 def patches(x: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> the 3x3 patches of its zero-padded map, (N*H*W, 9*C), in (kh, kw, c) order."""
     n, c, h, w = x.shape
@@ -128,8 +141,8 @@ class _PatchConv(torch.autograd.Function):
     def backward(ctx, grad):
         cols, wm = ctx.saved_tensors
         n, c, h, w = ctx.shape
-        g = grad.permute(0, 2, 3, 1).reshape(n * h * w, -1)
-        grad_x = grad_w = grad_b = None
+        g = _rows(grad)
+        grad_x = None
         if ctx.needs_input_grad[0]:
             gc = (g @ wm).reshape(n, h, w, 3, 3, c)
             gp = gc.new_zeros(n, h + 2, w + 2, c, dtype=torch.float32)  # sum the 9 taps in fp32
@@ -137,11 +150,7 @@ class _PatchConv(torch.autograd.Function):
                 for j in range(3):
                     gp[:, i : i + h, j : j + w] += gc[:, :, :, i, j]
             grad_x = gp[:, 1:-1, 1:-1].permute(0, 3, 1, 2).to(gc.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_w = (g.t() @ cols).reshape(-1, 3, 3, c).permute(0, 3, 1, 2)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g.sum(0)
-        return grad_x, grad_w, grad_b
+        return grad_x, *_weight_and_bias_grads(ctx, g, lambda: cols, c)
 
 
 class _CentreTap(torch.autograd.Function):
@@ -208,18 +217,12 @@ class _PatchGradConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        n, c, h, w = x.shape
-        g = grad.permute(0, 2, 3, 1).reshape(n * h * w, -1)
-        grad_x = grad_w = grad_b = None
+        grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.convolution_backward(
                 grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
             )[0]
-        if ctx.needs_input_grad[1]:
-            grad_w = (g.t() @ patches(x)).reshape(-1, 3, 3, c).permute(0, 3, 1, 2)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g.sum(0)
-        return grad_x, grad_w, grad_b
+        return grad_x, *_weight_and_bias_grads(ctx, _rows(grad), lambda: patches(x), x.shape[1])
 
 
 # --- squeeze_view_grad ---------------------------------------------------------------------
