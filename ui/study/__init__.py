@@ -6,8 +6,8 @@
 
 Nothing here trains or loads a model (no torch). It reads, through ``study.records`` (the only part of
 ``study`` it imports), ``results/study/<name>/summary.csv``, ``curves.csv`` and ``profile.json`` (`make tune`)
-and the SE ablation's ``results/ablation/<arm>-seed<k>.json`` (`make ablation`; until that folder holds a run,
-the quick ablation's ``results/ablation-quick``).
+and the SE ablation's ``<arm>-seed<k>.json`` records (``study.records.ablation_folder``: `make ablation`'s
+``results/ablation-framed`` under the shipped recipe, else ``results/ablation``, else ``results/ablation-quick``).
 
 - ``data.py``: the loaders (never raising on a bad file: a note instead) and the tables derived from them;
 - ``charts.py``: the Altair (Vega-Lite) figures, drawn by the browser;
