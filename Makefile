@@ -132,7 +132,7 @@ calibrate: $(DATA_FRAMED)
 # RECIPE_BASE=recipe measures pieces against today's. Finished runs are skipped; a killed run resumes.
 RECIPE_PROTOCOL ?= cv
 RECIPE_BASE ?= no_framing
-RECIPE_ARMS ?= $(if $(filter cv,$(RECIPE_PROTOCOL)),recipe robust framing robust_framing,recipe old no_roi no_mirror no_smoothing norm ema balanced long)
+RECIPE_ARMS ?= $(if $(filter cv,$(RECIPE_PROTOCOL)),recipe robust framing framing_all robust_framing,recipe old no_roi no_mirror no_smoothing norm ema balanced long)
 RECIPE_PRESET ?= best
 RECIPE_CONFIG ?= $(CONFIG)
 RECIPE_NAME ?= $(if $(filter cv,$(RECIPE_PROTOCOL)),cv-top1,$(if $(filter seed,$(RECIPE_PRESET)),seed,top1))
