@@ -52,12 +52,15 @@ def test_official_test_layout_evaluates_from_zips_and_folder(checkpoint, officia
     assert out["data"] == "official test set"
 
 
-def test_gtsrb_evaluate_averages_the_shifted_views_unless_told_not_to(checkpoint, synthetic_pack, capsys):
+def test_gtsrb_evaluate_averages_the_shifted_views_unless_told_not_to(synthetic_pack, tmp_path, capsys):
     """TTA is the CLI's default (it raised the selection score on every fold); --no-tta is one forward pass."""
     from gtsrb.data import load_pack
-    from gtsrb.inference import Classifier
     from gtsrb.metrics import classification_metrics
+    from gtsrb.model import ModelConfig
 
+    tiny = ModelConfig(cfg=(16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M"))
+    checkpoint = tmp_path / "tiny.pt"
+    save_checkpoint({"model_config": tiny.to_dict(), "model": build_model(tiny).state_dict(), "epoch": 0}, checkpoint)
     test = load_pack(synthetic_pack, "test")
     clf = Classifier.load(checkpoint)
     for flag, probs in (([], clf.predict_tta(test.images)), (["--no-tta"], clf.predict_arrays(test.images).probs)):

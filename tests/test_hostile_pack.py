@@ -406,6 +406,7 @@ def test_keep_splits_typo_fails_before_any_decoding(base, tmp_path, monkeypatch,
     assert code == 2 and "'vall' is not a split" in err
 
 
+@pytest.mark.slow  # writes and reads a multi-gigabyte-declared member: seconds, not a unit test's budget
 def test_a_huge_member_is_refused_before_it_is_inflated(base, tmp_path, capsys):
     """A 21000x21000 PPM deflated into a small zip: refused from its first bytes, so packing it costs no
     more memory than a valid archive (benchmarks/peak_memory.py measures that in a fresh process)."""
@@ -553,6 +554,7 @@ def fuzz_tree(tmp_path_factory, base):
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(st.tuples(_filenames, *[_values] * 7), min_size=1, max_size=3),
        roi=st.booleans(), skip_bad=st.booleans())
+@pytest.mark.slow  # Hypothesis packs an archive per example
 def test_any_csv_row_gives_a_pack_or_a_data_error(fuzz_tree, tmp_path, rows, roi, skip_bad):
     csv_path = fuzz_tree / "Final_Training" / "Images" / "00000" / "GT-00000.csv"
     original = csv_path.read_bytes()

@@ -245,6 +245,7 @@ def test_real_tab_payload_is_small():
     assert _tab_config_bytes(RESULTS) < 1_000_000
 
 
+@pytest.mark.slow  # a fresh interpreter imports the tab
 def test_ui_study_imports_no_model_code():
     code = "import sys, ui.study; bad = {'torch', 'gtsrb.model'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True,
