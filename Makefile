@@ -119,6 +119,7 @@ train-best: $(DATA_FRAMED)
 # The demo's "unsure" rule: temperature and threshold fitted on the val split of the release model's
 # twin (the release model trained on val), reported on its test split -> results/best/calibration.json.
 calibrate: $(DATA_FRAMED)
+	@test -f results/best/split/best.pt || { echo "make calibrate: results/best/split/best.pt (the split twin) is not committed; make train-best makes it" >&2; exit 2; }
 	$(BIN)/gtsrb calibrate results/best/split/best.pt --data $(DATA_FRAMED) --out results/best/calibration.json
 
 # The recipe ablation (CONFIG, the release configuration). RECIPE_PROTOCOL=cv (the default, issue 33's selection
